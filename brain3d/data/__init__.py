@@ -1,0 +1,1 @@
+"""Cohorts (phantom and real), validated NIfTI loading, preprocessing and the subject-level split."""

@@ -1,0 +1,42 @@
+"""Subject-level train/val/test split, stratified by cohort x laterality, deterministic.
+
+Every system (ours, the baselines, every ablation) is scored on the test subjects written here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+def stratified_split(subjects: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                     seed: int = 42) -> pd.DataFrame:
+    """Columns subject, split, cohort, laterality; refuses duplicate ids.
+
+    Within each stratum (cohort x laterality, subjects sorted then shuffled with `seed`) the val and test
+    counts are round(n * fraction) and the rest is train, so a stratum of one or two subjects stays in
+    train rather than yielding an unrepresentative test case.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    dup = subjects["subject"][subjects["subject"].duplicated()]
+    if len(dup):
+        raise ValueError(f"duplicate subject ids: {sorted(set(dup))}")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for (cohort, lat), group in sorted(subjects.groupby(["cohort", "laterality"]), key=lambda kv: kv[0]):
+        ids = sorted(group["subject"])
+        order = rng.permutation(len(ids))
+        n = len(ids)
+        n_test = int(round(n * fractions[2]))
+        n_val = int(round(n * fractions[1]))
+        if n_test + n_val > n:
+            n_val = n - n_test
+        labels = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
+        parts.append(pd.DataFrame({"subject": [ids[i] for i in order], "split": labels,
+                                   "cohort": cohort, "laterality": lat}))
+    out = pd.concat(parts).sort_values("subject").reset_index(drop=True)
+    assert not out["subject"].duplicated().any(), "a subject landed in two splits"
+    return out

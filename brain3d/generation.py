@@ -1,0 +1,38 @@
+"""Report generation for the test subjects: batched, KV-cached, seeded per batch (so the text of a
+subject does not depend on which other subjects share its batch... as long as the batch size is kept)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from brain3d.models.model import Brain3D, Decoding
+
+
+def decoding_from_params(section: dict) -> Decoding:
+    return Decoding(temperature=section["temperature"], top_p=section["top_p"],
+                    repetition_penalty=section["repetition_penalty"],
+                    no_repeat_ngram_size=section["no_repeat_ngram_size"],
+                    max_new_tokens=section["max_new_tokens"], min_new_tokens=section["min_new_tokens"])
+
+
+def generate_reports(model: Brain3D, tokens: torch.Tensor, decoding: Decoding, *, batch_size: int = 8,
+                     seed: int = 42, progress: bool = True, desc: str = "generate") -> list[str]:
+    """One report per row of `tokens` (N, K, Cv)."""
+    out: list[str] = []
+    starts = range(0, len(tokens), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, disable=not progress, unit="batch")):
+        out.extend(model.generate(tokens[start : start + batch_size], decoding, seed=seed + b))
+    return out
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation with no fixed point: subject i gets the visual tokens of subject perm[i] != i."""
+    if n < 2:
+        raise ValueError("a shuffled control needs at least 2 subjects")
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm

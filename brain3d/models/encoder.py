@@ -1,0 +1,98 @@
+"""The 3D vision encoder: a pretrained 2D SigLIP vision transformer inflated to volumes (SPEC §4).
+
+Patch embedding Conv2d(3->C, k=p, s=p) becomes Conv3d(1->C, k=(kd,p,p), s=(sd,p,p), pad=(pd,0,0)): the
+RGB channels are averaged (as the paper does: a grey input then gives one third of the response of the
+same grey image replicated to RGB) and the kernel is replicated over depth and divided by kd (so the
+depth replication keeps the activation scale). Positions are decomposed,
+P3D(z, y, x) = P_depth(z) (learnable, zero at start) + P_spatial(y, x) (the pretrained 2D grid,
+interpolated to the volume's in-plane grid and broadcast over depth).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def vision_transformer(model: nn.Module) -> nn.Module:
+    """The module holding embeddings/encoder/post_layernorm in a SigLIP vision or image-text model."""
+    for candidate in (model, getattr(model, "vision_model", None)):
+        if candidate is not None and hasattr(candidate, "embeddings") and hasattr(candidate, "encoder"):
+            return candidate
+    raise TypeError(f"{type(model).__name__} is not a SigLIP vision model")
+
+
+def token_grid(volume_shape: tuple[int, int, int], patch: int, kd: int, depth_stride: int, depth_pad: int
+               ) -> tuple[int, int, int]:
+    """(D', h, w) token grid of the inflated patch embedding, e.g. (65, 9, 9) for 64x128x128, p=14, kd=2."""
+    d, h, w = volume_shape
+    return ((d + 2 * depth_pad - kd) // depth_stride + 1, h // patch, w // patch)
+
+
+class InflatedPatchEmbed(nn.Module):
+    """Conv3d patch embedding inflated from a pretrained Conv2d. (B, 1, D, H, W) -> (B, C, D', h, w)."""
+
+    def __init__(self, conv2d: nn.Conv2d, kd: int = 2, depth_stride: int = 1, depth_pad: int = 1):
+        super().__init__()
+        c_out, _, p, q = conv2d.weight.shape
+        self.proj = nn.Conv3d(1, c_out, kernel_size=(kd, p, q), stride=(depth_stride, p, q),
+                              padding=(depth_pad, 0, 0), bias=conv2d.bias is not None)
+        with torch.no_grad():
+            w2d = conv2d.weight.mean(dim=1, keepdim=True)  # (C, 1, p, q): RGB averaged
+            self.proj.weight.copy_(w2d.unsqueeze(2).repeat(1, 1, kd, 1, 1) / kd)  # (C, 1, kd, p, q)
+            if conv2d.bias is not None:
+                self.proj.bias.copy_(conv2d.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class PositionalEmbedding3D(nn.Module):
+    """P_depth(z) + P_spatial(y, x); input/output (B, D', h, w, C)."""
+
+    def __init__(self, pos2d: torch.Tensor, grid: tuple[int, int, int]):
+        super().__init__()
+        n, c = pos2d.shape
+        side = int(math.isqrt(n))
+        if side * side != n:
+            raise ValueError(f"2D position table of {n} entries is not a square grid")
+        d, h, w = grid
+        table = pos2d.detach().float().reshape(1, side, side, c).permute(0, 3, 1, 2)  # (1, C, s, s)
+        if (side, side) != (h, w):
+            table = F.interpolate(table, size=(h, w), mode="bicubic", align_corners=False)
+        self.spatial = nn.Parameter(table[0].permute(1, 2, 0).contiguous().to(pos2d.dtype))  # (h, w, C)
+        self.depth = nn.Parameter(torch.zeros(d, c, dtype=pos2d.dtype))  # (D', C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.depth[None, :, None, None, :] + self.spatial[None, None]
+
+
+class VolumeEncoder(nn.Module):
+    """Inflated SigLIP: (B, 1, D, H, W) in [0, 1] -> tokens (B, D'*h*w, C) in z-major order."""
+
+    def __init__(self, vision: nn.Module, volume_shape: tuple[int, int, int], kd: int = 2,
+                 depth_stride: int = 1, depth_pad: int = 1):
+        super().__init__()
+        vt = vision_transformer(vision)
+        conv = vt.embeddings.patch_embedding
+        self.patch_size = conv.kernel_size[0]
+        self.grid = token_grid(volume_shape, self.patch_size, kd, depth_stride, depth_pad)
+        self.volume_shape = tuple(volume_shape)
+        self.patch_embed = InflatedPatchEmbed(conv, kd, depth_stride, depth_pad)
+        self.pos = PositionalEmbedding3D(vt.embeddings.position_embedding.weight, self.grid)
+        self.encoder = vt.encoder
+        self.post_layernorm = vt.post_layernorm
+        self.hidden_size = conv.out_channels
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        if volume.dim() == 4:
+            volume = volume.unsqueeze(1)
+        x = (volume - 0.5) / 0.5  # SigLIP's pixel normalisation (mean 0.5, std 0.5)
+        x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))  # (B, C, D', h, w)
+        x = self.pos(x.permute(0, 2, 3, 4, 1))  # (B, D', h, w, C)
+        x = x.flatten(1, 3)  # (B, N = D'*h*w, C), z-major
+        x = self.encoder(inputs_embeds=x).last_hidden_state
+        return self.post_layernorm(x)

@@ -1,0 +1,158 @@
+"""The Brain3D wrapper: volume -> K visual tokens -> projector -> soft prompt of the Gemma 3 LM.
+
+Sequence (SPEC §4): [K visual][BOS + prompt][report][EOS]; labels are -100 on visual, prompt and padding
+tokens. Every sample has the same prefix length (K + prompt), so generation batches need no padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brain3d.models.backbones import LanguageModel
+from brain3d.models.compressor import build_compressor
+from brain3d.models.encoder import VolumeEncoder
+from brain3d.models.projector import Projector
+
+PROMPT = "Generate a radiology report for this brain MRI FLAIR scan.\n"
+
+
+@dataclass
+class ModelConfig:
+    """The `model` params section plus the volume shape (from `preprocess.shape`)."""
+
+    volume_shape: tuple[int, int, int]
+    kd: int = 2
+    depth_stride: int = 1
+    depth_pad: int = 1
+    compressor: str = "seq_pool"
+    n_tokens: int = 32
+    grid: tuple[int, int, int] = (2, 4, 4)
+    prompt: str = PROMPT
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> ModelConfig:
+        m = cfg["model"]
+        return cls(volume_shape=tuple(cfg["preprocess"]["shape"]), kd=m["kd"], depth_stride=m["depth_stride"],
+                   depth_pad=m["depth_pad"], compressor=m["compressor"], n_tokens=m["n_tokens"],
+                   grid=tuple(m["grid"]), prompt=m.get("prompt", PROMPT))
+
+
+@dataclass
+class Decoding:
+    """SPEC §4 decoding: temperature 0.1, top-p 0.9, repetition penalty 1.2, no-repeat trigram, 10..256."""
+
+    temperature: float = 0.1
+    top_p: float = 0.9
+    repetition_penalty: float = 1.2
+    no_repeat_ngram_size: int = 3
+    max_new_tokens: int = 256
+    min_new_tokens: int = 10
+    do_sample: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def kwargs(self) -> dict:
+        out = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                   repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                   do_sample=self.do_sample, **self.extra)
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        return out
+
+
+class VisualTokenizer(nn.Module):
+    """Encoder + compressor: (B, 1, D, H, W) -> (B, K, Cv). Frozen after phase 1; its output is cached."""
+
+    def __init__(self, vision: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = VolumeEncoder(vision, cfg.volume_shape, cfg.kd, cfg.depth_stride, cfg.depth_pad)
+        self.compressor = build_compressor(cfg.compressor, cfg.n_tokens, cfg.grid)
+
+    @property
+    def width(self) -> int:
+        return self.encoder.hidden_size
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.compressor(self.encoder(volume), self.encoder.grid)
+
+
+class Brain3D(nn.Module):
+    """Projector + LM over (cached) visual tokens; `visual` (the VisualTokenizer) is optional."""
+
+    def __init__(self, lm: LanguageModel, vision_width: int, prompt: str = PROMPT,
+                 visual: VisualTokenizer | None = None):
+        super().__init__()
+        self.lm_ref = lm
+        self.lm = lm.causal  # registered so that .to()/.train()/.eval() reach the LM (and its LoRA layers)
+        self.visual = visual
+        self.projector = Projector(vision_width, lm.hidden_size, lm.embed_scale)
+        tok = lm.tokenizer
+        self.prompt_ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+        self.eos_id = tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.fc1.weight.device
+
+    def text_rms(self) -> float:
+        """RMS of the LM's (scaled) token embeddings: the target scale of the visual tokens."""
+        with torch.no_grad():
+            table = self.lm.get_input_embeddings()
+            ids = torch.arange(min(table.num_embeddings, 4096), device=self.device)
+            return float(table(ids).float().pow(2).mean().sqrt())
+
+    def _prefix(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, K, Cv) visual tokens -> (B, K + P, Cl) embeddings of [visual][BOS + prompt]."""
+        visual = self.projector(z.to(self.device))
+        ids = torch.tensor(self.prompt_ids, device=self.device)
+        prompt = self.lm.get_input_embeddings()(ids)[None].expand(z.shape[0], -1, -1)
+        return torch.cat([visual, prompt.to(visual.dtype)], dim=1)
+
+    def _teacher_forcing(self, z: torch.Tensor, reports: list[str]):
+        tok = self.lm_ref.tokenizer
+        targets = [tok(r, add_special_tokens=False)["input_ids"] + [self.eos_id] for r in reports]
+        longest = max(len(t) for t in targets)
+        ids = torch.full((len(reports), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reports), longest), dtype=torch.long)
+        for i, t in enumerate(targets):
+            ids[i, : len(t)] = torch.tensor(t)
+            mask[i, : len(t)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        prefix = self._prefix(z)
+        embeds = torch.cat([prefix, self.lm.get_input_embeddings()(ids).to(prefix.dtype)], dim=1)
+        n_prefix = prefix.shape[1]
+        attention = torch.cat([torch.ones(len(reports), n_prefix, dtype=torch.long, device=self.device), mask], 1)
+        labels = torch.cat([torch.full((len(reports), n_prefix), -100, device=self.device),
+                            ids.masked_fill(mask == 0, -100)], dim=1)
+        return embeds, attention, labels
+
+    def forward(self, z: torch.Tensor, reports: list[str]) -> torch.Tensor:
+        """Masked next-token cross-entropy on the report tokens (mean over tokens)."""
+        embeds, attention, labels = self._teacher_forcing(z, reports)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+    @torch.no_grad()
+    def log_likelihood(self, z: torch.Tensor, reports: list[str]) -> torch.Tensor:
+        """(B,) mean per-token log-likelihood of each report given its visual tokens (teacher forcing)."""
+        embeds, attention, labels = self._teacher_forcing(z, reports)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits[:, :-1].float()
+        target = labels[:, 1:]
+        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        valid = target != -100
+        return (logp * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, decoding: Decoding | None = None, seed: int = 0) -> list[str]:
+        """Reports for a batch of visual tokens; sampling is seeded, KV cache on."""
+        decoding = decoding or Decoding()
+        prefix = self._prefix(z)
+        attention = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
+        torch.manual_seed(seed)
+        out = self.lm.generate(inputs_embeds=prefix, attention_mask=attention, use_cache=True,
+                               pad_token_id=self.pad_id, eos_token_id=self.eos_id, **decoding.kwargs())
+        return [t.strip() for t in self.lm_ref.tokenizer.batch_decode(out, skip_special_tokens=True)]

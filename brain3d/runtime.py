@@ -1,0 +1,51 @@
+"""Process set-up shared by stages, the CLI and tests: offline hubs, thread counts, seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
+}
+
+
+def set_offline_env() -> None:
+    """No model/dataset hub is contacted, and no telemetry is sent (values already set are kept)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Cap intra-op threads (default: BRAIN3D_THREADS or all cores) and return the count used."""
+    import torch
+
+    n = n or int(os.environ.get("BRAIN3D_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a stage re-run gives the same numbers."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(threads: int | None = None) -> None:
+    set_offline_env()
+    set_threads(threads)
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of an `accelerate launch` / torchrun job (they must not write outputs)."""
+    return int(os.environ.get("RANK", "0")) == 0

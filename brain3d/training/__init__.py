@@ -1,0 +1,1 @@
+"""Training: the generic loop (accelerate, early stopping, resumable), InfoNCE, and the three phases."""

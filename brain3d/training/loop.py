@@ -1,0 +1,175 @@
+"""The one training loop used by every phase and stand-in: AdamW, linear warmup + cosine decay,
+gradient accumulation, bf16 on CUDA, early stopping on validation loss, and resumable checkpoints of the
+trainable parameters only. Runs unchanged under `accelerate launch` (DDP)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from brain3d import io
+from brain3d.tracking import Tracker
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1
+    patience: int = 5
+    seed: int = 42
+    max_grad_norm: float = 1.0
+    bf16: bool = True  # only where CUDA is present
+
+    @classmethod
+    def from_params(cls, section: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in section.items() if k in names})
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_val: float
+    stopped_early: bool
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    expected = set(trainable_state(model))
+    if set(state) != expected:
+        raise RuntimeError(f"{path}: checkpoint keys do not match the trainable parameters "
+                           f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})")
+    model.load_state_dict(state, strict=False)
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
+    warmup = max(1, int(round(total_steps * warmup_frac)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module, object], torch.Tensor],
+        train_set: Dataset, val_set: Dataset, collate: Callable, cfg: TrainConfig, *, state_dir: Path,
+        tracker: Tracker | None = None, desc: str = "train", progress: bool = True) -> FitResult:
+    """Train `model` (only parameters with requires_grad), keeping the best epoch by validation loss.
+
+    `state_dir` holds last.safetensors, best.safetensors, optimizer.pt and state.json; calling `fit` again
+    with the same state_dir resumes after the last completed epoch. On return the model holds the best
+    weights.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from tqdm.auto import tqdm
+
+    tracker = tracker or Tracker()
+    accelerator = Accelerator(
+        mixed_precision="bf16" if (cfg.bf16 and torch.cuda.is_available()) else "no",
+        gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    state_dir = Path(state_dir)
+    main = accelerator.is_main_process
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                              generator=g, drop_last=len(train_set) > cfg.batch_size)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    schedule = warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    state = {"epoch": 0, "step": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0,
+             "history": [], "done": False}
+    raw = accelerator.unwrap_model(model)
+    if (state_dir / "state.json").exists():
+        state = io.read_json(state_dir / "state.json")
+        load_trainable(raw, state_dir / "last.safetensors")
+        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+        accelerator.print(f"{desc}: resuming after epoch {state['epoch']} from {state_dir}")
+
+    while not state["done"] and state["epoch"] < cfg.epochs:
+        epoch = state["epoch"] + 1
+        torch.manual_seed(cfg.seed + 1000 * epoch + accelerator.process_index)
+        train_loader.set_epoch(epoch)
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not (progress and main),
+                   leave=False)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                loss = loss_fn(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                cfg.max_grad_norm)
+                    for group, base in zip(optimizer.param_groups, base_lrs):
+                        group["lr"] = base * schedule(state["step"])
+                    state["step"] += 1
+                optimizer.step()
+                optimizer.zero_grad()
+            total += float(loss.detach())
+            count += 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        train_loss = float(accelerator.reduce(torch.tensor(total / max(count, 1), device=accelerator.device),
+                                              "mean"))
+        val_loss = evaluate_loss(model, loss_fn, val_loader, accelerator)
+        improved = val_loss < state["best_val"] - 1e-6
+        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        if improved:
+            state.update(best_val=val_loss, best_epoch=epoch)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        state["history"].append(row)
+        state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
+        if main:
+            weights = trainable_state(accelerator.unwrap_model(model))
+            io.save_safetensors(state_dir / "last.safetensors", weights)
+            if improved:
+                io.save_safetensors(state_dir / "best.safetensors", weights)
+            with io.atomic_path(state_dir / "optimizer.pt") as tmp:
+                torch.save(optimizer.state_dict(), tmp)
+            io.write_json(state_dir / "state.json", state)  # last: marks the epoch complete
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            accelerator.print(f"{desc} epoch {epoch}: train {train_loss:.4f} val {val_loss:.4f}"
+                              + (" *" if improved else ""))
+        accelerator.wait_for_everyone()
+
+    load_trainable(accelerator.unwrap_model(model), state_dir / "best.safetensors")
+    stopped = state["bad_epochs"] >= cfg.patience and state["epoch"] < cfg.epochs
+    return FitResult(state["history"], state["best_epoch"], state["best_val"], stopped)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loss_fn, loader: DataLoader, accelerator) -> float:
+    """Mean validation loss over batches, averaged over processes."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        total += float(loss_fn(model, batch))
+        count += 1
+    return float(accelerator.reduce(torch.tensor(total / max(count, 1), device=accelerator.device), "mean"))

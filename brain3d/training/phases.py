@@ -1,0 +1,254 @@
+"""The staged training of SPEC §5.
+
+phase 1  contrastive grounding: volume encoder (+ projection head) against frozen LM text embeddings
+         (last hidden state mean-pooled over the report tokens), symmetric InfoNCE.
+phase 2A projector warm-up: projector + vis_scale, masked next-token CE on the report tokens.
+phase 2B linguistic LoRA: projector + LoRA on the LM's q/k/v/o (language model only), same loss.
+The encoder is frozen in phase 2, so its K tokens per volume are computed once and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from brain3d import io
+from brain3d.cache import cache_dir
+from brain3d.data import manifest
+from brain3d.data.reports import swap_laterality
+from brain3d.models.backbones import LanguageModel
+from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
+from brain3d.training.loop import FitResult, TrainConfig, fit
+from brain3d.training.losses import InfoNCE
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Cohort:
+    """Subjects of one split with their reports and preprocessed volumes."""
+
+    subjects: list[str]
+    reports: list[str]
+    volumes_dir: Path
+
+    @classmethod
+    def load(cls, splits: pd.DataFrame, manifest: pd.DataFrame, split: str, volumes_dir: Path) -> Cohort:
+        rows = splits[splits["split"] == split].merge(manifest[["subject", "report"]], on="subject")
+        rows = rows.sort_values("subject")
+        return cls(list(rows["subject"]), list(rows["report"]), Path(volumes_dir))
+
+    def volume(self, i: int) -> np.ndarray:
+        return np.load(self.volumes_dir / f"{self.subjects[i]}.npy")
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+
+def mirror(volume: torch.Tensor) -> torch.Tensor:
+    """Mirror across the mid-sagittal plane: W (left->right) is the last axis."""
+    return torch.flip(volume, dims=(-1,))
+
+
+# ----------------------------------------------------------------------------- phase 1
+class ContrastiveModel(nn.Module):
+    """Visual tokenizer + projection head: volume -> image embedding in the LM's hidden space."""
+
+    def __init__(self, visual: VisualTokenizer, text_dim: int):
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(visual.width, text_dim)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual(volume).mean(dim=1))  # (B, K, Cv) -> (B, E)
+
+
+@torch.no_grad()
+def text_embeddings(lm: LanguageModel, reports: list[str], batch_size: int = 16) -> torch.Tensor:
+    """(N, hidden) frozen-LM embedding of each report: last hidden state mean-pooled over its tokens."""
+    tok, decoder = lm.tokenizer, lm.causal.model
+    device = next(decoder.parameters()).device
+    out = []
+    for start in range(0, len(reports), batch_size):
+        ids = [[tok.bos_token_id] + tok(r, add_special_tokens=False)["input_ids"]
+               for r in reports[start : start + batch_size]]
+        longest = max(map(len, ids))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        x = torch.tensor([i + [pad] * (longest - len(i)) for i in ids], device=device)
+        mask = torch.tensor([[1] * len(i) + [0] * (longest - len(i)) for i in ids], device=device)
+        hidden = decoder(input_ids=x, attention_mask=mask).last_hidden_state.float()
+        report_mask = mask.clone()
+        report_mask[:, 0] = 0  # BOS is not a report token
+        out.append((hidden * report_mask[..., None]).sum(1) / report_mask.sum(1, keepdim=True).clamp(min=1))
+    return torch.cat(out).cpu()
+
+
+class _Phase1Data(Dataset):
+    def __init__(self, cohort: Cohort, text: torch.Tensor, flip_text: torch.Tensor | None):
+        self.cohort, self.text, self.flip_text = cohort, text, flip_text
+        self.volumes = [torch.from_numpy(cohort.volume(i)) for i in range(len(cohort))]
+
+    def __len__(self) -> int:
+        return len(self.cohort)
+
+    def __getitem__(self, i: int):
+        volume, text = self.volumes[i], self.text[i]
+        if self.flip_text is not None and torch.rand(()) < 0.5:
+            volume, text = mirror(volume), self.flip_text[i]
+        return volume[None], text
+
+
+def _collate_phase1(items):
+    volumes, texts = zip(*items)
+    return torch.stack(volumes), torch.stack(texts)
+
+
+def train_phase1(visual: VisualTokenizer, lm: LanguageModel, train: Cohort, val: Cohort, cfg: TrainConfig, *,
+                 temperature: float, laterality_flip: bool, state_dir: Path, tracker=None) -> tuple[ContrastiveModel, FitResult]:
+    """Contrastive grounding of the visual tokenizer; the LM stays frozen (its text embeddings are cached)."""
+    if cfg.batch_size < 2:
+        raise ValueError("phase1.batch_size must be >= 2: InfoNCE over one sample is identically zero")
+    lm.full.to("cpu" if not torch.cuda.is_available() else "cuda")
+    data = {}
+    for name, cohort in (("train", train), ("val", val)):
+        text = text_embeddings(lm, cohort.reports)
+        flipped = text_embeddings(lm, [swap_laterality(r) for r in cohort.reports]) if laterality_flip else None
+        data[name] = _Phase1Data(cohort, text, flipped if name == "train" else None)
+    model = ContrastiveModel(visual, lm.hidden_size)
+    loss = InfoNCE(temperature)
+
+    def loss_fn(m, batch):
+        volume, text = batch
+        return loss(m(volume), text)
+
+    params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    result = fit(model, params, loss_fn, data["train"], data["val"], _collate_phase1, cfg, state_dir=state_dir,
+                 tracker=tracker, desc="phase1")
+    return model, result
+
+
+# ----------------------------------------------------------------------------- phase 2
+@torch.no_grad()
+def visual_tokens(visual: VisualTokenizer, volumes: list[np.ndarray], batch_size: int = 4,
+                  flip: bool = False) -> torch.Tensor:
+    """(N, K, Cv) visual tokens of preprocessed volumes (optionally mirrored)."""
+    visual.eval()
+    device = next(visual.parameters()).device
+    out = []
+    for start in range(0, len(volumes), batch_size):
+        x = torch.from_numpy(np.stack(volumes[start : start + batch_size]))[:, None].to(device)
+        out.append(visual(mirror(x) if flip else x).float().cpu())
+    return torch.cat(out)
+
+
+def cached_tokens(visual: VisualTokenizer, cohort: Cohort, key: str, flip: bool = False) -> torch.Tensor:
+    """Visual tokens of a cohort, computed once per (encoder, subjects, flip) and cached on disk."""
+    from safetensors.torch import load_file
+
+    path = cache_dir("tokens", key) / f"{io.fingerprint([cohort.subjects, flip])}.safetensors"
+    if path.exists():
+        return load_file(str(path))["tokens"]
+    tokens = visual_tokens(visual, [cohort.volume(i) for i in range(len(cohort))], flip=flip)
+    io.save_safetensors(path, {"tokens": tokens})
+    return tokens
+
+
+class _Phase2Data(Dataset):
+    def __init__(self, tokens: torch.Tensor, reports: list[str], flipped: torch.Tensor | None = None):
+        self.tokens, self.reports, self.flipped = tokens, reports, flipped
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __getitem__(self, i: int):
+        if self.flipped is not None and torch.rand(()) < 0.5:
+            return self.flipped[i], swap_laterality(self.reports[i])
+        return self.tokens[i], self.reports[i]
+
+
+def _collate_phase2(items):
+    tokens, reports = zip(*items)
+    return torch.stack(tokens), list(reports)
+
+
+def train_phase2(model: Brain3D, train_tokens: torch.Tensor, train_reports: list[str], val_tokens: torch.Tensor,
+                 val_reports: list[str], cfg: TrainConfig, param_groups: list[dict], *, state_dir: Path,
+                 flipped_train_tokens: torch.Tensor | None = None, tracker=None, desc: str = "phase2"
+                 ) -> FitResult:
+    """Masked next-token CE over cached visual tokens; `param_groups` says what trains (2A vs 2B)."""
+    train_set = _Phase2Data(train_tokens, train_reports, flipped_train_tokens)
+    val_set = _Phase2Data(val_tokens, val_reports)
+    return fit(model, param_groups, lambda m, b: m(*b), train_set, val_set, _collate_phase2, cfg,
+               state_dir=state_dir, tracker=tracker, desc=desc)
+
+
+
+# ----------------------------------------------------------------------------- stage helpers
+def load_backbones(bb: dict, model_cfg: ModelConfig, *, visual_weights: str | Path | None = None
+                   ) -> tuple[VisualTokenizer, LanguageModel]:
+    """The visual tokenizer (optionally with phase-1 weights) and the frozen LM from a backbone record."""
+    from safetensors.torch import load_file
+
+    from brain3d.models.backbones import load_language_model, load_vision_model, torch_dtype
+
+    dtype = torch_dtype(bb["dtype"])
+    visual = VisualTokenizer(load_vision_model(bb["vision"], dtype=dtype), model_cfg)
+    if visual_weights is not None:
+        visual.load_state_dict(load_file(str(visual_weights)))
+    lm = load_language_model(bb["lm"], dtype=dtype, load_in_4bit=bb["load_in_4bit"])
+    return visual, lm
+
+
+def run_key(sections: dict, files: list[str | Path]) -> str:
+    """Fingerprint of a training run: its params and the content of its input files (resume key)."""
+    return io.fingerprint({"params": sections, "files": {str(f): io.sha256_file(f) for f in files}})
+
+
+def write_training_record(name: str, result: FitResult, curves_dir: Path, summary_dir: Path, tracker=None) -> dict:
+    """Per-epoch curve CSV (a DVC plot) and a summary JSON (DVC metrics) of one training."""
+    summary = {"best_val_loss": result.best_val, "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), "stopped_early": result.stopped_early}
+    io.write_csv(curves_dir / f"{name}.csv", pd.DataFrame(result.history))
+    io.write_json(summary_dir / f"{name}.json", summary)
+    if tracker is not None:
+        tracker.log_metrics({k: float(v) for k, v in summary.items()})
+        tracker.log_artifact(curves_dir / f"{name}.csv")
+    return summary
+
+
+@dataclass
+class Phase2Inputs:
+    """What phases 2A/2B start from: the frozen LM and the cached phase-1 visual tokens."""
+
+    model_cfg: ModelConfig
+    backbones: dict
+    lm: LanguageModel
+    vision_width: int
+    train: Cohort
+    val: Cohort
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
+    flipped_train_tokens: torch.Tensor | None
+    inputs: list[Path]  # files the run depends on (for the resume key)
+
+
+def phase2_inputs(cfg: dict, laterality_flip: bool) -> Phase2Inputs:
+    """Load the backbones + phase-1 encoder, and the (cached) visual tokens of train/val subjects."""
+    from brain3d import paths
+    from brain3d.models.backbones import read_backbones
+
+    model_cfg, bb = ModelConfig.from_params(cfg), read_backbones(paths.BACKBONES)
+    visual_path = paths.model_dir("phase1") / "visual.safetensors"
+    visual, lm = load_backbones(bb, model_cfg, visual_weights=visual_path)
+    splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
+    train, val = (Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
+    inputs = [paths.BACKBONES, visual_path, paths.SPLITS, paths.MANIFEST]
+    key = run_key({"model": cfg["model"], "shape": cfg["preprocess"]["shape"]}, inputs)
+    return Phase2Inputs(
+        model_cfg, bb, lm, visual.width, train, val, cached_tokens(visual, train, key), cached_tokens(visual, val, key),
+        cached_tokens(visual, train, key, flip=True) if laterality_flip else None, inputs)

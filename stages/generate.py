@@ -1,0 +1,52 @@
+"""DVC stage `generate@<system>`: reports for every test subject with one trained model, written to
+reports/predictions/<system>.jsonl (+ <system>.json metadata).
+
+    python -m stages.generate <system> <model> [shuffled]
+
+`shuffled` is the image-shuffled control: each subject gets another test subject's visual tokens, so a
+system that truly reads the image must beat it.
+"""
+
+import sys
+
+import pandas as pd
+import torch
+
+from brain3d import io, paths, stage
+from brain3d.data import manifest
+from brain3d.generation import decoding_from_params, derangement, generate_reports
+from brain3d.models import checkpoint
+from brain3d.training.phases import Cohort, visual_tokens
+
+DESCRIPTIONS = {
+    "phase1": "Brain3D after phase 1 only (contrastive encoder, untrained projector)",
+    "phase2a": "Brain3D after phase 2A (projector warm-up)",
+    "phase2b": "Brain3D full (phase 2B: projector + LoRA)",
+    "phase2b_shuffled": "control: phase 2B fed another test subject's visual tokens",
+}
+
+
+def main() -> None:
+    system, model_name = sys.argv[1], sys.argv[2]
+    shuffled = len(sys.argv) > 3 and sys.argv[3].lower() in ("true", "shuffled")
+    with stage.run(f"generate@{system}", ("generate",)) as (cfg, tracker):
+        g = cfg["generate"]
+        model = checkpoint.load(paths.model_dir(model_name), "cuda" if torch.cuda.is_available() else "cpu")
+        test = Cohort.load(pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST), "test", paths.VOLUMES)
+        tokens = visual_tokens(model.visual, [test.volume(i) for i in range(len(test))])
+        if shuffled:
+            tokens = tokens[torch.from_numpy(derangement(len(test), g["seed"]))]
+        preds = generate_reports(model, tokens, decoding_from_params(g), batch_size=g["batch_size"],
+                                 seed=g["seed"], desc=system)
+        rows = [{"subject": s, "split": "test", "reference": r, "prediction": p}
+                for s, r, p in zip(test.subjects, test.reports, preds)]
+        io.write_jsonl(paths.PREDICTIONS / f"{system}.jsonl", rows)
+        io.write_json(paths.PREDICTIONS / f"{system}.json", {
+            "system": system, "status": "ok", "reason": "", "baseline": False,
+            "description": DESCRIPTIONS.get(system, f"{model_name}{' (shuffled control)' if shuffled else ''}")})
+        tracker.log_metrics({"n_test": len(test)})
+        tracker.log_artifact(paths.PREDICTIONS / f"{system}.jsonl", "predictions")
+
+
+if __name__ == "__main__":
+    main()

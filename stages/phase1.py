@@ -1,0 +1,50 @@
+"""DVC stage `phase1`: contrastive grounding of the inflated 3D encoder against the frozen LM (InfoNCE).
+
+Also saves the seeded, RMS-calibrated projector that phase 2A starts from: with it, `models/phase1` is the
+paper's "Phase 1 only" system (trained encoder, untrained projector).
+"""
+
+import pandas as pd
+import torch
+
+from brain3d import io, paths, stage
+from brain3d.cache import cache_dir
+from brain3d.data import manifest
+from brain3d.models.backbones import read_backbones
+from brain3d.models.checkpoint import write_card
+from brain3d.models.model import Brain3D, ModelConfig
+from brain3d.runtime import is_main_process, seed_everything
+from brain3d.training import phases
+from brain3d.training.loop import TrainConfig
+
+OUT = paths.model_dir("phase1")
+
+
+def main() -> None:
+    with stage.run("phase1", ("model", "phase1")) as (cfg, tracker):
+        p, model_cfg, bb = cfg["phase1"], ModelConfig.from_params(cfg), read_backbones(paths.BACKBONES)
+        seed_everything(p["seed"])
+        visual, lm = phases.load_backbones(bb, model_cfg)
+        splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
+        train, val = (phases.Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
+        key = phases.run_key({"model": cfg["model"], "phase1": p, "shape": cfg["preprocess"]["shape"]},
+                             [paths.BACKBONES, paths.SPLITS, paths.MANIFEST])
+        model, result = phases.train_phase1(visual, lm, train, val, TrainConfig.from_params(p),
+                                            temperature=p["temperature"], laterality_flip=p["laterality_flip"],
+                                            state_dir=cache_dir("phase1", key), tracker=tracker)
+        if not is_main_process():
+            return
+        torch.manual_seed(p["seed"])
+        brain3d = Brain3D(lm, visual.width, model_cfg.prompt)
+        z = phases.visual_tokens(visual, [train.volume(i) for i in range(min(16, len(train)))])
+        brain3d.projector.calibrate(z, brain3d.text_rms())
+        io.save_safetensors(OUT / "visual.safetensors", visual.state_dict())
+        io.save_safetensors(OUT / "head.safetensors", model.head.state_dict())
+        io.save_safetensors(OUT / "projector.safetensors", brain3d.projector.state_dict())
+        write_card(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb, visual=OUT / "visual.safetensors",
+                   projector=OUT / "projector.safetensors")
+        phases.write_training_record("phase1", result, paths.CURVES, paths.TRAINING, tracker)
+
+
+if __name__ == "__main__":
+    main()

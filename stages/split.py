@@ -1,0 +1,25 @@
+"""DVC stage `split`: 70/10/20 subject-level split stratified by cohort x laterality (data/splits.csv)."""
+
+from pathlib import Path
+
+from brain3d import io, stage
+from brain3d.data import manifest
+from brain3d.data.split import stratified_split
+
+OUT = Path("data/splits.csv")
+
+
+def main() -> None:
+    with stage.run("split", ("split",)) as (cfg, tracker):
+        p = cfg["split"]
+        df = manifest.read("data/preprocessed/manifest.csv")
+        splits = stratified_split(df, tuple(p["fractions"]), p["seed"])
+        io.write_csv(OUT, splits)
+        table = splits.groupby(["split", "cohort", "laterality"]).size().unstack(fill_value=0)
+        tracker.log_metrics({f"n_{s}": int((splits["split"] == s).sum()) for s in ("train", "val", "test")})
+        tracker.log_artifact(OUT)
+        print(table.to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared test set-up: offline hubs, few threads, and tiny checkpoints of the REAL model classes
+(SiglipModel, Gemma3ForConditionalGeneration) built locally, as the paper path loads them."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("BRAIN3D_THREADS", "1")
+from brain3d import runtime  # noqa: E402
+
+runtime.set_offline_env()
+runtime.set_threads(int(os.environ["BRAIN3D_THREADS"]))
+
+import pytest  # noqa: E402
+
+REPORTS = [
+    "The lesion is located in the left frontal lobe with surrounding edema and necrosis.",
+    "A mass in the right temporal lobe shows enhancement and compression of the right lateral ventricle.",
+    "Bilateral parietal lesions with extensive edema.",
+    "No abnormal signal intensity is seen in the brain parenchyma on FLAIR. Normal study.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Resumable state and MLflow never touch the developer's repository during tests."""
+    monkeypatch.setenv("BRAIN3D_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from brain3d.models.foundation import train_tokenizer
+
+    return train_tokenizer(REPORTS * 5 + ["Generate a radiology report for this brain MRI FLAIR scan.\n"], 400)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory, tiny_tokenizer):
+    """A SiglipModel checkpoint (image 32, patch 8) saved like MedSigLIP (image-text model)."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    from brain3d.models.foundation import save_siglip
+
+    torch.manual_seed(0)
+    cfg = SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=len(tiny_tokenizer), max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    path = tmp_path_factory.mktemp("siglip")
+    save_siglip(SiglipModel(cfg), tiny_tokenizer, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory, tiny_tokenizer, tiny_siglip_dir):
+    """A multimodal Gemma3ForConditionalGeneration checkpoint + Gemma3Processor, saved like MedGemma."""
+    import torch
+    from transformers import SiglipModel
+
+    from brain3d.models.foundation import build_gemma3, save_gemma3
+
+    torch.manual_seed(0)
+    siglip = SiglipModel.from_pretrained(tiny_siglip_dir)
+    arch = dict(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, head_dim=16, max_positions=1024,
+                mm_tokens_per_image=4)
+    model = build_gemma3(tiny_tokenizer, siglip.config.vision_config.to_dict(), arch)
+    model.model.vision_tower.load_state_dict(siglip.vision_model.state_dict())
+    path = tmp_path_factory.mktemp("gemma3")
+    save_gemma3(model, tiny_tokenizer, path)
+    return path

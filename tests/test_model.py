@@ -1,0 +1,169 @@
+"""Model promises, proven on tiny randomly initialised models of the REAL classes (SigLIP, Gemma 3)."""
+
+import re
+
+import pytest
+import torch
+from transformers import SiglipVisionConfig, SiglipVisionModel
+
+from brain3d.models.backbones import load_language_model, load_vision_model
+from brain3d.models.compressor import GridPool, SeqPool
+from brain3d.models.encoder import InflatedPatchEmbed, PositionalEmbedding3D, VolumeEncoder, token_grid
+from brain3d.models.model import Brain3D, Decoding, ModelConfig, VisualTokenizer
+from brain3d.models.projector import Projector
+
+
+def medsiglip_like(hidden=16, layers=1):
+    """MedSigLIP-448's geometry (image 448, patch 14 -> 32x32 position grid) at a tiny width."""
+    torch.manual_seed(0)
+    return SiglipVisionModel(SiglipVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden,
+                                                num_hidden_layers=layers, num_attention_heads=2,
+                                                image_size=448, patch_size=14))
+
+
+def test_paper_shapes_65x9x9_tokens_and_32_visual_tokens():
+    assert token_grid((64, 128, 128), patch=14, kd=2, depth_stride=1, depth_pad=1) == (65, 9, 9)
+    cfg = ModelConfig(volume_shape=(64, 128, 128), kd=2, depth_stride=1, depth_pad=1, compressor="seq_pool")
+    visual = VisualTokenizer(medsiglip_like(), cfg)
+    with torch.no_grad():
+        tokens = visual.encoder(torch.rand(1, 1, 64, 128, 128))
+        assert tokens.shape == (1, 65 * 9 * 9, 16) == (1, 5265, 16)
+        assert visual(torch.rand(1, 1, 64, 128, 128)).shape == (1, 32, 16)
+    assert visual.encoder.pos.spatial.shape == (9, 9, 16)  # 32x32 pretrained grid interpolated to 9x9
+    assert visual.encoder.pos.depth.shape == (65, 16)
+
+
+def test_paper_projector_is_1152_to_2560():
+    projector = Projector(1152, 2560, embed_scale=2560**0.5)
+    assert (projector.fc1.in_features, projector.fc1.out_features) == (1152, 2560)
+    assert (projector.fc2.in_features, projector.fc2.out_features) == (2560, 2560)
+    assert projector(torch.randn(2, 32, 1152)).shape == (2, 32, 2560)
+
+
+def test_inflation_keeps_the_2d_response_on_a_depth_constant_volume():
+    conv = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4)
+    inflated = InflatedPatchEmbed(conv, kd=2, depth_stride=1, depth_pad=0)
+    grey = torch.rand(1, 1, 16, 16)
+    volume = grey[:, :, None].expand(1, 1, 5, 16, 16)  # every slice the same
+    out3d = inflated(volume)  # (1, 8, 4, 4, 4)
+    out2d = conv(grey.expand(1, 3, 16, 16))  # the grey image replicated to RGB
+    bias = conv.bias[None, :, None, None]
+    # depth replication / kd keeps the scale; the paper's RGB *average* gives a third of the RGB response
+    assert torch.allclose(out3d[:, :, 0] - bias, (out2d - bias) / 3, atol=1e-5)
+    assert torch.allclose(out3d[:, :, 0], out3d[:, :, -1], atol=1e-6)
+    assert torch.allclose(inflated.proj.weight.sum(2), conv.weight.mean(1, keepdim=True), atol=1e-6)
+
+
+def test_positional_embedding_keeps_the_pretrained_grid_when_sizes_match():
+    table = torch.randn(16, 4)
+    pos = PositionalEmbedding3D(table, (3, 4, 4))
+    assert torch.allclose(pos.spatial.reshape(16, 4), table)
+    assert torch.count_nonzero(pos.depth) == 0  # learnable, starts neutral
+    out = pos(torch.zeros(1, 3, 4, 4, 4))
+    assert torch.allclose(out[0, 2], table.reshape(4, 4, 4))  # broadcast over depth
+
+
+def test_grid_pool_keeps_left_and_right_apart_but_seq_pool_mixes_them():
+    grid = (2, 4, 4)
+    tokens = torch.zeros(1, 2 * 4 * 4, 3)
+    left = tokens.clone().reshape(1, 2, 4, 4, 3)
+    left[:, :, :, :2] = 1.0  # W index 0..1 = subject's left
+    left = left.reshape(1, 32, 3)
+    right = torch.flip(left.reshape(1, 2, 4, 4, 3), dims=(3,)).reshape(1, 32, 3)
+    gp, sp = GridPool((1, 1, 2)), SeqPool(2)
+    assert not torch.allclose(gp(left, grid), gp(right, grid))
+    assert torch.allclose(sp(left, grid), sp(right, grid))  # the paper's 1D pool cannot tell them apart
+
+
+def test_encoder_runs_on_the_demo_stand_in_geometry(tiny_siglip_dir):
+    vision = load_vision_model(tiny_siglip_dir)
+    encoder = VolumeEncoder(vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0)
+    assert encoder.grid == (4, 4, 4)
+    assert encoder(torch.rand(2, 1, 8, 32, 32)).shape == (2, 64, 32)
+
+
+def test_multimodal_gemma3_is_loaded_with_its_weights(tiny_gemma3_dir):
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tiny_gemma3_dir / "model.safetensors"))
+    lm = load_language_model(tiny_gemma3_dir)
+    assert lm.decoder_prefix == "model.language_model"
+    q = lm.causal.model.layers[0].self_attn.q_proj.weight
+    key = next(k for k in saved if re.search(r"language_model\..*layers\.0\.self_attn\.q_proj\.weight$", k))
+    assert torch.equal(q, saved[key]), "the LM was not loaded from the checkpoint"
+    assert lm.full.model.vision_tower is None  # dropped: Brain3D has its own 3D encoder
+
+
+def test_loading_a_multimodal_checkpoint_as_causal_lm_would_lose_its_weights(tiny_gemma3_dir):
+    """The pitfall the loader avoids: Gemma3ForCausalLM on a MedGemma-style checkpoint."""
+    from safetensors.torch import load_file
+    from transformers import Gemma3ForCausalLM
+    from transformers.utils import logging
+
+    saved = load_file(str(tiny_gemma3_dir / "model.safetensors"))
+    key = next(k for k in saved if re.search(r"language_model\..*layers\.0\.self_attn\.q_proj\.weight$", k))
+    logging.set_verbosity_error()
+    try:
+        wrong = Gemma3ForCausalLM.from_pretrained(tiny_gemma3_dir)
+    except Exception:  # some versions refuse outright: also not a silent success
+        return
+    finally:
+        logging.set_verbosity_warning()
+    assert not torch.equal(wrong.model.layers[0].self_attn.q_proj.weight, saved[key])
+
+
+def test_lora_targets_the_language_model_only(tiny_gemma3_dir):
+    from peft import LoraConfig, get_peft_model
+
+    lm = load_language_model(tiny_gemma3_dir, keep_vision=True)
+    names = [n for n, _ in lm.full.named_modules()]
+    plain = [n for n in names if n.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    assert any("vision_tower" in n for n in plain), "fixture must have a vision tower with q/k/v projections"
+    peft_model = get_peft_model(lm.full, LoraConfig(r=4, lora_alpha=8, target_modules=lm.lora_target_regex()))
+    targets = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    assert targets, "no LoRA layer was created"
+    assert not any("vision" in t for t in targets)
+    assert all(re.search(r"language_model\.layers\.\d+\.self_attn\.[qkvo]_proj$", t) for t in targets)
+    assert len(targets) == 4 * lm.causal.config.num_hidden_layers
+
+
+@pytest.fixture
+def brain3d(tiny_gemma3_dir):
+    torch.manual_seed(0)
+    lm = load_language_model(tiny_gemma3_dir)
+    return Brain3D(lm, vision_width=16)
+
+
+def test_labels_cover_only_report_tokens(brain3d):
+    z = torch.randn(2, 32, 16)
+    embeds, attention, labels = brain3d._teacher_forcing(z, ["Left frontal lesion.", "Normal study."])
+    n_prefix = 32 + len(brain3d.prompt_ids)
+    assert embeds.shape[1] == labels.shape[1] == attention.shape[1]
+    assert (labels[:, :n_prefix] == -100).all()
+    report_tokens = brain3d.lm_ref.tokenizer("Normal study.", add_special_tokens=False)["input_ids"]
+    assert (labels[1] != -100).sum() == len(report_tokens) + 1  # + EOS
+    assert labels[1, n_prefix + len(report_tokens)] == brain3d.eos_id
+
+
+def test_calibrate_puts_visual_tokens_on_the_text_scale(brain3d):
+    z = torch.randn(4, 32, 16) * 7
+    target = brain3d.text_rms()
+    brain3d.projector.calibrate(z, target)
+    rms = brain3d.projector(z).pow(2).mean().sqrt().item()
+    assert abs(rms - target) / target < 1e-3
+
+
+def test_loss_backpropagates_into_projector_only_when_lm_frozen(brain3d):
+    loss = brain3d(torch.randn(2, 32, 16), ["Left frontal lesion.", "Normal study."])
+    loss.backward()
+    assert brain3d.projector.fc1.weight.grad is not None
+    assert all(p.grad is None for p in brain3d.lm.parameters())
+
+
+def test_batched_generation_equals_one_at_a_time(brain3d):
+    z = torch.randn(3, 32, 16)
+    greedy = Decoding(do_sample=False, max_new_tokens=12, min_new_tokens=2)
+    batched = brain3d.generate(z, greedy)
+    single = [brain3d.generate(z[i : i + 1], greedy)[0] for i in range(3)]
+    assert batched == single
+    assert brain3d.log_likelihood(z, batched).shape == (3,)

@@ -1,0 +1,189 @@
+"""Preprocessing promises: laterality survives any storage orientation, bad input fails clearly."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brain3d import io
+from brain3d.data import manifest, nifti
+from brain3d.data.manifest import CohortError, InputError
+from brain3d.data.preprocess import preprocess_cohort, resample, standardize, standardize_with_grid
+from brain3d.data.skullstrip import threshold_mask
+
+SHAPE = (24, 48, 48)
+LESION_MM = np.array([-35.0, 20.0, 15.0])  # subject's LEFT (x < 0), anterior (y > 0), superior (z > 0)
+
+
+def _rotation(deg_z: float, deg_x: float) -> np.ndarray:
+    a, b = np.deg2rad(deg_z), np.deg2rad(deg_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def head(axes: np.ndarray, zooms, shape, skull: bool = False) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A world-defined head (ellipsoid brain, bright lesion at LESION_MM) sampled on the grid whose
+    voxel axes are `axes` (3x3, columns = world direction of i, j, k) with voxel sizes `zooms`."""
+    affine = np.eye(4)
+    affine[:3, :3] = axes @ np.diag(zooms)
+    affine[:3, 3] = -affine[:3, :3] @ (np.array(shape) - 1) / 2
+    ijk = np.indices(shape).reshape(3, -1).T
+    xyz = nib.affines.apply_affine(affine, ijk)
+    r = np.sqrt((xyz[:, 0] / 65) ** 2 + (xyz[:, 1] / 80) ** 2 + (xyz[:, 2] / 60) ** 2)
+    brain = r <= 1
+    texture = 0.05 * (np.sin(xyz[:, 0] / 7) * np.cos(xyz[:, 1] / 9) + np.sin(xyz[:, 2] / 5))  # world-defined
+    v = np.where(brain, 0.45 + texture, 0.0)
+    v[brain & (np.linalg.norm(xyz - LESION_MM, axis=1) < 15)] = 1.0
+    if skull:
+        v[(r > 1.06) & (r <= 1.16)] = 0.03  # skull: dark
+        v[(r > 1.16) & (r <= 1.26)] = 0.8  # scalp: bright
+    return nib.Nifti1Image(v.reshape(shape).astype(np.float32), affine), brain.reshape(shape)
+
+
+ORIENTATIONS = {
+    "RAS": (np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56)),
+    "LPS": (np.diag([-1.0, -1.0, 1.0]), (3.0, 3.0, 3.0), (60, 70, 56)),
+    "PIR-aniso": (np.array([[0, 0, 1.0], [-1.0, 0, 0], [0, -1.0, 0]]), (2.5, 5.0, 2.0), (72, 30, 72)),
+    "oblique-aniso": (_rotation(20, 12), (2.2, 2.2, 5.0), (78, 90, 34)),
+}
+
+
+@pytest.mark.parametrize("name", ORIENTATIONS)
+def test_left_lesion_ends_on_low_w_side(name):
+    axes, zooms, shape = ORIENTATIONS[name]
+    img, _ = head(axes, zooms, shape)
+    assert nib.aff2axcodes(img.affine)[0] in ("R", "L", "P")
+    out = standardize(img, SHAPE)
+    assert out.shape == SHAPE and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    d, h, w = np.argwhere(out > 0.9).mean(0)
+    assert w < SHAPE[2] * 0.4, f"{name}: lesion at W={w:.1f} is not on the subject's left (low W)"
+    assert h > SHAPE[1] * 0.55, f"{name}: lesion at H={h:.1f} is not anterior (high H)"
+    assert d > SHAPE[0] * 0.55, f"{name}: lesion at D={d:.1f} is not superior (high D)"
+
+
+def test_every_orientation_gives_the_same_volume():
+    outs = [standardize(head(*ORIENTATIONS[n][:1], ORIENTATIONS[n][1], ORIENTATIONS[n][2])[0], SHAPE)
+            for n in ("RAS", "LPS")]
+    assert np.corrcoef(outs[0].ravel(), outs[1].ravel())[0, 1] > 0.98
+
+
+def test_mask_argument_removes_skull_and_scalp():
+    img, brain = head(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56), skull=True)
+    out, grid = standardize_with_grid(img, SHAPE, mask=brain)
+    inside = resample(nib.Nifti1Image(brain.astype(np.float32), img.affine), grid, order=1) > 0.25
+    assert (out > 0).sum() > 0.3 * out.size
+    assert ((out > 0) & ~inside).sum() == 0, "voxels outside the brain mask survived"
+
+
+def test_threshold_skull_strip_recovers_the_brain():
+    img, brain = head(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56), skull=True)
+    mask = threshold_mask(img)
+    dice = 2 * (mask & brain).sum() / (mask.sum() + brain.sum())
+    assert dice > 0.9, dice
+
+
+# ----------------------------------------------------------------------------- bad input
+def _save(img, path):
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.fixture
+def good(tmp_path):
+    img, _ = head(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56))
+    return _save(img, tmp_path / "good.nii.gz")
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path, good):
+    data = good.read_bytes()
+    bad = tmp_path / "truncated.nii.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"sub-01 \(.*truncated.nii.gz\)"):
+        nifti.load(bad, "sub-01")
+
+
+def test_garbage_is_not_a_nifti(tmp_path):
+    bad = tmp_path / "junk.nii.gz"
+    bad.write_bytes(gzip.compress(b"this is not an image" * 10))
+    with pytest.raises(InputError, match="junk.nii.gz.*not a readable NIfTI"):
+        nifti.load(bad, "sub-02")
+
+
+def test_4d_volume_is_refused_but_a_singleton_4th_axis_is_squeezed(tmp_path):
+    four = _save(nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), np.eye(4)), tmp_path / "4d.nii.gz")
+    with pytest.raises(InputError, match=r"expected a 3D volume, got shape \(8, 8, 8, 3\)"):
+        nifti.load(four, "sub-03")
+    single = _save(nib.Nifti1Image(np.random.rand(8, 8, 8, 1).astype(np.float32), np.eye(4)), tmp_path / "1.nii.gz")
+    assert nifti.load(single, "sub-03").shape == (8, 8, 8)
+
+
+@pytest.mark.parametrize("value,expected", [(np.nan, "non-finite"), (np.inf, "non-finite")])
+def test_non_finite_voxels_are_refused(tmp_path, value, expected):
+    data = np.random.rand(8, 8, 8).astype(np.float32)
+    data[2, 3, 4] = value
+    path = _save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    with pytest.raises(InputError, match=f"1 {expected}"):
+        nifti.load(path, "sub-04")
+
+
+def test_empty_volume_is_refused(tmp_path):
+    path = _save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "zero.nii.gz")
+    with pytest.raises(InputError, match="empty volume"):
+        nifti.load(path, "sub-05")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        nifti.load(tmp_path / "absent.nii.gz", "sub-06")
+
+
+def _rows(tmp_path, good, n=3):
+    rows = []
+    for i in range(n):
+        path = tmp_path / f"s{i}.nii.gz"
+        path.write_bytes(good.read_bytes())
+        rows.append(dict(subject=f"s{i}", cohort="tumour", source="phantom", volume=str(path), seg="",
+                         report="Left frontal lesion.", laterality="left", sha256=io.sha256_file(path),
+                         skull_stripped=True))
+    return rows
+
+
+def test_manifest_validation_finds_missing_reports_and_duplicates(tmp_path, good):
+    rows = _rows(tmp_path, good)
+    rows[1]["report"] = "  "
+    rows.append(dict(rows[0]))
+    errors = manifest.validate(pd.DataFrame(rows))
+    text = "\n".join(map(str, errors))
+    assert "s0" in text and "duplicate subject id" in text
+    assert "s1" in text and "missing or empty report" in text
+
+
+def test_cohort_reports_every_bad_subject_at_once(tmp_path, good):
+    rows = _rows(tmp_path, good, 4)
+    (tmp_path / "s1.nii.gz").write_bytes(b"\x1f\x8b broken")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / "s2.nii.gz"))
+    df = pd.DataFrame(rows)
+    with pytest.raises(CohortError) as info:
+        preprocess_cohort(df, tmp_path, tmp_path / "out", shape=SHAPE, workers=1, progress=False)
+    message = str(info.value)
+    assert "2 bad subject(s)" in message and "s1" in message and "s2" in message and "empty volume" in message
+
+    qc, ok = preprocess_cohort(df, tmp_path, tmp_path / "out", shape=SHAPE, workers=1, on_error="skip",
+                               progress=False)
+    assert sorted(ok["subject"]) == ["s0", "s3"]
+    assert set(qc.loc[qc["status"] == "error", "subject"]) == {"s1", "s2"}
+    assert np.load(tmp_path / "out" / "volumes" / "s0.npy").shape == SHAPE
+    assert not (tmp_path / "out" / "volumes" / "s1.npy").exists()
+
+
+def test_cohort_resumes_from_cache(tmp_path, good):
+    df = pd.DataFrame(_rows(tmp_path, good, 2))
+    qc1, _ = preprocess_cohort(df, tmp_path, tmp_path / "out", shape=SHAPE, workers=1, progress=False)
+    (tmp_path / "s0.nii.gz").unlink()  # would fail if it were read again
+    qc2, _ = preprocess_cohort(df, tmp_path, tmp_path / "out2", shape=SHAPE, workers=1, progress=False,
+                               on_error="skip")
+    assert list(qc2["status"]) == ["error", "ok"]  # s0's file is gone: validation flags it before the cache

@@ -1,0 +1,85 @@
+"""Training promises: InfoNCE really trains at batch >= 2, the loop resumes exactly after an interruption."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from brain3d.io import read_json
+from brain3d.training.loop import TrainConfig, fit
+from brain3d.training.losses import InfoNCE
+
+
+def test_infonce_refuses_a_batch_of_one():
+    with pytest.raises(ValueError, match="at least 2"):
+        InfoNCE()(torch.randn(1, 8), torch.randn(1, 8))
+
+
+def test_infonce_prefers_matched_pairs():
+    torch.manual_seed(0)
+    text = torch.randn(6, 16)
+    matched = InfoNCE()(text + 0.01 * torch.randn(6, 16), text)
+    shuffled = InfoNCE()(text[torch.tensor([1, 2, 3, 4, 5, 0])], text)
+    assert matched < 0.05 < shuffled
+
+
+def _problem():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    return TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
+
+
+def _collate(items):
+    xs, ys = zip(*items)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _train(state_dir, fail_at_epoch=None, epochs=4):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 1))
+    calls = {"epoch_batches": 0}
+
+    def loss_fn(m, batch):
+        x, y = batch
+        calls["epoch_batches"] += int(m.training)
+        if m.training and fail_at_epoch is not None and calls["epoch_batches"] > (fail_at_epoch - 1) * 6:
+            raise KeyboardInterrupt
+        return nn.functional.mse_loss(m(x), y)
+
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, patience=10, warmup_frac=0.25)
+    train, val = _problem()
+    result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}], loss_fn, train, val, _collate, cfg,
+                 state_dir=state_dir, progress=False)
+    return model, result
+
+
+def test_loss_falls(tmp_path):
+    _, result = _train(tmp_path / "a")
+    assert result.history[-1]["val_loss"] < 0.5 * result.history[0]["val_loss"]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    full, full_result = _train(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", fail_at_epoch=3)  # dies during epoch 3
+    assert [r["epoch"] for r in read_json(tmp_path / "cut" / "state.json")["history"]] == [1, 2]
+    resumed, resumed_result = _train(tmp_path / "cut")
+    assert [r["epoch"] for r in resumed_result.history] == [1, 2, 3, 4]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert resumed_result.best_val == pytest.approx(full_result.best_val, rel=1e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    train, val = _problem()
+    cfg = TrainConfig(epochs=30, batch_size=8, lr=5.0, patience=2, warmup_frac=0.0)  # diverges after a while
+    result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
+                 lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), train, val, _collate, cfg,
+                 state_dir=tmp_path, progress=False)
+    vals = [r["val_loss"] for r in result.history]
+    assert result.best_val == min(vals)
+    if result.stopped_early:
+        assert len(vals) - result.best_epoch == cfg.patience
