@@ -32,6 +32,9 @@ class InputError(ValueError):
         where = f" ({self.path})" if self.path else ""
         super().__init__(f"{subject}{where}: {reason}")
 
+    def __reduce__(self):  # picklable across worker processes
+        return (InputError, (self.subject, self.path, self.reason))
+
 
 class CohortError(ValueError):
     """Several bad subjects at once: the stage reports them all instead of dying on the first."""

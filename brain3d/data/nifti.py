@@ -11,12 +11,12 @@ import numpy as np
 from brain3d.data.manifest import InputError
 
 
-def load(path: str | Path, subject: str | None = None) -> nib.Nifti1Image:
+def load(path: str | Path, subject: str | None = None, *, label_map: bool = False) -> nib.Nifti1Image:
     """Load a 3D NIfTI and check that its voxels are usable.
 
     Raises `InputError` for: missing file, not a NIfTI, corrupt or truncated data, a true 4D series
     (a trailing singleton dimension is squeezed), non-finite voxels, an all-constant volume, and a
-    singular affine.
+    singular affine. A `label_map` (lesion labels) may be all zero: a healthy subject has no lesion.
     """
     path = Path(path)
     subject = subject or path.name
@@ -43,7 +43,7 @@ def load(path: str | Path, subject: str | None = None) -> nib.Nifti1Image:
     bad = ~np.isfinite(data)
     if bad.any():
         raise InputError(subject, path, f"{int(bad.sum())} non-finite voxel(s) (NaN/Inf)")
-    if float(data.max()) == float(data.min()):
+    if not label_map and float(data.max()) == float(data.min()):
         raise InputError(subject, path, f"empty volume (every voxel is {float(data.min()):g})")
     if abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
         raise InputError(subject, path, "singular affine (no valid voxel-to-world mapping)")

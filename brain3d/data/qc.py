@@ -1,5 +1,5 @@
-"""QC figures: a montage of every preprocessed subject, shown in neurological convention (the
-subject's left on the image's left, marked), with the lesion outline where ground truth exists."""
+"""QC figures: a montage of every preprocessed subject in the radiological view (anterior up, the
+subject's right on the image's left, marked), with the lesion outline where ground truth exists."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from brain3d.data.views import radiological
+
 
 def axial_tile(ax, volume: np.ndarray, seg: np.ndarray | None, title: str) -> None:
-    """One axial slice through the lesion centre (or the middle), anterior up, subject's left at left."""
+    """One axial slice through the lesion centre (or the middle) in the radiological view."""
     d = int(np.argwhere(seg > 0)[:, 0].mean()) if seg is not None and seg.any() else volume.shape[0] // 2
-    ax.imshow(volume[d], cmap="gray", origin="lower", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(radiological(volume[d]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if seg is not None and seg[d].any():
-        ax.contour(seg[d] > 0, levels=[0.5], colors="red", linewidths=0.8)
-    ax.text(0.02, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=7, va="center")
-    ax.text(0.98, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=7, va="center", ha="right")
+        ax.contour(radiological(seg[d] > 0), levels=[0.5], colors="red", linewidths=0.8)
+    ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=7, va="center")
+    ax.text(0.98, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=7, va="center", ha="right")
     ax.set_title(title, fontsize=6)
     ax.axis("off")
 
@@ -41,7 +43,7 @@ def montage(out_dir: Path, manifest, path: Path, max_subjects: int = 120) -> Non
         seg_path = out_dir / "seg" / f"{row.subject}.npy"
         seg = np.load(seg_path) if seg_path.exists() else None
         axial_tile(ax, np.asarray(vol), seg, f"{row.subject}\n{row.laterality}")
-    fig.suptitle("Preprocessed FLAIR, axial through the lesion (neurological view: L = subject's left)",
+    fig.suptitle("Preprocessed FLAIR, axial through the lesion (radiological view: R = subject's right)",
                  fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

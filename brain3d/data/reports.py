@@ -85,6 +85,54 @@ _SIGNALS = ("mixed high signal on FLAIR", "heterogeneous hyperintense signal on 
 _NOUNS = ("a lesion", "an irregular lesion", "a mass lesion", "a space-occupying lesion",
           "an infiltrative tumor lesion", "a tumor lesion")
 _VERBS = ("is seen", "is identified", "is located", "is present")
+_ONE_SIDE = ("{Noun} {verb} in the {where}, showing {signal}.",
+             "There is {noun} in the {where} with {signal}.",
+             "The {where} contains {noun} with {signal}.",
+             "In the {where}, {noun} with {signal} {verb}.")
+_TWO_LESIONS = ("Lesions are seen in both hemispheres, in the {a} and in the {b}, showing {signal}.",
+                "There are two lesions, one in the {a} and one in the {b}, both with {signal}.",
+                "Bilateral lesions are present in the {a} and the {b}, with {signal}.",
+                "Multiple lesions involve the {a} and the {b}, showing {signal}.")
+_CROSSING = ("{Noun} crossing the midline through the corpus callosum involves the {a} and the {b}, "
+             "showing {signal}.",
+             "{Noun} {verb} in the corpus callosum, extending bilaterally into the {a} and the {b}, "
+             "with {signal}.",
+             "There is a bilateral lesion spanning the corpus callosum into the {a} and the {b}, "
+             "with {signal}.")
+_MIDLINE = ("{Noun} {verb} in the midline at {site}{adjacent}, showing {signal}.",
+            "There is a midline lesion in {site}{adjacent} with {signal}.",
+            "{Noun} centered on {site} in the midline shows {signal}{adjacent}.")
+_MIDLINE_SITES = {"corpus callosum": "the corpus callosum", "vermis": "the vermis of the cerebellum"}
+_PERIVENTRICULAR = ("Periventricular white matter is involved.",
+                    "There is periventricular extension of the abnormal signal.",
+                    "Abnormal signal reaches the periventricular white matter.",
+                    "Involvement of the periventricular region is noted.")
+_EDEMA = ("{Grade} peritumoral edema surrounds {the}.",
+          "There is {grade} surrounding edema.",
+          "{Grade} edema is seen around {the}, extending into the adjacent white matter.",
+          "{The} {is} surrounded by {grade} edema.")
+_NECROSIS = ("Necrosis is seen in the center of {the}.",
+             "Central necrosis is present.",
+             "Areas of necrosis are noted within {the}.",
+             "{The} {shows} central low signal consistent with necrosis.",
+             "Internal necrosis is noted.")
+_RING_ENHANCEMENT = ("{The} {shows} irregular ring enhancement.",
+                     "Ring-like enhancement is seen along the margin of {the}.",
+                     "There is heterogeneous rim enhancement.")
+_SOLID_ENHANCEMENT = ("{The} {shows} heterogeneous enhancement.",
+                      "Solid enhancement of {the} is noted.",
+                      "There is patchy enhancement within {the}.")
+_COMPRESSION = ("{V} shows compression.",
+                "There is compression of {v}.",
+                "Mass effect causes compression of {v}.",
+                "Compression of {v} is noted.")
+_SHIFT = ("The midline is shifted by about {mm} mm.",
+          "There is midline shift of approximately {mm} mm.",
+          "Midline structures are displaced by about {mm} mm.")
+# Absent findings: negated, or (the empty strings) not mentioned at all.
+_NO_EDEMA = ("No significant peritumoral edema is seen.", "There is no obvious surrounding edema.", "", "")
+_NO_NECROSIS = ("No obvious necrosis is seen.", "There is no evidence of necrosis.", "", "")
+_NO_ENHANCEMENT = ("No significant enhancement is seen.", "There is no obvious enhancement.", "", "")
 
 
 def tumour_report(truth: dict, rng: np.random.Generator) -> str:
@@ -102,15 +150,15 @@ def tumour_report(truth: dict, rng: np.random.Generator) -> str:
              "shows": "show" if plural else "shows"}
     words["The"] = words["the"].capitalize()
 
-    sentences = [_location(side, lobes, lesions, rng)]
-    middle = [_edema(findings.get("edema", False), truth.get("volumes_ml", {}), words, rng),
-              _necrosis(findings.get("necrosis", False), words, rng),
-              _enhancement(findings.get("enhancement", False), findings.get("necrosis", False), words, rng)]
+    middle = [_edema(findings.get("edema", False), truth.get("volumes_ml", {}), words, rng)]
+    necrosis = findings.get("necrosis", False)
+    middle.append(_pick(rng, _NECROSIS).format(**words) if necrosis else _pick(rng, _NO_NECROSIS))
+    if findings.get("enhancement"):
+        middle.append(_pick(rng, _RING_ENHANCEMENT if necrosis else _SOLID_ENHANCEMENT).format(**words))
+    else:
+        middle.append(_pick(rng, _NO_ENHANCEMENT))
     if findings.get("periventricular"):
-        middle.append(_pick(rng, ("Periventricular white matter is involved.",
-                                  "There is periventricular extension of the abnormal signal.",
-                                  "Abnormal signal reaches the periventricular white matter.",
-                                  "Involvement of the periventricular region is noted.")))
+        middle.append(_pick(rng, _PERIVENTRICULAR))
     diameter = truth.get("max_diameter_mm") or 0.0
     if not plural and diameter > 0 and rng.random() < 0.4:
         middle.append(f"{words['The']} measures about {diameter / 10:.1f} cm in maximum diameter.")
@@ -118,10 +166,10 @@ def tumour_report(truth: dict, rng: np.random.Generator) -> str:
     tail = [_compression(compression.get("side"), side, rng)] if compression.get("present") else []
     shift = findings.get("midline_shift_mm") or 0.0
     if shift >= 3.0:
-        tail.append(_pick(rng, ("The midline is shifted by about {mm} mm.",
-                                "There is midline shift of approximately {mm} mm.",
-                                "Midline structures are displaced by about {mm} mm.")).format(mm=round(shift)))
-    sentences += [middle[i] for i in rng.permutation(len(middle))] + [tail[i] for i in rng.permutation(len(tail))]
+        tail.append(_pick(rng, _SHIFT).format(mm=round(shift)))
+    sentences = [_location(side, lobes, lesions, rng)]
+    sentences += [middle[i] for i in rng.permutation(len(middle))]
+    sentences += [tail[i] for i in rng.permutation(len(tail))]
     return " ".join(s for s in sentences if s)
 
 
@@ -145,77 +193,34 @@ def _regions(names: list[str], rng: np.random.Generator) -> str:
 
 
 def _location(side: str, lobes: dict, lesions: list[dict], rng: np.random.Generator) -> str:
+    """The opening sentence: where the lesion is (side + lobes, both sides, or a named midline site)."""
     noun, verb, signal = _pick(rng, _NOUNS), _pick(rng, _VERBS), _pick(rng, _SIGNALS)
+    fields = {"Noun": noun.capitalize(), "noun": noun, "verb": verb, "signal": signal}
     if side in ("left", "right"):
-        where = f"{side} {_regions(lobes.get(side, []), rng)}"
-        template = _pick(rng, ("{Noun} {verb} in the {where}, showing {signal}.",
-                               "There is {noun} in the {where} with {signal}.",
-                               "The {where} contains {noun} with {signal}.",
-                               "In the {where}, {noun} with {signal} {verb}."))
-        return template.format(Noun=noun.capitalize(), noun=noun, verb=verb, where=where, signal=signal)
+        return _pick(rng, _ONE_SIDE).format(where=f"{side} {_regions(lobes.get(side, []), rng)}", **fields)
     if side == "bilateral":
         first, second = ("left", "right") if rng.random() < 0.5 else ("right", "left")
         a = f"{first} {_regions(lobes.get(first, []), rng)}"
         b = f"{second} {_regions(lobes.get(second, []), rng)}"
-        if len(lesions) > 1:
-            template = _pick(rng, ("Lesions are seen in both hemispheres, in the {a} and in the {b}, showing {signal}.",
-                                   "There are two lesions, one in the {a} and one in the {b}, both with {signal}.",
-                                   "Bilateral lesions are present in the {a} and the {b}, with {signal}.",
-                                   "Multiple lesions involve the {a} and the {b}, showing {signal}."))
-        else:
-            template = _pick(rng, ("{Noun} crossing the midline through the corpus callosum involves the {a} and the "
-                                   "{b}, showing {signal}.",
-                                   "{Noun} {verb} in the corpus callosum, extending bilaterally into the {a} and "
-                                   "the {b}, with {signal}.",
-                                   "There is a bilateral lesion spanning the corpus callosum into the {a} and the "
-                                   "{b}, with {signal}."))
-        return template.format(Noun=noun.capitalize(), verb=verb, a=a, b=b, signal=signal)
+        return _pick(rng, _TWO_LESIONS if len(lesions) > 1 else _CROSSING).format(a=a, b=b, **fields)
     site = next((les.get("site") for les in lesions if les.get("site")), None)
-    named = {"corpus callosum": "the corpus callosum", "vermis": "the vermis of the cerebellum"}.get(site)
-    names = [n for n in dict.fromkeys(lobes.get("left", []) + lobes.get("right", []) + lobes.get("midline", []))
-             if not (site == "vermis" and n == "cerebellum")]
+    named = _MIDLINE_SITES.get(site)
+    involved = dict.fromkeys(lobes.get("left", []) + lobes.get("right", []) + lobes.get("midline", []))
+    names = [n for n in involved if not (site == "vermis" and n == "cerebellum")]
     if named is None and "cerebellum" in names:
         named, names = "the cerebellum", [n for n in names if n != "cerebellum"]
     adjacent = f", involving the adjacent {_regions(names, rng)}" if names else ""
-    template = _pick(rng, ("{Noun} {verb} in the midline at {site}{adjacent}, showing {signal}.",
-                           "There is a midline lesion in {site}{adjacent} with {signal}.",
-                           "A lesion centered on {site} in the midline{adjacent} shows {signal}."))
-    return template.format(Noun=noun.capitalize(), verb=verb, site=named or "a midline location",
-                           adjacent=adjacent, signal=signal)
+    site_text = named or "the interhemispheric region"
+    return _pick(rng, _MIDLINE).format(site=site_text, adjacent=adjacent, **fields)
 
 
 def _edema(present: bool, volumes: dict, words: dict, rng: np.random.Generator) -> str:
     if not present:
-        return _pick(rng, ("No significant peritumoral edema is seen.", "There is no obvious surrounding edema.",
-                           "", ""))
+        return _pick(rng, _NO_EDEMA)
     ratio = volumes.get("edema", 0.0) / max(volumes.get("core", 0.0), 0.1)
-    grade = _pick(rng, ("mild", "slight") if ratio < 1 else ("moderate",) if ratio < 3 else ("extensive", "marked"))
-    template = _pick(rng, ("{Grade} peritumoral edema surrounds {the}.",
-                           "There is {grade} surrounding edema.",
-                           "{Grade} edema is seen around {the}, extending into the adjacent white matter.",
-                           "{The} {is} surrounded by {grade} edema."))
-    return template.format(Grade=grade.capitalize(), grade=grade, **words)
-
-
-def _necrosis(present: bool, words: dict, rng: np.random.Generator) -> str:
-    if not present:
-        return _pick(rng, ("No obvious necrosis is seen.", "There is no evidence of necrosis.", "", ""))
-    return _pick(rng, ("Necrosis is seen in the center of {the}.", "Central necrosis is present.",
-                       "Areas of necrosis are noted within {the}.",
-                       "{The} {shows} central low signal consistent with necrosis.",
-                       "Internal necrosis is noted.")).format(**words)
-
-
-def _enhancement(present: bool, ring: bool, words: dict, rng: np.random.Generator) -> str:
-    if not present:
-        return _pick(rng, ("No significant enhancement is seen.", "There is no obvious enhancement.", "", ""))
-    if ring:
-        options = ("{The} {shows} irregular ring enhancement.", "Ring-like enhancement is seen along the margin of {the}.",
-                   "There is heterogeneous rim enhancement.")
-    else:
-        options = ("{The} {shows} heterogeneous enhancement.", "Solid enhancement of {the} is noted.",
-                   "There is patchy enhancement within {the}.")
-    return _pick(rng, options).format(**words)
+    grades = ("mild", "slight") if ratio < 1 else ("moderate",) if ratio < 3 else ("extensive", "marked")
+    grade = _pick(rng, grades)
+    return _pick(rng, _EDEMA).format(Grade=grade.capitalize(), grade=grade, **words)
 
 
 def _compression(where: str | None, side: str, rng: np.random.Generator) -> str:
@@ -225,6 +230,4 @@ def _compression(where: str | None, side: str, rng: np.random.Generator) -> str:
         ventricle = "each lateral ventricle"
     else:
         ventricle = f"the {where} lateral ventricle"
-    template = _pick(rng, ("{V} shows compression.", "There is compression of {v}.",
-                           "Mass effect causes compression of {v}.", "Compression of {v} is noted."))
-    return template.format(V=ventricle[0].upper() + ventricle[1:], v=ventricle)
+    return _pick(rng, _COMPRESSION).format(V=ventricle[0].upper() + ventricle[1:], v=ventricle)

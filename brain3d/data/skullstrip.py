@@ -25,49 +25,67 @@ def _ball(radius_vox: np.ndarray) -> np.ndarray:
     return sum((g / max(k, 1e-6)) ** 2 for g, k in zip(grid, r)) <= 1.0
 
 
-def threshold_mask(img: nib.Nifti1Image, erode_mm: float = 5.0) -> np.ndarray:
-    """Brain mask (bool, in the image's voxel grid) by Otsu threshold and morphology."""
+def threshold_mask(img: nib.Nifti1Image, erode_mm: float = 5.0, working_mm: float = 2.5) -> np.ndarray:
+    """Brain mask (bool, in the image's voxel grid) by Otsu threshold and morphology, computed on a grid of
+    about `working_mm` voxels (morphology cost grows with the voxel count) and brought back."""
     from skimage.filters import threshold_otsu
 
     data = np.asarray(img.dataobj, dtype=np.float32)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
-    smooth = ndimage.gaussian_filter(data, sigma=1.0 / zooms)
+    scale = np.minimum(zooms / working_mm, 1.0)  # < 1 shrinks fine axes only
+    small = ndimage.zoom(data, scale, order=1) if (scale < 1).any() else data
+    zooms_small = zooms * np.array(data.shape) / np.array(small.shape)
+    smooth = ndimage.gaussian_filter(small, sigma=1.0 / zooms_small)
     positive = smooth[smooth > np.percentile(smooth, 2)]
     tissue = smooth > threshold_otsu(positive)
-    ball = _ball(erode_mm / zooms)
+    ball = _ball(erode_mm / zooms_small)
     core = ndimage.binary_erosion(tissue, structure=ball)
     labels, n = ndimage.label(core)
     if n == 0:
-        return ndimage.binary_fill_holes(tissue)
-    sizes = ndimage.sum(core, labels, index=np.arange(1, n + 1))
-    brain = labels == (int(np.argmax(sizes)) + 1)
-    brain = ndimage.binary_dilation(brain, structure=ball) & tissue
-    brain = ndimage.binary_closing(brain, structure=_ball(3.0 / zooms))
-    return ndimage.binary_fill_holes(brain)
+        brain = ndimage.binary_fill_holes(tissue)
+    else:
+        sizes = ndimage.sum(core, labels, index=np.arange(1, n + 1))
+        brain = labels == (int(np.argmax(sizes)) + 1)
+        brain = ndimage.binary_dilation(brain, structure=ball) & tissue
+        brain = ndimage.binary_closing(brain, structure=_ball(3.0 / zooms_small))
+        brain = ndimage.binary_fill_holes(brain)
+    if small is data:
+        return brain
+    step = np.array(small.shape) / np.array(data.shape)  # output voxel -> small-grid voxel
+    back = ndimage.affine_transform(brain.astype(np.float32), np.diag(step), offset=(step - 1) / 2,
+                                    output_shape=data.shape, order=1)
+    return back > 0.5
 
 
-def registration_mask(img: nib.Nifti1Image, resolution_mm: float = 3.0, seed: int = 0) -> np.ndarray:
+def _ants(array: np.ndarray, affine: np.ndarray):
+    import ants
+
+    image = nib.Nifti1Image(array.astype(np.float32), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    return ants.from_nibabel_nifti(image)
+
+
+def registration_mask(img: nib.Nifti1Image, resolution_mm: float = 4.0, seed: int = 0) -> np.ndarray:
     """Brain mask from an affine registration of the MNI FLAIR-like template to the subject."""
     import ants
 
     from brain3d.data.atlas import flair_like, mni
 
-    ants.set_ants_deterministic(True, seed)
+    ants.config.set_ants_deterministic(True, seed)
     atlas = mni(2)
     template = flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain
-    template_img = ants.from_nibabel_nifti(nib.Nifti1Image(template.astype(np.float32), atlas.affine))
-    template_mask = ants.from_nibabel_nifti(nib.Nifti1Image(atlas.brain.astype(np.float32), atlas.affine))
+    template_img, template_mask = _ants(template, atlas.affine), _ants(atlas.brain, atlas.affine)
 
     seed_mask = threshold_mask(img)
     data = np.asarray(img.dataobj, dtype=np.float32)
     # Register against the seed-masked subject so that the scalp cannot attract the template.
     masked = ndimage.binary_dilation(seed_mask, iterations=2) * data
-    subject = ants.from_nibabel_nifti(nib.Nifti1Image(masked.astype(np.float32), img.affine))
+    subject = _ants(masked, img.affine)
     spacing = (resolution_mm,) * 3
     reg = ants.registration(
         fixed=subject.resample_image(spacing, use_voxels=False, interp_type=0),
         moving=template_img.resample_image(spacing, use_voxels=False, interp_type=0),
-        type_of_transform="Affine",
+        type_of_transform="AffineFast",
     )
     warped = ants.apply_transforms(fixed=subject, moving=template_mask, transformlist=reg["fwdtransforms"])
     return warped.numpy() > 0.5

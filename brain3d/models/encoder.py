@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brain3d.data.views import radiological
+
 
 def vision_transformer(model: nn.Module) -> nn.Module:
     """The module holding embeddings/encoder/post_layernorm in a SigLIP vision or image-text model."""
@@ -71,7 +73,11 @@ class PositionalEmbedding3D(nn.Module):
 
 
 class VolumeEncoder(nn.Module):
-    """Inflated SigLIP: (B, 1, D, H, W) in [0, 1] -> tokens (B, D'*h*w, C) in z-major order."""
+    """Inflated SigLIP: (B, 1, D, H, W) in [0, 1] -> tokens (B, D'*h*w, C) in z-major order.
+
+    Slices are fed in the radiological view (`brain3d.data.views`), so token column 0 is the subject's
+    right; laterality is a property of the token grid either way.
+    """
 
     def __init__(self, vision: nn.Module, volume_shape: tuple[int, int, int], kd: int = 2,
                  depth_stride: int = 1, depth_pad: int = 1):
@@ -90,7 +96,8 @@ class VolumeEncoder(nn.Module):
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         if volume.dim() == 4:
             volume = volume.unsqueeze(1)
-        x = (volume - 0.5) / 0.5  # SigLIP's pixel normalisation (mean 0.5, std 0.5)
+        x = radiological(volume)  # slices in the orientation the 2D backbone was pretrained on
+        x = (x - 0.5) / 0.5  # SigLIP's pixel normalisation (mean 0.5, std 0.5)
         x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))  # (B, C, D', h, w)
         x = self.pos(x.permute(0, 2, 3, 4, 1))  # (B, D', h, w, C)
         x = x.flatten(1, 3)  # (B, N = D'*h*w, C), z-major

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from brain3d.data.views import radiological
 from brain3d.training.loop import FitResult, TrainConfig, fit
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
@@ -58,7 +59,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 # ----------------------------------------------------------------------------- SigLIP on slices
 def slice_captions(volume: np.ndarray, seg: np.ndarray | None, min_brain: float = 0.05) -> list[tuple[int, str]]:
-    """(slice index, caption) for the axial slices that contain brain; captions say what the slice shows."""
+    """(slice index, caption) for the axial slices that contain brain; captions say what the slice shows
+    (side from the project convention: W index < W/2 is the subject's left)."""
     d_count, _, w = volume.shape
     out = []
     for d in range(d_count):
@@ -131,7 +133,7 @@ def train_siglip(volumes: dict[str, list], tokenizer, arch: dict, cfg: TrainConf
         images, captions = [], []
         for volume, seg in items:
             for d, caption in slice_captions(volume, seg):
-                images.append(volume[d].astype(np.float32))
+                images.append(radiological(volume[d]).astype(np.float32))
                 captions.append(caption)
         data[split] = _SliceData(images, captions, tokenizer, text_len)
     params = [{"params": list(model.parameters()), "lr": cfg.lr}]

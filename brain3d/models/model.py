@@ -89,6 +89,7 @@ class Brain3D(nn.Module):
         self.lm = lm.causal  # registered so that .to()/.train()/.eval() reach the LM (and its LoRA layers)
         self.visual = visual
         self.projector = Projector(vision_width, lm.hidden_size, lm.embed_scale)
+        self.prompt = prompt
         tok = lm.tokenizer
         self.prompt_ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
         self.eos_id = tok.eos_token_id

@@ -1,0 +1,21 @@
+"""How a (D, H, W) project-convention volume is shown to models pretrained on 2D images.
+
+Radiological display (= the voxel order SimpleITK gives for DICOM-derived LPS NIfTI, the convention of
+2D medical image corpora and of Med3DVLM's loaders): D inferior->superior, rows anterior->posterior,
+columns from the subject's RIGHT to LEFT. The project convention (SPEC §3) has rows posterior->anterior
+and columns left->right, so the view flips H and W. One definition, used by the 3D encoder (so volumes
+reach SigLIP in the orientation it was pretrained on), the slice baselines, Med3DVLM and the figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def radiological(volume):
+    """Flip the last two axes (H, W) of a numpy array or torch tensor: project -> radiological view."""
+    if isinstance(volume, np.ndarray):
+        return np.ascontiguousarray(volume[..., ::-1, ::-1])
+    import torch
+
+    return torch.flip(volume, dims=(-2, -1))

@@ -1,0 +1,54 @@
+"""DVC stage `lime`: 3D LIME for `lime.per_class` test subjects per laterality class + one healthy, with the
+phase 2B model; three-plane figures, weights, a contact sheet and faithfulness numbers (reports/lime/)."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from brain3d import io, paths, stage
+from brain3d.data import manifest
+from brain3d.interpretability.cases import LimeSettings, explain_case, pick_cases
+from brain3d.interpretability.figures import save_case_figure, save_contact_sheet
+from brain3d.interpretability.targets import randomised_copy
+from brain3d.models import checkpoint
+
+OUT = Path("reports/lime")
+
+
+def main() -> None:
+    with stage.run("lime", ("lime",)) as (cfg, tracker):
+        settings = LimeSettings.from_params(cfg["lime"])
+        model = checkpoint.load(paths.model_dir("phase2b"), "cuda" if torch.cuda.is_available() else "cpu")
+        randomised = randomised_copy(model, settings.seed)
+        test = pd.read_csv(paths.SPLITS).query("split == 'test'").merge(manifest.read(paths.MANIFEST)[["subject", "report"]])
+        rows, sheet = [], []
+        for sid in pick_cases(test, cfg["lime"]["per_class"]):
+            case = test.set_index("subject").loc[sid]
+            volume = np.load(paths.VOLUMES / f"{sid}.npy")
+            seg_path = paths.SEGS / f"{sid}.npy"
+            seg = np.load(seg_path) if seg_path.exists() else None
+            with_side = case["laterality"] in ("left", "right")
+            result = explain_case(model, volume, case["report"], settings, seg=seg, with_side=with_side,
+                                  randomised=randomised)
+            rows += [{"subject": sid, "laterality": case["laterality"], **r} for r in result.rows]
+            io.write_json(OUT / "weights" / f"{sid}.json", {t: e.weights.tolist() for t, e in result.explanations.items()})
+            for target, exp in result.explanations.items():
+                title = f"{sid} ({case['laterality']}) · {target}"
+                save_case_figure(OUT / "figures" / f"{sid}_{target}.png", volume, exp.voxel_map(result.labels), seg, title)
+            sheet.append((f"{sid} ({case['laterality']})", volume, result.explanations["report"].voxel_map(result.labels), seg))
+        save_contact_sheet(OUT / "contact_sheet.png", sheet)
+        table = pd.DataFrame(rows)
+        io.write_csv(OUT / "faithfulness.csv", table)
+        summary = table.groupby(["model", "target"]).mean(numeric_only=True).round(4)
+        metrics = {f"{m}_{t}_{k}": float(v) for (m, t), r in summary.iterrows() for k, v in r.items() if v == v}
+        io.write_json(OUT / "faithfulness.json", metrics)
+        tracker.log_metrics(metrics)
+        for name in ("faithfulness.csv", "contact_sheet.png", "figures"):
+            tracker.log_artifact(OUT / name, "lime" if name != "figures" else "lime/figures")
+        print(summary.to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Baselines: the slice-sequence prompt on a tiny Gemma 3 of the real class, Med3DVLM's input and gate."""
+
+import numpy as np
+import pytest
+import torch
+
+from brain3d.baselines import NotRunnable
+from brain3d.baselines.med3dvlm import Med3DVLMConfig, check_runnable, env_commands, prepare_input
+from brain3d.baselines.slices import SlicePrompt, SliceSequence, load_processor
+from brain3d.models.backbones import load_language_model
+
+PROMPT = SlicePrompt("Axial FLAIR slices follow, inferior to superior.", "Write the report.", n_slices=3)
+
+
+def volume_with_left_lesion(shape=(8, 32, 32)):
+    v = np.full(shape, 0.3, np.float32)
+    v[7, 20:26, 2:8] = 1.0  # superior slice 7, anterior (high H), subject's LEFT (low W)
+    return v
+
+
+@pytest.fixture(scope="module")
+def seq(tiny_gemma3_dir):
+    torch.manual_seed(0)
+    lm = load_language_model(tiny_gemma3_dir, keep_vision=True)
+    return SliceSequence(lm, load_processor(tiny_gemma3_dir), PROMPT, max_new_tokens=6)
+
+
+def test_slice_prompt_layout(seq):
+    enc = seq.encode([volume_with_left_lesion()])
+    tok = seq.processor.tokenizer
+    ids = enc["input_ids"][0].tolist()
+    image_id = tok.convert_tokens_to_ids("<image_soft_token>")
+    per_image = seq.lm.full.config.mm_tokens_per_image
+    assert ids.count(image_id) == 3 * per_image
+    assert enc["pixel_values"].shape[0] == 3
+    text = tok.decode(ids)
+    positions = [text.index(s) for s in ("Axial FLAIR slices follow", "SLICE 1", "SLICE 2", "SLICE 3", "Write the report.")]
+    assert positions == sorted(positions), "instruction first, slices in order, question last"
+    assert text.index("SLICE 1") < text.index("<start_of_image>") < text.index("SLICE 2")
+
+
+def test_slices_are_spread_from_inferior_to_superior_in_the_radiological_view():
+    assert PROMPT.slice_indices(8) == [0, 4, 7]
+    content = PROMPT.messages(volume_with_left_lesion())[0]["content"]
+    images = [c["image"] for c in content if c["type"] == "image"]
+    assert all(im.dtype == np.uint8 and im.shape == (32, 32, 3) for im in images)
+    # the lesion is only on the last (superior) slice: anterior -> top rows, subject's left -> right columns
+    rows, cols = np.nonzero(images[-1][..., 0] > 200)
+    assert rows.max() < 16 and cols.min() >= 16
+
+
+def test_prediction_and_masked_loss(seq):
+    out = seq.predict([volume_with_left_lesion()] * 2, batch_size=2, progress=False)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    loss = seq.loss([volume_with_left_lesion()], ["Left frontal lesion."])
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_med3dvlm_input_shape_range_and_orientation():
+    x = prepare_input(volume_with_left_lesion(), shape=(16, 64, 64))
+    assert x.shape == (1, 16, 64, 64) and x.dtype == np.float32
+    assert x.min() == 0.0 and x.max() == pytest.approx(1.0)
+    d, r, c = np.unravel_index(np.argmax(x[0]), x[0].shape)
+    assert d > 8 and r < 32 and c >= 32  # superior; anterior rows first; subject's left in high columns (LPS)
+    assert prepare_input(volume_with_left_lesion()).shape == (1, 128, 256, 256)
+
+
+def test_med3dvlm_is_opt_in_and_says_why_it_cannot_run(tmp_path):
+    base = dict(path=str(tmp_path / "absent"), revision="abc123")
+    with pytest.raises(NotRunnable, match="remote code not allowed"):
+        check_runnable(Med3DVLMConfig(**base))
+    with pytest.raises(NotRunnable, match="no revision pinned"):
+        check_runnable(Med3DVLMConfig(path=base["path"], revision=None, allow_remote_code=True))
+    with pytest.raises(NotRunnable, match="checkpoint not available"):
+        check_runnable(Med3DVLMConfig(**base, allow_remote_code=True))
+    snap = tmp_path / "snap"
+    (snap / ".cache/huggingface/download").mkdir(parents=True)
+    for name in ("config.json", "vision_tower.bin"):
+        (snap / name).write_text("{}")
+    (snap / ".cache/huggingface/download/config.json.metadata").write_text("def456\nother\n")
+    with pytest.raises(NotRunnable, match="differs from the pinned abc123"):
+        check_runnable(Med3DVLMConfig(path=str(snap), revision="abc123", allow_remote_code=True))
+    assert check_runnable(Med3DVLMConfig(path=str(snap), revision="def456", allow_remote_code=True)) == snap
+
+
+def test_med3dvlm_runs_in_its_own_environment(tmp_path):
+    cmds = env_commands(tmp_path / "env")
+    assert cmds[0][1:3] == ["-m", "venv"]
+    assert any("transformers==4.48.3" in c for c in cmds[-1])
+    assert all(str(tmp_path / "env" / "bin" / "python") == c[0] for c in cmds[1:])
