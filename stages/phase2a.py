@@ -32,7 +32,7 @@ def main() -> None:
         write_card(OUT, phase="phase2a", model_cfg=x.model_cfg, backbones=x.backbones,
                    visual=paths.model_dir("phase1") / "visual.safetensors", projector=OUT / "projector.safetensors")
         phases.write_training_record("phase2a", result, paths.CURVES, paths.TRAINING, tracker)
-        tracker.log_metrics({"vis_scale": float(model.projector.vis_scale)})
+        tracker.log_metrics({"vis_scale": model.projector.vis_scale.item()})
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def main() -> None:
                    visual=paths.model_dir("phase1") / "visual.safetensors", projector=OUT / "projector.safetensors",
                    adapter=OUT / "adapter")
         phases.write_training_record("phase2b", result, paths.CURVES, paths.TRAINING, tracker)
-        tracker.log_metrics({"vis_scale": float(model.projector.vis_scale),
+        tracker.log_metrics({"vis_scale": model.projector.vis_scale.item(),
                              "lora_parameters": sum(t.numel() for t in lora_params)})
 
 

@@ -3,7 +3,7 @@ Hugging Face formats as the real ones, so that every later stage runs the paper'
 
 - a Gemma-style tokenizer (byte-fallback BPE with Gemma's special tokens) trained on the reports;
 - a SigLIP image-text model (`SiglipModel`) trained on 2D axial slices with slice-level captions
-  (sigmoid loss), standing in for MedSigLIP-448;
+  (image-to-caption contrastive loss), standing in for MedSigLIP-448;
 - a Gemma 3 multimodal model (`Gemma3ForConditionalGeneration` + `Gemma3Processor`), its vision tower
   copied from the SigLIP stand-in (as MedGemma's is MedSigLIP), its language model pretrained on the
   training reports, standing in for MedGemma-1.5-4B-IT.
@@ -59,26 +59,26 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 # ----------------------------------------------------------------------------- SigLIP on slices
 def slice_captions(volume: np.ndarray, seg: np.ndarray | None, min_brain: float = 0.05) -> list[tuple[int, str]]:
-    """(slice index, caption) for the axial slices that contain brain; captions say what the slice shows
-    (side from the project convention: W index < W/2 is the subject's left)."""
-    d_count, _, w = volume.shape
-    out = []
-    for d in range(d_count):
+    """(slice index, caption) for the axial slices that contain brain. A caption says whether the slice shows a
+    lesion and on which side (project convention: W index < W/2 is the subject's left). Lesion slices are a
+    minority of a volume, so "no lesion" slices are thinned to as many as there are lesion slices (evenly
+    spaced, deterministic): a balanced task that a small ViT learns in a few CPU minutes."""
+    _, _, w = volume.shape
+    lesion, clear = [], []
+    for d in range(volume.shape[0]):
         if (volume[d] > 0).mean() < min_brain:
             continue
-        level = ("inferior", "middle", "superior")[min(2, 3 * d // d_count)]
-        lesion = seg[d] > 0 if seg is not None else None
-        if lesion is None or lesion.sum() < 3:
-            caption = f"axial FLAIR slice, {level} brain, no lesion"
-        else:
-            cols = np.nonzero(lesion)[1]
-            left, right = (cols < w / 2).mean(), (cols >= w / 2).mean()
-            side = "both hemispheres" if min(left, right) > 0.25 else ("left" if left > right else "right")
-            side = side if side == "both hemispheres" else f"the {side} hemisphere"
-            parts = [n for lab, n in ((2, "edema"), (4, "enhancement"), (1, "necrosis")) if (seg[d] == lab).any()]
-            caption = f"axial FLAIR slice, {level} brain, lesion in {side} with {' and '.join(parts) or 'signal change'}"
-        out.append((d, caption))
-    return out
+        cols = np.nonzero(seg[d] > 0)[1] if seg is not None else np.zeros(0)
+        if cols.size < 3:
+            clear.append((d, "axial FLAIR slice, no lesion"))
+            continue
+        left = (cols < w / 2).mean()
+        side = "both hemispheres" if min(left, 1 - left) > 0.25 else f"the {'left' if left > 0.5 else 'right'} hemisphere"
+        lesion.append((d, f"axial FLAIR slice, lesion in {side}"))
+    keep = max(len(lesion), 1)
+    if len(clear) > keep:
+        clear = [clear[i] for i in np.linspace(0, len(clear) - 1, keep).round().astype(int)]
+    return sorted(lesion + clear)
 
 
 class _SliceData(Dataset):
@@ -102,12 +102,16 @@ def _collate_slices(items):
     return torch.stack(images), torch.stack(ids), torch.stack(groups)
 
 
-def siglip_loss(model: nn.Module, batch) -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss; slices with identical captions are positives of each other."""
+def caption_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Image-to-caption cross-entropy over the DISTINCT captions of the batch (UniCL-style contrastive loss):
+    slices sharing a caption are not pushed apart as SigLIP's pairwise loss would need many epochs to learn."""
     images, ids, groups = batch
-    out = model(input_ids=ids, pixel_values=images)
-    labels = 2.0 * (groups[:, None] == groups[None, :]).float() - 1.0
-    return -F.logsigmoid(labels * out.logits_per_image).sum() / images.shape[0]
+    distinct, target = torch.unique(groups, return_inverse=True)
+    first = torch.stack([(groups == g).nonzero()[0, 0] for g in distinct])
+    image = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+    text = F.normalize(model.get_text_features(input_ids=ids[first]).pooler_output, dim=-1)
+    logits = image @ text.T * model.logit_scale.exp()
+    return F.cross_entropy(logits, target)
 
 
 def train_siglip(volumes: dict[str, list], tokenizer, arch: dict, cfg: TrainConfig, state_dir: Path,
@@ -137,7 +141,7 @@ def train_siglip(volumes: dict[str, list], tokenizer, arch: dict, cfg: TrainConf
                 captions.append(caption)
         data[split] = _SliceData(images, captions, tokenizer, text_len)
     params = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    result = fit(model, params, siglip_loss, data["train"], data["val"], _collate_slices, cfg,
+    result = fit(model, params, caption_loss, data["train"], data["val"], _collate_slices, cfg,
                  state_dir=state_dir, tracker=tracker, desc="siglip")
     return model, result
 
