@@ -1,6 +1,6 @@
 """`brain3d` command: a report for one scan with a trained model.
 
-    brain3d report SCAN.nii.gz [--model models/phase2b] [--explain OUT.png] [--json]
+    brain3d report SCAN.nii.gz [--model models/phase2b] [--explain OUT.png [--lime-samples N]] [--json]
 
 Bad input (missing file, not a NIfTI, 4D, NaN, not a brain) prints one line on stderr and exits 2;
 never a traceback.
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+LIME_SAMPLES = 100  # params.yaml lime.n_samples (= LimeSettings().n_samples; a test keeps them equal)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="skull-stripping method for unstripped scans (default: registration)")
     rp.add_argument("--explain", type=Path, metavar="OUT.png",
                     help="also write a 3D LIME figure (axial/coronal/sagittal; red supports the report)")
+    rp.add_argument("--lime-samples", type=int, default=LIME_SAMPLES, metavar="N",
+                    help=f"perturbed volumes scored for --explain (default: {LIME_SAMPLES}, as the lime stage)")
     rp.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     rp.add_argument("--max-new-tokens", type=int, default=256, help="report length limit (default: 256)")
     rp.add_argument("--seed", type=int, default=42, help="sampling seed (default: 42)")
@@ -50,6 +53,23 @@ def findings(report: str) -> dict:
             "pathology": pathology}
 
 
+def _fail(message: str) -> int:
+    """One line on stderr (reasons can carry a library's multi-line message), exit status 2."""
+    print(" ".join(f"brain3d: {message}".split()), file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _quiet_libraries() -> None:
+    """No library progress bars or deprecation chatter on a user's terminal: only ours."""
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module=r"(transformers|peft)\b")
+
+
 def report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -60,11 +80,18 @@ def report(args: argparse.Namespace) -> int:
     from brain3d.models.model import Decoding
 
     runtime.setup()
+    _quiet_libraries()
     import torch
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    steps = tqdm(total=4 if args.explain else 3, desc="brain3d", unit="step", file=sys.stderr, leave=False)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if args.explain and args.lime_samples < 2:
+        return _fail(f"--lime-samples must be at least 2, got {args.lime_samples}")
+    # progress only on a terminal: piped stderr carries nothing but the one-line error of bad input
+    steps = tqdm(total=4 if args.explain else 3, desc="brain3d", unit="step", file=sys.stderr, leave=False,
+                 disable=not sys.stderr.isatty())
     try:
         card = checkpoint.read_card(args.model)
         steps.set_postfix_str("preprocess")
@@ -72,8 +99,7 @@ def report(args: argparse.Namespace) -> int:
                                  skull_stripped=args.skull_stripped, skull_strip=args.skull_strip)
     except InputError as exc:
         steps.close()
-        print(f"brain3d: {args.scan}: {exc.reason}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(f"{args.scan}: {exc.reason}")
     steps.update()
     steps.set_postfix_str("load model")
     model = checkpoint.load(args.model, device)
@@ -89,7 +115,7 @@ def report(args: argparse.Namespace) -> int:
         from brain3d.interpretability.figures import save_case_figure
 
         steps.set_postfix_str("explain")
-        case = explain_case(model, pre.volume, text, LimeSettings(),
+        case = explain_case(model, pre.volume, text, LimeSettings(n_samples=args.lime_samples),
                             with_side=result["findings"]["side"] in ("left", "right"))
         exp = case.explanations["report"]
         save_case_figure(args.explain, pre.volume, exp.voxel_map(case.labels), None, args.scan.name)
@@ -115,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return report(args)
     except FileNotFoundError as exc:  # e.g. --model without brain3d.json
-        print(f"brain3d: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(str(exc))
     return 1
 
 

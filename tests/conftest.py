@@ -71,3 +71,39 @@ def tiny_gemma3_dir(tmp_path_factory, tiny_tokenizer, tiny_siglip_dir):
     path = tmp_path_factory.mktemp("gemma3")
     save_gemma3(model, tiny_tokenizer, path)
     return path
+
+
+DEMO_SHAPE = (32, 64, 64)  # profiles.demo.preprocess.shape: brain_similarity is reliable from this size up
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
+    """A trained-model directory laid out as the phase2b stage writes it (visual + projector weights, LoRA
+    adapter, brain3d.json) over the tiny SigLIP / Gemma 3 checkpoints, at the demo volume shape."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from brain3d import io
+    from brain3d.models.backbones import load_language_model, load_vision_model
+    from brain3d.models.checkpoint import write_card
+    from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("phase2b")
+    cfg = ModelConfig(volume_shape=DEMO_SHAPE, compressor="grid_pool", n_tokens=32, grid=(2, 4, 4))
+    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
+    lm = load_language_model(tiny_gemma3_dir)
+    lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:  # a trained adapter is not the zero-initialised one
+                param.normal_(0.0, 0.02)
+    model = Brain3D(lm, visual.width, cfg.prompt)
+    io.save_safetensors(out / "visual.safetensors", visual.state_dict())
+    io.save_safetensors(out / "projector.safetensors", model.projector.state_dict())
+    lora.save_pretrained(out / "adapter")
+    write_card(out, phase="phase2b", model_cfg=cfg,
+               backbones={"vision": str(tiny_siglip_dir), "lm": str(tiny_gemma3_dir), "dtype": "float32",
+                          "load_in_4bit": False},
+               visual=out / "visual.safetensors", projector=out / "projector.safetensors", adapter=out / "adapter")
+    return out

@@ -1,0 +1,192 @@
+"""The `brain3d` command, run as a user runs it (a subprocess) on a tiny model directory laid out like
+models/phase2b: help, a report for a good scan (text and JSON), a LIME figure, and one clear line on
+stderr with exit status 2 for every kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from brain3d.cli import LIME_SAMPLES, findings
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "brain3d"  # the console script (pyproject [project.scripts])
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "BRAIN3D_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def brain3d(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "brain3d.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
+
+
+def report(scan: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    return brain3d("report", str(scan), "--model", str(model), "--skull-stripped", "--device", "cpu",
+                   "--max-new-tokens", "12", *extra)
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> dict[str, Path]:
+    """A brain-extracted FLAIR-like scan (the MNI anatomy with a bright left frontal lesion, stored LPS
+    like DICOM-derived files) and every kind of bad input."""
+    from brain3d.data.atlas import flair_like, mni
+
+    d = tmp_path_factory.mktemp("scans")
+    atlas = mni(2)
+    flair = flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain
+    x, y, z = atlas.world_axes()
+    lesion = atlas.brain & ((x[:, None, None] + 30) ** 2 + (y[None, :, None] - 25) ** 2
+                            + (z[None, None, :] - 20) ** 2 < 15**2)
+    flair[lesion] = 1.0
+    flip = np.array([[-1, 0, 0, atlas.shape[0] - 1], [0, -1, 0, atlas.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    affine = atlas.affine @ flip  # voxel i -> n - 1 - i on the first two axes: the same head, stored LPS
+    good = save(d / "good.nii.gz", (1000 * flair[::-1, ::-1]).astype(np.int16), affine)
+
+    rng = np.random.default_rng(0)
+    out = {"good": good, "missing": d / "absent.nii.gz"}
+    (out.setdefault("text", d / "notes.nii.gz")).write_text("patient notes, not an image\n" * 20)
+    data = good.read_bytes()
+    (out.setdefault("truncated", d / "truncated.nii.gz")).write_bytes(data[: len(data) // 2])
+    out["4d"] = save(d / "series.nii.gz", rng.random((20, 20, 20, 3)).astype(np.float32))
+    nan = (1000 * flair).astype(np.float32)
+    nan[40, 50, 40] = np.nan
+    out["nan"] = save(d / "nan.nii.gz", nan, atlas.affine)
+    out["zero"] = save(d / "zero.nii.gz", np.zeros((40, 40, 40), np.float32))
+    out["noise"] = save(d / "noise.nii.gz", (rng.random((40, 40, 40)) + 0.1).astype(np.float32),
+                        np.diag([3.0, 3.0, 3.0, 1.0]))
+    cube = np.zeros((60, 60, 60), np.float32)
+    cube[10:50, 10:50, 10:50] = 1 + 0.1 * rng.random((40, 40, 40))
+    out["cube"] = save(d / "cube.nii.gz", cube, np.diag([3.0, 3.0, 3.0, 1.0]))
+    (out.setdefault("junk_gzip", d / "junk.nii.gz")).write_bytes(gzip.compress(b"\x00" * 500))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- help
+
+
+def test_help_explains_the_command():
+    top = brain3d("--help")
+    assert top.returncode == 0 and "report" in top.stdout and "radiology reports" in top.stdout
+    sub = brain3d("report", "--help")
+    assert sub.returncode == 0, sub.stderr
+    for option in ("--model", "--explain", "--json", "--skull-stripped", "--skull-strip", "--lime-samples",
+                   "--device", "models/phase2b", f"default: {LIME_SAMPLES}"):
+        assert option in sub.stdout, f"`brain3d report --help` does not mention {option}"
+    assert brain3d().returncode == 2  # no command: argparse's usage error
+
+
+def test_lime_defaults_are_the_lime_stage_params():
+    from brain3d.interpretability.cases import LimeSettings
+
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["lime"]
+    assert LimeSettings() == LimeSettings.from_params(section), "CLI --explain would differ from the stage"
+    assert LIME_SAMPLES == section["n_samples"] == LimeSettings().n_samples
+
+
+def test_findings_are_negation_aware():
+    f = findings("The lesion is located in the left frontal lobe with surrounding edema and necrosis.")
+    assert f == {"side": "left", "anatomy": ["frontal"], "pathology": ["edema", "lesion", "necrosis"]}
+    assert findings("No mass or edema is seen in the right temporal lobe. Normal study.")["side"] == "none"
+
+
+# ---------------------------------------------------------------------------------------- good scans
+
+
+@pytest.fixture(scope="module")
+def text_run(scans, tiny_model_dir):
+    return report(scans["good"], tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def json_run(scans, tiny_model_dir, tmp_path_factory):
+    png = tmp_path_factory.mktemp("explain") / "figures" / "lime.png"
+    return report(scans["good"], tiny_model_dir, "--json", "--explain", str(png), "--lime-samples", "6"), png
+
+
+def test_a_good_scan_prints_a_report_and_its_findings(text_run):
+    assert text_run.returncode == 0, text_run.stderr
+    assert "Traceback" not in text_run.stderr
+    assert text_run.stderr == "", f"piped stderr should stay clean, got:\n{text_run.stderr}"
+    body, _, tail = text_run.stdout.rstrip("\n").rpartition("\n\n")
+    assert body.strip(), "no report text"
+    assert tail.startswith("findings: side=") and "; anatomy=" in tail and "; pathology=" in tail
+
+
+def test_json_output_and_explanation_figure(json_run, text_run):
+    run, png = json_run
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    result = json.loads(run.stdout)
+    assert isinstance(result["report"], str) and result["report"].strip()
+    assert result["report"] == text_run.stdout.rstrip("\n").rpartition("\n\n")[0], "same seed, same report"
+    f = result["findings"]
+    assert set(f) == {"side", "anatomy", "pathology"}
+    assert f["side"] in ("none", "left", "right", "bilateral", "undefined")
+    assert isinstance(f["anatomy"], list) and isinstance(f["pathology"], list)
+    assert f == findings(result["report"])
+    assert result["explanation"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    import matplotlib.image as mpimg
+
+    image = mpimg.imread(png)
+    assert image.shape[1] > 2.5 * image.shape[0] and image[..., :3].std() > 0.05  # three planes, not blank
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+BAD = {  # case -> what its one line must say
+    "missing": "file not found",
+    "text": "not a readable NIfTI",
+    "junk_gzip": "not a readable NIfTI",
+    "truncated": "truncated",
+    "4d": "expected a 3D volume",
+    "nan": "non-finite",
+    "zero": "empty volume",
+    "noise": "does not look like a brain",
+    "cube": "does not look like a brain",
+    "no_model": "brain3d.json missing",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(scans, tiny_model_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every bad case, two processes at a time (each one pays the interpreter start-up)."""
+    jobs = {case: (scans.get(case), tiny_model_dir) for case in BAD}
+    jobs["no_model"] = (scans["good"], tmp_path_factory.mktemp("not_a_model"))
+    with ThreadPoolExecutor(2) as pool:
+        futures = {case: pool.submit(report, scan, model) for case, (scan, model) in jobs.items()}
+        return {case: f.result() for case, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_on_stderr_and_exit_2(bad_runs, scans, case):
+    run = bad_runs[case]
+    assert run.returncode == 2, f"{case}: exit {run.returncode}\n{run.stderr}"
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, f"{case}: expected one line on stderr, got {len(lines)}:\n{run.stderr}"
+    assert lines[0].startswith("brain3d: ") and BAD[case] in lines[0], lines[0]
+    if case != "no_model":
+        assert str(scans[case]) in lines[0], "the message names the file"
+    assert run.stdout == ""
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(scans, tiny_model_dir):
+    run = brain3d("report", str(scans["good"]), "--model", str(tiny_model_dir), "--skull-stripped",
+                  "--device", "cuda")
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1 and "CUDA is not available" in run.stderr
