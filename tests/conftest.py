@@ -107,3 +107,26 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
                           "load_in_4bit": False},
                visual=out / "visual.safetensors", projector=out / "projector.safetensors", adapter=out / "adapter")
     return out
+
+
+# ------------------------------------------------------------------ tiny end-to-end pipeline (slow tests)
+
+_PIPELINE: dict = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """The whole DAG on tiny params in a copy of this checkout (tests/tiny_pipeline.py), run once per session
+    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py."""
+    from tiny_pipeline import run_pipeline
+
+    result = run_pipeline(tmp_path_factory.mktemp("e2e"))
+    _PIPELINE["seconds"] = result.repo.seconds
+    _PIPELINE["path"] = result.repo.path
+    return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PIPELINE:
+        steps = ", ".join(f"{k} {v:.0f} s" for k, v in _PIPELINE["seconds"].items())
+        terminalreporter.write_line(f"tiny pipeline ({_PIPELINE['path']}): {steps}")

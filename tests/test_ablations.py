@@ -1,0 +1,93 @@
+"""stages.ablations on a canned `dvc exp show --json` document (DVC 3.67, taken from the tiny pipeline: a
+baseline commit, two finished experiments, a failed one and a queued one)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from brain3d.metrics.tables import cell
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "tests" / "data" / "dvc_exp_show.json"
+# stages/ is run as `python -m stages.<name>` from the repository root and is not an installed package
+_spec = importlib.util.spec_from_file_location("stages.ablations", ROOT / "stages" / "ablations.py")
+ablations = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablations)
+
+
+@pytest.fixture(scope="module")
+def doc() -> list[dict]:
+    return json.loads(DOC.read_text())
+
+
+def _metrics(doc, name, system="phase2b"):
+    for commit in doc:
+        for exp in commit.get("experiments") or []:
+            if exp["name"] == name:
+                return exp["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"][system]
+    raise KeyError(name)
+
+
+def test_one_row_per_commit_and_experiment(doc):
+    table = ablations.build_table(doc).set_index("experiment")
+    # the baseline commit, then its experiments by name; no workspace row
+    assert list(table.index) == ["main", "bad-comp", "queued-r8", "r32-queued", "tiny-r4"]
+    assert table["state"].to_dict() == {"main": "success", "queued-r8": "success", "tiny-r4": "success",
+                                        "bad-comp": "failed", "r32-queued": "queued"}
+    assert table["phase2b.lora_rank"].to_dict() == {"main": 16, "queued-r8": 8, "tiny-r4": 4, "bad-comp": 4,
+                                                    "r32-queued": 32}
+    assert table.loc["bad-comp", "model.compressor"] == "bogus"
+    assert table.loc["main", "model.compressor"] == "grid_pool"
+    assert not table.loc["main", "phase1.laterality_flip"] and table.loc["main", "phase2b.laterality_flip"]
+    assert set(table["baseline"]) == {table.loc["main", "rev"]}
+
+
+def test_metrics_and_cis_come_from_each_experiments_metrics_json(doc):
+    table = ablations.build_table(doc).set_index("experiment")
+    want = _metrics(doc, "tiny-r4")
+    for m in ablations.METRICS:
+        for suffix in ("", "_low", "_high"):
+            assert table.loc["tiny-r4", m + suffix] == pytest.approx(want[m + suffix]), m + suffix
+    # a failed or queued experiment shows no numbers, even where DVC lists stale workspace files
+    assert all(math.isnan(table.loc["bad-comp", m]) for m in ablations.METRICS)
+    assert all(math.isnan(table.loc["r32-queued", m]) for m in ablations.METRICS)
+
+
+def test_other_system(doc):
+    table = ablations.build_table(doc, system="phase2b_shuffled").set_index("experiment")
+    assert table.loc["tiny-r4", "lat_f1"] == pytest.approx(_metrics(doc, "tiny-r4", "phase2b_shuffled")["lat_f1"])
+    assert (ablations.build_table(doc, system="nonexistent")[list(ablations.METRICS)].isna()).all().all()
+
+
+def test_markdown_cells_and_notes(doc):
+    table = ablations.build_table(doc)
+    md = ablations.markdown(table, "phase2b")
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    header, rows = lines[0], {line.split(" | ")[0][2:]: line for line in lines[1:]}
+    assert "LoRA r" in header and "compressor" in header and "Lat F1" in header
+    m = _metrics(doc, "tiny-r4")
+    assert cell(m["lat_f1"], m["lat_f1_low"], m["lat_f1_high"]) in rows["tiny-r4"]
+    assert "| 4 | grid_pool | false | true | true |" in rows["tiny-r4"]
+    assert "failed: no metrics" in rows["bad-comp"]
+    assert "queued: no metrics" in rows["r32-queued"]
+    assert all(row.count("|") == header.count("|") for row in rows.values())
+
+
+def test_main_writes_md_and_csv(tmp_path, capsys):
+    ablations.main(["--from-json", str(DOC), "--out", str(tmp_path / "ablations")])
+    csv = pd.read_csv(tmp_path / "ablations.csv")
+    assert list(csv["experiment"]) == ["main", "bad-comp", "queued-r8", "r32-queued", "tiny-r4"]
+    assert {"lat_f1", "lat_f1_low", "lat_f1_high", "phase2b.lora_rank", "state"} <= set(csv.columns)
+    assert (tmp_path / "ablations.md").read_text() in capsys.readouterr().out
+
+
+def test_exp_show_outside_a_repository_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="dvc exp show --json` failed"):
+        ablations.exp_show()

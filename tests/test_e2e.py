@@ -1,0 +1,117 @@
+"""End to end: `dvc repro` on tiny params, a no-op second repro, and `dvc exp run -S phase2b.lora_rank=4`.
+
+The pipeline runs once per session in a throw-away copy of this checkout (the `tiny_pipeline` fixture,
+tests/tiny_pipeline.py: ~6-8 min on 2 cores); each test checks one promise the README makes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pandas as pd
+import pytest
+from tiny_pipeline import DVC_STAGES, EXPERIMENT, STAGES, UPSTREAM
+
+pytestmark = pytest.mark.slow
+
+# What `dvc exp run -S phase2b.lora_rank=4` must re-run (DVC names) and what it must leave alone.
+RERUN = ("phase2b", "generate@phase2b", "generate@phase2b_shuffled", "slices_ft", "evaluate", "lime")
+UNTOUCHED = tuple(s for s in DVC_STAGES if s not in RERUN)
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def skipped(output: str) -> list[str]:
+    return re.findall(r"Stage '([^']+)' didn't change, skipping", output)
+
+
+def test_repro_writes_reports_and_one_mlflow_run_per_stage(tiny_pipeline):
+    repo = tiny_pipeline.repo
+    assert sorted(ran(tiny_pipeline.repro)) == sorted(DVC_STAGES)
+    main_md = (repo.path / "reports/tables/main.md").read_text()
+    assert "| phase2b |" in main_md and "| slices_ft |" in main_md
+    assert "med3dvlm | not run:" in main_md  # opt-in baseline: a row that says why, no numbers
+    metrics = json.loads((repo.path / "reports/metrics.json").read_text())
+    for system in ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft"):
+        for m in ("bleu1", "lat_f1", "path_f1"):
+            assert metrics[system][f"{m}_low"] <= metrics[system][m] <= metrics[system][f"{m}_high"], (system, m)
+    splits = pd.read_csv(repo.path / "data/splits.csv")
+    test = splits[splits["split"] == "test"]
+    assert set(test["laterality"]) >= {"left", "right", "bilateral", "none"}, "tiny_params: a class left the test set"
+
+    runs = tiny_pipeline.runs_repro
+    assert Counter(r["stage"] for r in runs) == Counter(STAGES), "one MLflow run per stage execution"
+    for r in runs:
+        assert r["git_sha"] == tiny_pipeline.sha_repro, r
+        assert r["dvc_exp"] == "workspace" and r["profile"] == "demo", r
+        assert r["mlflow.runName"] == f"{r['stage']}@workspace"
+
+
+def test_second_repro_reruns_nothing(tiny_pipeline):
+    out = tiny_pipeline.repro_again
+    assert ran(out) == []
+    assert sorted(skipped(out)) == sorted(DVC_STAGES)
+    assert "Data and pipelines are up to date" in out
+    assert len(tiny_pipeline.runs_again) == len(tiny_pipeline.runs_repro), "no stage ran, so no new MLflow run"
+
+
+def test_experiment_reruns_phase2b_and_downstream_only(tiny_pipeline):
+    out = tiny_pipeline.exp
+    assert sorted(ran(out)) == sorted(RERUN)
+    assert sorted(skipped(out)) == sorted(UNTOUCHED)
+
+    before = {r["run_id"] for r in tiny_pipeline.runs_again}
+    new = [r for r in tiny_pipeline.runs_exp if r["run_id"] not in before]
+    assert not [r for r in new if r["stage"] in UPSTREAM], "upstream stages must not re-run"
+    assert sorted(r["stage"] for r in new) == sorted(s.replace("slices_ft", "baseline@slices_ft") for s in RERUN)
+    for r in new:
+        assert r["dvc_exp"] == EXPERIMENT, r
+        assert r["git_sha"] == tiny_pipeline.sha_exp, r
+    phase2b = next(r for r in new if r["stage"] == "phase2b")
+    assert tiny_pipeline.repo.mlflow_params(phase2b["run_id"])["phase2b.lora_rank"] == "4"
+
+
+def _experiments(doc: list[dict]) -> dict[str, dict]:
+    return {exp["name"]: rev for commit in doc for exp in commit.get("experiments") or [] for rev in exp["revs"]}
+
+
+def test_exp_show_lists_the_experiment_with_its_metrics(tiny_pipeline):
+    doc = tiny_pipeline.exp_show
+    baseline = next(c for c in doc if c["rev"] == tiny_pipeline.sha_exp)
+    exps = _experiments([baseline])
+    assert EXPERIMENT in exps, list(exps)
+    rev = exps[EXPERIMENT]
+    assert not rev.get("error")
+    assert rev["data"]["params"]["params.yaml"]["data"]["phase2b"]["lora_rank"] == 4
+    assert baseline["data"]["params"]["params.yaml"]["data"]["phase2b"]["lora_rank"] == 16
+    metrics = rev["data"]["metrics"]["reports/metrics.json"]["data"]
+    assert {"phase2b", "phase2b_shuffled", "slices_ft"} <= set(metrics)
+    assert {"lat_f1", "lat_f1_low", "lat_f1_high", "bleu1"} <= set(metrics["phase2b"])
+    assert "reports/training/phase2b.json" in rev["data"]["metrics"]
+    # the experiment's metrics are its own: the workspace holds them after `dvc exp run`
+    workspace = json.loads((tiny_pipeline.repo.path / "reports/metrics.json").read_text())
+    assert metrics["phase2b"] == workspace["phase2b"]
+
+
+def test_ablations_table_from_the_real_experiment(tiny_pipeline):
+    repo = tiny_pipeline.repo
+    out = subprocess.run([sys.executable, "-m", "stages.ablations"], cwd=repo.path, env=repo.env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(repo.path / "reports/ablations.csv")
+    rows = table.set_index("experiment")
+    assert rows.loc[EXPERIMENT, "phase2b.lora_rank"] == 4 and rows.loc[EXPERIMENT, "state"] == "success"
+    assert rows.loc["main", "phase2b.lora_rank"] == 16
+    metrics = json.loads((repo.path / "reports/metrics.json").read_text())["phase2b"]
+    assert rows.loc[EXPERIMENT, "lat_f1"] == pytest.approx(metrics["lat_f1"])
+    md = (repo.path / "reports/ablations.md").read_text()
+    assert f"| {EXPERIMENT} |" in md and "| main |" in md
+    # written outside the evaluate stage's outputs, so DVC still sees the pipeline as up to date
+    status = repo.dvc("status", stdout_only=True)
+    assert "changed outs" not in status, status
