@@ -8,6 +8,7 @@ silently overridden by a profile.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,8 @@ def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
             return default
         node = node[part]
     return node
+
+
+def from_section(cls, section: dict):
+    """An instance of dataclass `cls` from the keys of a params section that it declares (others ignored)."""
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section})

@@ -18,6 +18,7 @@ from brain3d import runtime  # noqa: E402
 runtime.setup(int(os.environ["BRAIN3D_THREADS"]))
 
 import torch  # noqa: E402
+from conftest import REPORTS  # noqa: E402  (this script's folder, tests/, is on sys.path)
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
 from brain3d import io  # noqa: E402
@@ -26,12 +27,6 @@ from brain3d.models.model import Brain3D  # noqa: E402
 from brain3d.training import loop, phases  # noqa: E402
 from brain3d.training.loop import TrainConfig  # noqa: E402
 
-REPORTS = [
-    "The lesion is located in the left frontal lobe with surrounding edema and necrosis.",
-    "A mass in the right temporal lobe shows enhancement and compression of the right lateral ventricle.",
-    "Bilateral parietal lesions with extensive edema.",
-    "No abnormal signal intensity is seen in the brain parenchyma on FLAIR. Normal study.",
-]
 VISION_WIDTH, K = 32, 32
 
 

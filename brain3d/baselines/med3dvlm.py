@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brain3d import config
 from brain3d.baselines import NotRunnable
 from brain3d.data.views import radiological
 
@@ -50,7 +51,7 @@ class Med3DVLMConfig:
 
     @classmethod
     def from_params(cls, section: dict) -> Med3DVLMConfig:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        return config.from_section(cls, section)
 
 
 def snapshot_revision(path: Path) -> str | None:

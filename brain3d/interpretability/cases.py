@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from brain3d import config
 from brain3d.interpretability.lime3d import (
     Explanation,
     deletion_auc,
@@ -31,7 +32,7 @@ class LimeSettings:
 
     @classmethod
     def from_params(cls, section: dict) -> LimeSettings:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        return config.from_section(cls, section)
 
 
 @dataclass

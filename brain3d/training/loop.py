@@ -7,14 +7,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from brain3d import io
+from brain3d import config, io
 from brain3d.tracking import Tracker
 
 
@@ -33,8 +33,7 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, section: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
+        return config.from_section(cls, section)
 
 
 @dataclass
