@@ -51,7 +51,8 @@ def main() -> None:
             else:
                 seq = slice_model(cfg)
                 if name == "slices_ft":
-                    p = cfg["phase2b"]
+                    # phase 2B's budget; its 3D-only key is not a dependency (dvc.yaml) nor part of the resume key
+                    p = {k: v for k, v in cfg["phase2b"].items() if k != "laterality_flip"}
                     seed_everything(p["seed"])
                     train, val = (Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
                     data = {c: ([x.volume(i) for i in range(len(x))], x.reports) for c, x in (("t", train), ("v", val))}

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from brain3d import io, paths, stage
 from brain3d.data import manifest
@@ -24,7 +25,7 @@ def main() -> None:
         randomised = randomised_copy(model, settings.seed)
         test = pd.read_csv(paths.SPLITS).query("split == 'test'").merge(manifest.read(paths.MANIFEST)[["subject", "report"]])
         rows, sheet = [], []
-        for sid in pick_cases(test, cfg["lime"]["per_class"]):
+        for sid in tqdm(pick_cases(test, cfg["lime"]["per_class"]), desc="lime cases", unit="case"):
             case = test.set_index("subject").loc[sid]
             volume = np.load(paths.VOLUMES / f"{sid}.npy")
             seg_path = paths.SEGS / f"{sid}.npy"
