@@ -8,7 +8,9 @@
 # flip {off, on}, where the flip sets phase2a.laterality_flip and phase2b.laterality_flip together.
 # Each experiment re-runs only what its params change (compressor: phase1 onward; flip: phase2a onward;
 # rank: phase2b onward) in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in
-# this repository's mlflow.db, tagged with the experiment's name. Experiments that already exist (by name)
+# this repository's mlflow.db, tagged with the experiment's name. The grid reproduces up to `evaluate`
+# (its table is what the ablation reads); LIME stays the baseline commit's (`dvc exp run` without a target
+# runs it too). Experiments that already exist (by name)
 # are not queued again, so the script can be re-run after an interruption. `-j 1`: the stages already
 # use every core; on a bigger machine raise JOBS (JOBS=2 ./ablations.sh).
 set -euo pipefail
@@ -19,7 +21,7 @@ cd "$(dirname "$0")"
 if [ "${1:-}" != "--table" ]; then
   existing=$(dvc exp list --name-only 2>/dev/null || true)  # finished experiments of HEAD
   existing+=$'\n'$(dvc queue status 2>/dev/null | awk '$NF == "Queued" || $NF == "Running" {print $2}' || true)
-  for rank in 4 16; do
+  for rank in 16 4; do
     for compressor in seq_pool grid_pool; do
       for flip in false true; do
         name="r${rank}-${compressor//_/-}-flip-$([ "$flip" = true ] && echo on || echo off)"
@@ -28,7 +30,7 @@ if [ "${1:-}" != "--table" ]; then
           continue
         fi
         dvc exp run --queue -n "$name" -S "phase2b.lora_rank=$rank" -S "model.compressor=$compressor" \
-          -S "phase2a.laterality_flip=$flip" -S "phase2b.laterality_flip=$flip"
+          -S "phase2a.laterality_flip=$flip" -S "phase2b.laterality_flip=$flip" evaluate
       done
     done
   done

@@ -1,5 +1,6 @@
 """DVC stage `evaluate`: every system's predictions on the test subjects -> per-sample metrics, bootstrap
-CIs, reports/tables/main.{md,csv,tex}, paired differences vs the best baseline, forest plot, metrics.json."""
+CIs, reports/tables/main.{md,csv,tex}, paired differences phase 2B minus every other system, forest plot,
+metrics.json."""
 
 import pandas as pd
 

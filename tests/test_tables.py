@@ -47,6 +47,7 @@ def run(tmp_path_factory):
                  baseline=True)
     write_system(pred_dir, "med3dvlm", subjects, None, status="not_run", reason="needs a CUDA GPU",
                  baseline=True)
+    write_system(pred_dir, "phase2b_shuffled", subjects, lambda r: "Lesion in the left frontal lobe.")  # a control
     summary = evaluate_systems(pred_dir, subjects[["subject", "cohort", "laterality"]], out_dir,
                                n_resamples=200, seed=42)
     return summary, out_dir
@@ -93,7 +94,7 @@ def test_main_table_states_n_bootstrap_and_bertscore_model_and_marks_the_best(ru
 def test_metrics_json_and_cohort_metrics(run):
     summary, out = run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"phase2b", "medgemma_slices"}
+    assert set(metrics) == {"phase2b", "medgemma_slices", "phase2b_shuffled"}
     p = metrics["phase2b"]
     assert p["bleu1"] == pytest.approx(1.0) and p["bleu1_low"] <= p["bleu1"] <= p["bleu1_high"]
     # The reference copies assert no pathology for healthy subjects and assert it for tumours.
@@ -102,7 +103,8 @@ def test_metrics_json_and_cohort_metrics(run):
     assert base["healthy_specificity"] == 0.0 and base["tumour_sensitivity"] == 1.0
     assert summary["best_baseline"] == "medgemma_slices"
     assert summary["reference"]["bleu1"] == pytest.approx(1.0)
-    assert summary["systems"] == {"med3dvlm": "not_run", "medgemma_slices": "ok", "phase2b": "ok"}
+    assert summary["systems"] == {"med3dvlm": "not_run", "medgemma_slices": "ok", "phase2b": "ok",
+                                  "phase2b_shuffled": "ok"}
 
 
 def test_per_sample_and_paired_differences(run):
@@ -111,11 +113,15 @@ def test_per_sample_and_paired_differences(run):
     assert len(per) == 9 and per["subject"].is_monotonic_increasing
     assert per.loc[per["cohort"] == "tumour", "healthy_specificity"].isna().all()
     diffs = pd.read_csv(out / "tables/paired_differences.csv")
-    assert set(diffs["system"]) == {"phase2b"} and set(diffs["versus"]) == {"medgemma_slices"}
-    bleu = diffs.set_index("metric").loc["bleu1"]
-    assert 0 < bleu["low"] <= bleu["mean"] <= bleu["high"]
+    # phase 2B minus every other system that ran (baselines and controls alike), not the not-run one
+    assert set(diffs["system"]) == {"phase2b"} and set(diffs["versus"]) == {"medgemma_slices", "phase2b_shuffled"}
+    for versus, d in diffs.groupby("versus"):
+        bleu = d.set_index("metric").loc["bleu1"]
+        assert 0 < bleu["low"] <= bleu["mean"] <= bleu["high"], versus  # the perfect copy is better than both
+    md = (out / "tables/paired_differences.md").read_text()
+    assert "| phase2b − medgemma_slices (best baseline) |" in md and "| phase2b − phase2b_shuffled |" in md
     ci = pd.read_csv(out / "plots/ci.csv")
-    assert {"system", "metric", "mean", "low", "high"} <= set(ci.columns) and len(ci) == 2 * 13
+    assert {"system", "metric", "mean", "low", "high"} <= set(ci.columns) and len(ci) == 3 * 13
     assert ci["mean"].notna().all()
 
 

@@ -278,9 +278,9 @@ def evaluate_systems(pred_dir: Path, subjects: pd.DataFrame, out_dir: Path, *, m
 
     Writes tables/main.{md,csv,tex}, tables/clinical_negation.{md,csv}, tables/paired_differences.{md,csv},
     per_sample/<system>.csv, metrics.json, figures/forest.png and plots/ci.csv. Returns a short summary.
-    The best baseline (metadata "baseline": true) is the one with the highest mean over the text and
-    clinical-F1 metrics except CIDEr (whose per-sample scale is 0-10); every other system is compared
-    with it, subject by subject.
+    `reference_system` (phase 2B) is compared, subject by subject, with every other system that ran; the
+    best baseline (metadata "baseline": true: the highest mean over the text and clinical-F1 metrics
+    except CIDEr, whose per-sample scale is 0-10) is named in that table.
     """
     out_dir = Path(out_dir)
     metric_cols = check_metrics(metrics)
@@ -344,16 +344,18 @@ def evaluate_systems(pred_dir: Path, subjects: pd.DataFrame, out_dir: Path, *, m
     io.write_csv(tables / "clinical_negation.csv", numeric_table(systems, cis, list(NEGATION_METRICS), n))
 
     best, choice = best_baseline(ran, cis, metric_cols)
-    diffs = {s.name: paired_difference(scores[s.name][main_cols], scores[best][main_cols], indices=indices)
-             for s in ran if best and s.name != best}
-    diff_rows = [[name, *(cell(*d.loc[m, ["mean", "low", "high"]])
-                          + (" *" if d.loc[m, "low"] > 0 or d.loc[m, "high"] < 0 else "") for m in main_cols)]
+    diffs = ({s.name: paired_difference(scores[reference_system][main_cols], scores[s.name][main_cols], indices=indices)
+              for s in ran if s.name != reference_system} if reference_system in scores else {})
+    diff_rows = [[f"{reference_system} − {name}" + (" (best baseline)" if name == best else ""),
+                  *(cell(*d.loc[m, ["mean", "low", "high"]])
+                    + (" *" if d.loc[m, "low"] > 0 or d.loc[m, "high"] < 0 else "") for m in main_cols)]
                  for name, d in diffs.items()]
-    io.write_text(tables / "paired_differences.md", "# Paired differences versus the best baseline\n\n"
-                  f"Each system minus {best or 'the best baseline'}, per subject, bootstrapped with the same "
-                  f"resample indices. * marks a {CI_LEVEL:.0%} CI that excludes 0.\n{choice}\n{n_line}\n{boot}\n\n"
-                  + markdown_table(header, diff_rows))
-    diff_long = [d.reset_index().assign(system=name, versus=best) for name, d in diffs.items()]
+    missing = "" if diffs else f"\n{reference_system} did not run, so there are no differences.\n"
+    io.write_text(tables / "paired_differences.md", f"# Paired differences: {reference_system} minus every other system\n\n"
+                  f"{reference_system} minus each system, per subject, bootstrapped with the same resample indices "
+                  f"(positive: {reference_system} is better). * marks a {CI_LEVEL:.0%} CI that excludes 0.\n{choice}\n"
+                  f"{n_line}\n{boot}\n{missing}\n" + markdown_table(header, diff_rows))
+    diff_long = [d.reset_index().assign(system=reference_system, versus=name) for name, d in diffs.items()]
     io.write_csv(tables / "paired_differences.csv",
                  pd.concat(diff_long, ignore_index=True)[["system", "versus", "metric", "mean", "low", "high"]]
                  if diff_long else pd.DataFrame(columns=["system", "versus", "metric", "mean", "low", "high"]))
@@ -377,6 +379,5 @@ def evaluate_systems(pred_dir: Path, subjects: pd.DataFrame, out_dir: Path, *, m
         "reference_system": reference_system,
         "reference": {m: _json_number(ref.loc[m, "mean"]) for m in main_cols} if ref is not None else None,
         "reference_minus_best_baseline": (
-            {m: _json_number(diffs[reference_system].loc[m, "mean"]) for m in main_cols}
-            if reference_system in diffs else None),
+            {m: _json_number(diffs[best].loc[m, "mean"]) for m in main_cols} if best in diffs else None),
     }
