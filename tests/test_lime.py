@@ -16,6 +16,7 @@ from brain3d.interpretability.lime3d import (
     deletion_auc,
     deletion_curve,
     explain,
+    lesion_rank,
     lesion_share,
     perturb,
     supervoxels,
@@ -145,6 +146,20 @@ def test_lesion_share_on_known_attributions(case):
     assert lesion_share(labels, uniform, lesion | (labels == 0))[1] == pytest.approx(chance)
 
 
+def test_lesion_rank_is_the_rank_of_the_supervoxel_holding_most_of_the_lesion(case):
+    _, _, labels = case
+    k = int(labels.max())
+    lesion = (labels == 4) | ((labels == 3) & (np.cumsum(labels == 3).reshape(labels.shape) <= 1))  # 4 + a voxel of 3
+    weights = np.linspace(1.0, 0.0, k)  # supervoxel 1 ranks first, k last
+    assert lesion_rank(labels, weights, lesion) == 4
+    weights[3] = 2.0
+    assert lesion_rank(labels, weights, lesion) == 1
+    weights[3] = -1.0
+    assert lesion_rank(labels, weights, lesion) == k
+    with pytest.raises(ValueError, match="outside every supervoxel"):
+        lesion_rank(labels, weights, labels == 0)
+
+
 def test_deletion_curve_falls_fastest_in_the_order_that_explains_the_score(case):
     volume, lesion, labels = case
     k = int(labels.max())
@@ -196,6 +211,8 @@ def test_explain_case_faithfulness_rows_on_a_case_with_a_known_answer(monkeypatc
     assert trained["deletion_drop"] > trained["deletion_drop_random_order"] >= 0  # hiding only removes signal
     assert trained["r2"] > 0.9
     assert rows[("randomised", "report")]["lesion_share"] < trained["lesion_chance"]
+    assert trained["lesion_rank"] == 1 and trained["lesion_top1"] == 1.0
+    assert rows[("randomised", "report")]["lesion_rank"] > 1
     assert rows[("trained", "side")]["deletion_drop"] == pytest.approx(0.0, abs=1e-9)  # constant score
     assert np.abs(result.explanations["side"].weights).max() < 1e-9
 

@@ -14,6 +14,7 @@ from brain3d.interpretability.lime3d import (
     deletion_auc,
     deletion_curve,
     explain,
+    lesion_rank,
     lesion_share,
     supervoxels,
 )
@@ -53,6 +54,8 @@ def _faithfulness(volume, labels, names, score_fn, explanations, lesion, setting
                "deletion_drop": deletion_auc(curve[:, t]), "deletion_drop_random_order": deletion_auc(random_curve[:, t])}
         if lesion is not None and lesion.any():
             row["lesion_share"], row["lesion_chance"] = lesion_share(labels, exp.weights, lesion)
+            row["lesion_rank"] = lesion_rank(labels, exp.weights, lesion)
+            row["lesion_top1"] = float(row["lesion_rank"] == 1)
         rows.append(row)
     return rows
 

@@ -87,6 +87,15 @@ def lesion_share(labels: np.ndarray, weights: np.ndarray, lesion: np.ndarray) ->
     return (float(positive[lesion].sum() / total) if total > 0 else 0.0), chance
 
 
+def lesion_rank(labels: np.ndarray, weights: np.ndarray, lesion: np.ndarray) -> int:
+    """Rank (1 = most supportive) of the supervoxel that holds most of the lesion's brain voxels."""
+    inside = labels[lesion & (labels > 0)]
+    if not inside.size:
+        raise ValueError("the lesion lies outside every supervoxel")
+    main = np.bincount(inside).argmax()  # label 1..K
+    return int((weights > weights[main - 1]).sum()) + 1
+
+
 def deletion_curve(volume: np.ndarray, labels: np.ndarray, order: np.ndarray, score_fn: ScoreFn,
                    steps: int | None = None) -> np.ndarray:
     """(steps + 1, T) scores after hiding the first k supervoxels of `order` (k = 0..steps), in one batch."""
