@@ -2,7 +2,8 @@
 # Ablation grid as DVC experiments, then the table reports/ablations.{md,csv}.
 #
 #   ./ablations.sh            queue the grid, run it one experiment at a time, wait, write the table
-#   ./ablations.sh --table    only (re)write the table from `dvc exp show`
+#   ./ablations.sh --table    only (re)write the table from `dvc exp show` (BASE=<commit>: the grid's
+#                             baseline commit, if HEAD has moved since it was queued)
 #
 # Grid (8 experiments): phase2b.lora_rank {4, 16} x model.compressor {seq_pool, grid_pool} x laterality
 # flip {off, on}, where the flip sets phase2a.laterality_flip and phase2b.laterality_flip together.
@@ -18,6 +19,8 @@ cd "$(dirname "$0")"
 [ -x .venv/bin/dvc ] || { echo "ablations.sh: run ./setup.sh first" >&2; exit 1; }
 . .venv/bin/activate
 
+# the table lists the experiments of the commit they were queued on (HEAD when queued; BASE=<commit> to override)
+base=${BASE:-$(git rev-parse HEAD)}
 if [ "${1:-}" != "--table" ]; then
   existing=$(dvc exp list --name-only 2>/dev/null || true)  # finished experiments of HEAD
   existing+=$'\n'$(dvc queue status 2>/dev/null | awk '$NF == "Queued" || $NF == "Running" {print $2}' || true)
@@ -45,4 +48,4 @@ if [ "${1:-}" != "--table" ]; then
   fi
 fi
 
-python -m stages.ablations
+python -m stages.ablations --rev "$base"

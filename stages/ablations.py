@@ -1,6 +1,6 @@
 """Ablation table from DVC experiments (not a DVC stage): reports/ablations.{md,csv}.
 
-    python -m stages.ablations [--system phase2b] [--all-commits] [--from-json exp_show.json]
+    python -m stages.ablations [--system phase2b] [--rev COMMIT | --all-commits] [--from-json exp_show.json]
 
 Reads `dvc exp show --json` (run here through subprocess, or a saved document with --from-json) and writes
 one row per experiment (and per baseline commit it hangs off): the ablated params (LoRA rank, compressor,
@@ -37,9 +37,10 @@ HEADERS = {"phase2b.lora_rank": "LoRA r", "model.compressor": "compressor", "pha
            "phase2a.laterality_flip": "flip 2A", "phase2b.laterality_flip": "flip 2B"}
 
 
-def exp_show(all_commits: bool = False) -> list[dict]:
-    """`dvc exp show --json` of the repository in the working directory."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+def exp_show(all_commits: bool = False, rev: str | None = None) -> list[dict]:
+    """`dvc exp show --json` of the repository in the working directory (experiments of `rev`, default HEAD)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else []),
+           *(["--rev", rev] if rev else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"ablations: `dvc exp show --json` failed:\n{out.stderr.strip()}")
@@ -130,11 +131,12 @@ def markdown(table: pd.DataFrame, system: str, metrics: tuple[str, ...] = METRIC
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.ablations", description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", default="phase2b", help="system whose metrics fill the table (default: phase2b)")
+    parser.add_argument("--rev", help="experiments queued on this baseline commit (default: HEAD)")
     parser.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD")
     parser.add_argument("--from-json", type=Path, help="a saved `dvc exp show --json` document instead of running dvc")
     parser.add_argument("--out", type=Path, default=OUT, help="output stem (default: reports/ablations)")
     args = parser.parse_args(argv)
-    doc = json.loads(args.from_json.read_text()) if args.from_json else exp_show(args.all_commits)
+    doc = json.loads(args.from_json.read_text()) if args.from_json else exp_show(args.all_commits, args.rev)
     table = build_table(doc, args.system)
     io.write_csv(args.out.with_suffix(".csv"), table)
     text = markdown(table, args.system)

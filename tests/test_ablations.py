@@ -91,3 +91,27 @@ def test_exp_show_outside_a_repository_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="dvc exp show --json` failed"):
         ablations.exp_show()
+
+
+def test_exp_show_lists_the_experiments_of_a_given_baseline_commit(tmp_path, monkeypatch):
+    """--rev: the grid's baseline commit, once HEAD has moved on (real git + dvc, no experiments)."""
+    import subprocess
+    import sys
+
+    def run(*cmd):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    shas = []
+    for i in range(2):
+        (tmp_path / "params.yaml").write_text(f"a: {i}\n")
+        run("git", "add", "-A")
+        run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"c{i}")
+        shas.append(subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                                   text=True).stdout.strip())
+    monkeypatch.chdir(tmp_path)
+    assert [c["rev"] for c in ablations.exp_show() if c["rev"] != "workspace"] == [shas[1]]
+    assert [c["rev"] for c in ablations.exp_show(rev=shas[0]) if c["rev"] != "workspace"] == [shas[0]]
+    with pytest.raises(SystemExit, match="dvc exp show --json` failed"):
+        ablations.exp_show(rev="no-such-commit")
