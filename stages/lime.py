@@ -1,5 +1,6 @@
 """DVC stage `lime`: 3D LIME for `lime.per_class` test subjects per laterality class + one healthy, with the
-phase 2B model; three-plane figures, weights, a contact sheet and faithfulness numbers (reports/lime/)."""
+phase 2B model; three-plane figures, weights, a contact sheet and faithfulness numbers (reports/lime/). Also
+a linear probe of how much side the frozen visual tokens carry (reports/lime/token_probe.json)."""
 
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from brain3d import io, paths, stage
 from brain3d.data import manifest
 from brain3d.interpretability.cases import LimeSettings, explain_case, pick_cases
 from brain3d.interpretability.figures import save_case_figure, save_contact_sheet
+from brain3d.interpretability.probe import hemisphere_features, linear_probe
 from brain3d.interpretability.targets import randomised_copy
 from brain3d.models import checkpoint
+from brain3d.training.phases import visual_tokens
 
 OUT = Path("reports/lime")
 
@@ -49,6 +52,22 @@ def main() -> None:
         for name in ("faithfulness.csv", "contact_sheet.png", "figures"):
             tracker.log_artifact(OUT / name, "lime" if name != "figures" else "lime/figures")
         print(summary.to_string())
+
+        # Side information in the visual tokens: train split -> test split, laterality stated in the report
+        splits = pd.read_csv(paths.SPLITS).query("laterality in ('left', 'right', 'bilateral', 'none')")
+        data = {}
+        for split in ("train", "test"):
+            rows_ = splits[splits["split"] == split]
+            volumes_ = [np.load(paths.VOLUMES / f"{sid}.npy") for sid in rows_["subject"]]
+            data[split] = (visual_tokens(model.visual, volumes_).numpy(), hemisphere_features(volumes_),
+                           rows_["laterality"].tolist())
+        (tok_tr, hem_tr, y_tr), (tok_te, hem_te, y_te) = data["train"], data["test"]
+        probe = {"visual_tokens": linear_probe(tok_tr, y_tr, tok_te, y_te, settings.seed),
+                 "hemisphere_features": linear_probe(hem_tr, y_tr, hem_te, y_te, settings.seed)}
+        io.write_json(OUT / "token_probe.json", probe)
+        tracker.log_metrics({f"probe_{k}_accuracy": v["accuracy"] for k, v in probe.items()})
+        print("laterality probe (test accuracy):", {k: round(v["accuracy"], 3) for k, v in probe.items()},
+              "chance", round(probe["visual_tokens"]["chance"], 3))
 
 
 if __name__ == "__main__":
