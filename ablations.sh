@@ -11,8 +11,8 @@
 # rank: phase2b onward) in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in
 # this repository's mlflow.db, tagged with the experiment's name. The grid reproduces up to `evaluate`
 # (its table is what the ablation reads); LIME stays the baseline commit's (`dvc exp run` without a target
-# runs it too). Experiments that already exist (by name)
-# are not queued again, so the script can be re-run after an interruption. `-j 1`: the stages already
+# runs it too). Experiments that already exist (by name) are not queued again, so the script can be re-run
+# after an interruption. `-j 1`: the stages already
 # use every core; on a bigger machine raise JOBS (JOBS=2 ./ablations.sh).
 set -euo pipefail
 cd "$(dirname "$0")"

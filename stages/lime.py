@@ -13,10 +13,9 @@ from brain3d import io, paths, stage
 from brain3d.data import manifest
 from brain3d.interpretability.cases import LimeSettings, explain_case, pick_cases
 from brain3d.interpretability.figures import save_case_figure, save_contact_sheet
-from brain3d.interpretability.probe import hemisphere_features, linear_probe
+from brain3d.interpretability.probe import laterality_probes
 from brain3d.interpretability.targets import randomised_copy
 from brain3d.models import checkpoint
-from brain3d.training.phases import visual_tokens
 
 OUT = Path("reports/lime")
 
@@ -53,17 +52,8 @@ def main() -> None:
             tracker.log_artifact(OUT / name, "lime" if name != "figures" else "lime/figures")
         print(summary.to_string())
 
-        # Side information in the visual tokens: train split -> test split, laterality stated in the report
-        splits = pd.read_csv(paths.SPLITS).query("laterality in ('left', 'right', 'bilateral', 'none')")
-        data = {}
-        for split in ("train", "test"):
-            rows_ = splits[splits["split"] == split]
-            volumes_ = [np.load(paths.VOLUMES / f"{sid}.npy") for sid in rows_["subject"]]
-            data[split] = (visual_tokens(model.visual, volumes_).numpy(), hemisphere_features(volumes_),
-                           rows_["laterality"].tolist())
-        (tok_tr, hem_tr, y_tr), (tok_te, hem_te, y_te) = data["train"], data["test"]
-        probe = {"visual_tokens": linear_probe(tok_tr, y_tr, tok_te, y_te, settings.seed),
-                 "hemisphere_features": linear_probe(hem_tr, y_tr, hem_te, y_te, settings.seed)}
+        # side information in the frozen visual tokens vs plain hemisphere asymmetry (train -> test)
+        probe = laterality_probes(model.visual, pd.read_csv(paths.SPLITS), paths.VOLUMES, settings.seed)
         io.write_json(OUT / "token_probe.json", probe)
         tracker.log_metrics({f"probe_{k}_accuracy": v["accuracy"] for k, v in probe.items()})
         print("laterality probe (test accuracy):", {k: round(v["accuracy"], 3) for k, v in probe.items()},

@@ -1,9 +1,11 @@
 """The laterality probe: it finds side information that is there, and reports chance when there is none."""
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from brain3d.interpretability.probe import hemisphere_features, linear_probe
+from brain3d.interpretability.probe import hemisphere_features, laterality_probes, linear_probe
 
 
 def _volumes(sides, rng):
@@ -37,3 +39,30 @@ def test_probe_on_noise_is_near_chance_and_needs_two_per_class():
     assert 0.3 < result["accuracy"] < 0.7
     with pytest.raises(ValueError, match="at least 2 training subjects"):
         linear_probe(x[:3], ["left", "left", "right"], x[3:6], ["left"] * 3)
+
+
+class _HemisphereMax(torch.nn.Module):
+    """A stand-in visual tokenizer: token k = the brightest voxel of hemisphere k (W halves)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):  # (B, 1, D, H, W) -> (B, 2, 1)
+        half = x.shape[-1] // 2
+        sides = [x[..., :half].amax((1, 2, 3, 4)), x[..., half:].amax((1, 2, 3, 4))]
+        return self.scale * torch.stack(sides, 1)[..., None]
+
+
+def test_laterality_probes_read_volumes_of_the_splits_and_leave_undefined_out(tmp_path):
+    rng = np.random.default_rng(2)
+    sides = ["left", "right", "bilateral", "none"] * 10 + ["undefined"] * 3
+    rows = []
+    for i, (side, volume) in enumerate(zip(sides, _volumes(sides, rng))):
+        np.save(tmp_path / f"s{i:02d}.npy", volume.astype(np.float32))
+        rows.append({"subject": f"s{i:02d}", "split": "train" if i % 4 != i // 4 % 4 else "test", "laterality": side})
+    splits = pd.DataFrame(rows)
+    result = laterality_probes(_HemisphereMax(), splits, tmp_path)
+    n_test = int(((splits["split"] == "test") & (splits["laterality"] != "undefined")).sum())
+    for name in ("visual_tokens", "hemisphere_features"):
+        assert result[name]["accuracy"] == 1.0 and result[name]["n_test"] == n_test, name

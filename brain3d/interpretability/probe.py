@@ -1,16 +1,21 @@
 """How much side information the frozen visual tokens carry, whatever the language model makes of it.
 
-A linear probe (standardised features, multinomial logistic regression, its strength chosen by 5-fold
-cross-validation on the training split only) predicts the laterality class of each test subject from its
-K visual tokens. The same probe on two intensity-asymmetry features per hemisphere is the reference for
+A linear probe (standardised features, multinomial logistic regression, its strength chosen by up to
+5-fold cross-validation on the training split only) predicts the laterality class (left / right / bilateral
+/ none) of each test subject from its K visual tokens. The same probe on two intensity-asymmetry features per hemisphere is the reference for
 what the images show without any learning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+#: Laterality classes the probe predicts: those a report states, and healthy ("none"); "undefined" is left out.
+CLASSES = ("left", "right", "bilateral", "none")
 
 
 def hemisphere_features(volumes: Sequence[np.ndarray]) -> np.ndarray:
@@ -42,3 +47,18 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
     return {"accuracy": float((predicted == test_y).mean()),
             "chance": float((test_y == values[counts.argmax()]).mean()),
             "n_train": int(len(train_y)), "n_test": int(len(test_y))}
+
+
+def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, seed: int = 42) -> dict:
+    """Probe accuracy (train split -> test split) from the visual tokens of `visual` and, for reference, from
+    `hemisphere_features`. `splits` has subject, split and laterality columns."""
+    from brain3d.training.phases import visual_tokens
+
+    data = {}
+    for split in ("train", "test"):
+        rows = splits[(splits["split"] == split) & splits["laterality"].isin(CLASSES)]
+        volumes = [np.load(Path(volumes_dir) / f"{sid}.npy") for sid in rows["subject"]]
+        data[split] = visual_tokens(visual, volumes).numpy(), hemisphere_features(volumes), rows["laterality"].tolist()
+    (tok_tr, hem_tr, y_tr), (tok_te, hem_te, y_te) = data["train"], data["test"]
+    return {"visual_tokens": linear_probe(tok_tr, y_tr, tok_te, y_te, seed),
+            "hemisphere_features": linear_probe(hem_tr, y_tr, hem_te, y_te, seed)}

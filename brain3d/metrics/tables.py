@@ -344,17 +344,19 @@ def evaluate_systems(pred_dir: Path, subjects: pd.DataFrame, out_dir: Path, *, m
     io.write_csv(tables / "clinical_negation.csv", numeric_table(systems, cis, list(NEGATION_METRICS), n))
 
     best, choice = best_baseline(ran, cis, metric_cols)
-    diffs = ({s.name: paired_difference(scores[reference_system][main_cols], scores[s.name][main_cols], indices=indices)
-              for s in ran if s.name != reference_system} if reference_system in scores else {})
+    ref_scores = scores[reference_system][main_cols] if reference_system in scores else None
+    diffs = {s.name: paired_difference(ref_scores, scores[s.name][main_cols], indices=indices)
+             for s in ran if ref_scores is not None and s.name != reference_system}
     diff_rows = [[f"{reference_system} − {name}" + (" (best baseline)" if name == best else ""),
                   *(cell(*d.loc[m, ["mean", "low", "high"]])
                     + (" *" if d.loc[m, "low"] > 0 or d.loc[m, "high"] < 0 else "") for m in main_cols)]
                  for name, d in diffs.items()]
     missing = "" if diffs else f"\n{reference_system} did not run, so there are no differences.\n"
-    io.write_text(tables / "paired_differences.md", f"# Paired differences: {reference_system} minus every other system\n\n"
-                  f"{reference_system} minus each system, per subject, bootstrapped with the same resample indices "
-                  f"(positive: {reference_system} is better). * marks a {CI_LEVEL:.0%} CI that excludes 0.\n{choice}\n"
-                  f"{n_line}\n{boot}\n{missing}\n" + markdown_table(header, diff_rows))
+    io.write_text(tables / "paired_differences.md",
+                  f"# Paired differences: {reference_system} minus every other system\n\n"
+                  f"{reference_system} minus each system, per subject, bootstrapped with the same resample "
+                  f"indices (positive: {reference_system} is better). * marks a {CI_LEVEL:.0%} CI that excludes "
+                  f"0.\n{choice}\n{n_line}\n{boot}\n{missing}\n" + markdown_table(header, diff_rows))
     diff_long = [d.reset_index().assign(system=reference_system, versus=name) for name, d in diffs.items()]
     io.write_csv(tables / "paired_differences.csv",
                  pd.concat(diff_long, ignore_index=True)[["system", "versus", "metric", "mean", "low", "high"]]
