@@ -25,7 +25,8 @@ def main() -> None:
         settings = LimeSettings.from_params(cfg["lime"])
         model = checkpoint.load(paths.model_dir("phase2b"), "cuda" if torch.cuda.is_available() else "cpu")
         randomised = randomised_copy(model, settings.seed)
-        test = pd.read_csv(paths.SPLITS).query("split == 'test'").merge(manifest.read(paths.MANIFEST)[["subject", "report"]])
+        splits = pd.read_csv(paths.SPLITS)
+        test = splits.query("split == 'test'").merge(manifest.read(paths.MANIFEST)[["subject", "report"]])
         rows, sheet = [], []
         for sid in tqdm(pick_cases(test, cfg["lime"]["per_class"]), desc="lime cases", unit="case"):
             case = test.set_index("subject").loc[sid]
@@ -53,7 +54,7 @@ def main() -> None:
         print(summary.to_string())
 
         # side information in the frozen visual tokens vs plain hemisphere asymmetry (train -> test)
-        probe = laterality_probes(model.visual, pd.read_csv(paths.SPLITS), paths.VOLUMES, settings.seed)
+        probe = laterality_probes(model.visual, splits, paths.VOLUMES, settings.seed)
         io.write_json(OUT / "token_probe.json", probe)
         tracker.log_metrics({f"probe_{k}_accuracy": v["accuracy"] for k, v in probe.items()})
         print("laterality probe (test accuracy):", {k: round(v["accuracy"], 3) for k, v in probe.items()},

@@ -2,8 +2,8 @@
 
 A linear probe (standardised features, multinomial logistic regression, its strength chosen by up to
 5-fold cross-validation on the training split only) predicts the laterality class (left / right / bilateral
-/ none) of each test subject from its K visual tokens. The same probe on two intensity-asymmetry features per hemisphere is the reference for
-what the images show without any learning.
+/ none) of each test subject from its K visual tokens. The same probe on two intensity-asymmetry features
+per hemisphere is the reference for what the images show without any learning.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
     from sklearn.preprocessing import StandardScaler
 
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    folds = int(min(5, np.unique(train_y, return_counts=True)[1].min()))
+    values, counts = np.unique(train_y, return_counts=True)
+    folds = int(min(5, counts.min()))
     if folds < 2:
         raise ValueError("every class needs at least 2 training subjects for the probe's cross-validation")
     probe = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=folds,
                                                                  max_iter=5000, random_state=seed))
     probe.fit(np.asarray(train_x).reshape(len(train_y), -1), train_y)
     predicted = probe.predict(np.asarray(test_x).reshape(len(test_y), -1))
-    values, counts = np.unique(train_y, return_counts=True)
     return {"accuracy": float((predicted == test_y).mean()),
             "chance": float((test_y == values[counts.argmax()]).mean()),
             "n_train": int(len(train_y)), "n_test": int(len(test_y))}

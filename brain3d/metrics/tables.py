@@ -351,7 +351,7 @@ def evaluate_systems(pred_dir: Path, subjects: pd.DataFrame, out_dir: Path, *, m
                   *(cell(*d.loc[m, ["mean", "low", "high"]])
                     + (" *" if d.loc[m, "low"] > 0 or d.loc[m, "high"] < 0 else "") for m in main_cols)]
                  for name, d in diffs.items()]
-    missing = "" if diffs else f"\n{reference_system} did not run, so there are no differences.\n"
+    missing = "" if ref_scores is not None else f"\n{reference_system} did not run, so there are no differences.\n"
     io.write_text(tables / "paired_differences.md",
                   f"# Paired differences: {reference_system} minus every other system\n\n"
                   f"{reference_system} minus each system, per subject, bootstrapped with the same resample "
