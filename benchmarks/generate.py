@@ -67,7 +67,7 @@ def main() -> None:
         reports = generate_reports(model, tokens, decoding, batch_size=batch_size, seed=args.seed, progress=False)
         return time.perf_counter() - t0, reports
 
-    generate_reports(model, tokens[:2], decoding, batch_size=2, progress=False)  # warm-up
+    generate_reports(model, tokens[:2], decoding, batch_size=2, seed=args.seed, progress=False)  # warm-up
     seconds: dict[int, list[float]] = {args.batch_size: [], 1: []}
     order = [b for r in range(repeats) for b in ((args.batch_size, 1) if r % 2 == 0 else (1, args.batch_size))]
     outputs = {}

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _warm(shape: tuple[int, int, int], seconds: float = 0.0) -> int:
     """What a process loads once before its first subject: ANTs, the MNI atlas, the similarity template."""
@@ -46,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     n, repeats = (6, 1) if args.quick else (args.subjects, args.repeats)
 
-    from brain3d import runtime
+    from brain3d import config, runtime
 
     runtime.setup(args.threads)
     runtime.seed_everything(args.seed)
@@ -56,8 +58,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        manifest = generate_cohort(root / "phantom", n_subjects=n, seed=args.seed, workers=2, root=root,
-                                   progress=False)
+        demo = config.load(ROOT / "params.yaml", profile="demo")
+        mix, pre = demo["download"], demo["preprocess"]  # the demo cohort's mix, the preprocess stage's settings
+        manifest = generate_cohort(root / "phantom", n_subjects=n, seed=args.seed,
+                                   healthy_fraction=mix["healthy_fraction"], laterality_mix=mix["laterality_mix"],
+                                   workers=2, root=root, progress=False)
         print(f"phantom cohort: {n} subjects in {time.perf_counter() - t0:.1f} s "
               f"({', '.join(sorted(set(manifest['laterality'])))})")
         from joblib import Parallel, delayed
@@ -73,7 +78,8 @@ def main() -> None:
             os.environ["BRAIN3D_CACHE"] = str(root / f"cache-{run}")  # an empty cache: nothing is reused
             t0 = time.perf_counter()
             qc, ok = preprocess_cohort(manifest, root, root / f"out-{run}", shape=tuple(args.shape),
-                                       skull_strip="registration", workers=workers, on_error="fail", progress=False)
+                                       skull_strip="registration", fov_mm=pre["fov_mm"], workers=workers,
+                                       on_error="fail", min_similarity=pre["min_brain_similarity"], progress=False)
             wall = time.perf_counter() - t0
             assert len(ok) == n, qc
             walls[workers].append(wall)

@@ -2,6 +2,8 @@
 
     brain3d report SCAN.nii.gz [--model models/phase2b] [--explain OUT.png [--lime-samples N]] [--json]
 
+Decoding and LIME settings are params.yaml's `generate` and `lime` sections (`--params`), as in the stages.
+
 Bad input (missing file, not a NIfTI, 4D, NaN, not a brain) prints one line on stderr and exits 2;
 never a traceback.
 """
@@ -15,7 +17,6 @@ import time
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-LIME_SAMPLES = 100  # params.yaml lime.n_samples (= LimeSettings().n_samples; a test keeps them equal)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,15 +30,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="a trained model directory holding brain3d.json (default: models/phase2b)")
     rp.add_argument("--skull-stripped", action="store_true",
                     help="the scan is already brain-extracted (e.g. BraTS); skip skull stripping")
-    rp.add_argument("--skull-strip", choices=("registration", "threshold"), default="registration",
-                    help="skull-stripping method for unstripped scans (default: registration)")
+    rp.add_argument("--skull-strip", choices=("registration", "threshold"),
+                    help="skull-stripping method for unstripped scans (default: preprocess.skull_strip)")
     rp.add_argument("--explain", type=Path, metavar="OUT.png",
                     help="also write a 3D LIME figure (axial/coronal/sagittal; red supports the report)")
-    rp.add_argument("--lime-samples", type=int, default=LIME_SAMPLES, metavar="N",
-                    help=f"perturbed volumes scored for --explain (default: {LIME_SAMPLES}, as the lime stage)")
+    rp.add_argument("--lime-samples", type=int, metavar="N",
+                    help="perturbed volumes scored for --explain (default: lime.n_samples, as the lime stage)")
     rp.add_argument("--json", action="store_true", help="print a JSON object instead of text")
-    rp.add_argument("--max-new-tokens", type=int, default=256, help="report length limit (default: 256)")
-    rp.add_argument("--seed", type=int, default=42, help="sampling seed (default: 42)")
+    rp.add_argument("--max-new-tokens", type=int, help="report length limit (default: generate.max_new_tokens)")
+    rp.add_argument("--seed", type=int, help="sampling seed (default: generate.seed)")
+    rp.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="params file of the decoding (`generate`) and LIME (`lime`) settings (default: params.yaml)")
     rp.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     return ap
 
@@ -59,44 +62,84 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+# read by the Hugging Face libraries when they are first imported (a value the user set is kept)
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
 def _quiet_libraries() -> None:
-    """No library progress bars or deprecation chatter on a user's terminal: only ours."""
+    """On a user's terminal only this command speaks: other libraries' log records below ERROR, their
+    warnings and their progress bars are dropped; brain3d's own logging and warnings are left as they are.
+    Called before the libraries are imported, so that what they say on import is dropped too."""
+    import logging
+    import os
     import warnings
 
-    from transformers.utils import logging
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger().setLevel(logging.ERROR)  # every logger that keeps the default level inherits it
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):  # those already set a level
+        if isinstance(logger, logging.Logger) and name.split(".")[0] != "brain3d":
+            logger.setLevel(max(logger.level, logging.ERROR))
+    own = logging.getLogger("brain3d")
+    if own.level == logging.NOTSET:
+        own.setLevel(logging.WARNING)  # Python's default, not the root's ERROR
+    warnings.simplefilter("ignore")
+    # ours, unless it is a library's deprecation notice that names our call
+    warnings.filterwarnings("default", module=r"brain3d(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"brain3d(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"brain3d(\.|$)")
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module=r"(transformers|peft)\b")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # transformers' own handler does not go through the root logger
+    hf_logging.disable_progress_bar()
+
+
+def settings(cfg: dict, args: argparse.Namespace):
+    """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides."""
+    from brain3d.generation import decoding_from_params
+    from brain3d.interpretability.cases import LimeSettings
+
+    g = {**cfg["generate"], **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})}
+    lime = {**cfg["lime"], **({"n_samples": args.lime_samples} if args.lime_samples is not None else {})}
+    return decoding_from_params(g), LimeSettings.from_params(lime)
 
 
 def report(args: argparse.Namespace) -> int:
+    from brain3d import config, runtime
+
+    runtime.set_offline_env()  # before any hub library reads its environment
+    _quiet_libraries()  # before the libraries below are imported: they may speak on import
+    runtime.setup()
+    import torch
     from tqdm.auto import tqdm
 
-    from brain3d import runtime
     from brain3d.data.manifest import InputError
     from brain3d.data.preprocess import preprocess_subject
     from brain3d.models import checkpoint
-    from brain3d.models.model import Decoding
-
-    runtime.setup()
-    _quiet_libraries()
-    import torch
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    if args.explain and args.lime_samples < 2:
-        return _fail(f"--lime-samples must be at least 2, got {args.lime_samples}")
+    try:
+        cfg = config.load(args.params)
+    except (OSError, config.ParamsError) as exc:
+        return _fail(f"{args.params}: {exc}")
+    decoding, lime = settings(cfg, args)
+    if args.explain and lime.n_samples < 2:
+        return _fail(f"--lime-samples must be at least 2, got {lime.n_samples}")
     # progress only on a terminal: piped stderr carries nothing but the one-line error of bad input
     steps = tqdm(total=4 if args.explain else 3, desc="brain3d", unit="step", file=sys.stderr, leave=False,
                  disable=not sys.stderr.isatty())
     try:
         card = checkpoint.read_card(args.model)
         steps.set_postfix_str("preprocess")
+        p = cfg["preprocess"]
         pre = preprocess_subject(args.scan.name, args.scan, card["model_config"].volume_shape,
-                                 skull_stripped=args.skull_stripped, skull_strip=args.skull_strip)
+                                 skull_stripped=args.skull_stripped, skull_strip=args.skull_strip or p["skull_strip"],
+                                 fov_mm=p["fov_mm"], min_similarity=p["min_brain_similarity"])
     except InputError as exc:
         steps.close()
         return _fail(f"{args.scan}: {exc.reason}")
@@ -107,15 +150,16 @@ def report(args: argparse.Namespace) -> int:
     steps.set_postfix_str("generate")
     with torch.no_grad():
         z = model.visual(torch.from_numpy(pre.volume)[None, None].to(device))
-    text = model.generate(z, Decoding(max_new_tokens=args.max_new_tokens), seed=args.seed)[0]
+    seed = cfg["generate"]["seed"] if args.seed is None else args.seed
+    text = model.generate(z, decoding, seed=seed)[0]
     steps.update()
     result = {"scan": str(args.scan), "model": str(args.model), "report": text, "findings": findings(text)}
     if args.explain:
-        from brain3d.interpretability.cases import LimeSettings, explain_case
+        from brain3d.interpretability.cases import explain_case
         from brain3d.interpretability.figures import save_case_figure
 
         steps.set_postfix_str("explain")
-        case = explain_case(model, pre.volume, text, LimeSettings(n_samples=args.lime_samples),
+        case = explain_case(model, pre.volume, text, lime,
                             with_side=result["findings"]["side"] in ("left", "right"))
         exp = case.explanations["report"]
         save_case_figure(args.explain, pre.volume, exp.voxel_map(case.labels), None, args.scan.name)

@@ -2,19 +2,68 @@
 
 The effective configuration is the shared sections deep-merged with `profiles[profile]`. A leaf may be
 set in the shared sections or in a profile, never in both, so `dvc exp run -S section.key=v` can never be
-silently overridden by a profile.
+silently overridden by a profile. Every key must be one that a stage reads (`brain3d.params_schema`), in
+the shared sections and in every profile block: a typo is a `ParamsError` that names the key and the nearest
+valid one. Values live in params.yaml only; a dataclass built from a section (`from_section`) has no default
+for a key that params.yaml provides.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from brain3d.params_schema import PROFILE_SCHEMA, SCHEMA
+
 PROFILES_KEY = "profiles"
+
+
+class ParamsError(ValueError):
+    """params.yaml (or a `-S` override) that no stage can run with; one line per problem."""
+
+
+def _unknown(path: str, key: str, schema: dict, where: str, block: str) -> str:
+    in_block = f" in {block}" if block else ""
+    prefix = f"{where}." if where else ""
+    close = difflib.get_close_matches(str(key), list(schema), n=1)
+    hint = (f"did you mean {prefix}{close[0]}?" if close
+            else f"valid keys{f' of {where}' if where else ''}: {', '.join(sorted(schema))}")
+    return f"params: {path}: unknown key{in_block}; {hint}"
+
+
+def _check(node: Any, schema: dict, where: str = "", block: str = "") -> list[str]:
+    """Problems of `node` (a section at dotted path `where`) against `schema`, one message per key."""
+    if not isinstance(node, dict):
+        at = f"{where} in {block}" if where and block else where or block or "the file"
+        return [f"params: {at}: expected a mapping of keys, got {node!r}"]
+    problems = []
+    for key, value in node.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in schema:
+            problems.append(_unknown(path, key, schema, where, block))
+        elif isinstance(schema[key], dict):
+            problems += _check(value, schema[key], path, block)
+    return problems
+
+
+def validate(params: dict) -> None:
+    """Raise ParamsError unless the shared sections and every profile block hold only known keys."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"params: expected a mapping of sections, got {params!r}")
+    profiles = params.get(PROFILES_KEY, {})
+    problems = _check({k: v for k, v in params.items() if k != PROFILES_KEY}, SCHEMA)
+    if not isinstance(profiles, dict):
+        problems.append(f"params: {PROFILES_KEY}: expected a mapping of profile blocks, got {profiles!r}")
+        profiles = {}
+    for name, block in profiles.items():
+        problems += _check(block, PROFILE_SCHEMA, block=f"{PROFILES_KEY}.{name}")
+    if problems:
+        raise ParamsError("\n".join(problems))
 
 
 def deep_merge(base: dict, override: dict, where: str = "") -> dict:
@@ -25,7 +74,7 @@ def deep_merge(base: dict, override: dict, where: str = "") -> dict:
         if key in out and isinstance(out[key], dict) and isinstance(value, dict):
             out[key] = deep_merge(out[key], value, path)
         elif key in out:
-            raise ValueError(
+            raise ParamsError(
                 f"params: '{path}' is set both in the shared sections and in the active profile; "
                 "set it in one place only"
             )
@@ -35,19 +84,26 @@ def deep_merge(base: dict, override: dict, where: str = "") -> dict:
 
 
 def resolve(params: dict) -> dict:
-    """Return the effective configuration for `params['profile']` (without the `profiles` block)."""
-    profile = params.get("profile", "demo")
+    """Validate `params` and return the effective configuration for `params['profile']` (without the
+    `profiles` block)."""
+    validate(params)
     profiles = params.get(PROFILES_KEY, {})
+    if "profile" not in params:
+        raise ParamsError(f"params: profile: missing; set it to one of {sorted(profiles)}")
+    profile = params["profile"]
     if profile not in profiles:
-        raise ValueError(f"params: unknown profile '{profile}'; choose one of {sorted(profiles)}")
+        raise ParamsError(f"params: unknown profile '{profile}'; choose one of {sorted(profiles)}")
     shared = {k: v for k, v in params.items() if k != PROFILES_KEY}
     return deep_merge(shared, profiles[profile])
 
 
-def load(path: str | Path = "params.yaml") -> dict:
-    """Load and resolve a params file."""
+def load(path: str | Path = "params.yaml", profile: str | None = None) -> dict:
+    """Load, validate and resolve a params file (for `profile` instead of the file's own when given)."""
     with open(path) as fh:
-        return resolve(yaml.safe_load(fh))
+        params = yaml.safe_load(fh)
+    if profile is not None and isinstance(params, dict):
+        params = {**params, "profile": profile}
+    return resolve(params)
 
 
 def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
@@ -63,5 +119,11 @@ def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
 
 
 def from_section(cls, section: dict):
-    """An instance of dataclass `cls` from the keys of a params section that it declares (others ignored)."""
-    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section})
+    """An instance of dataclass `cls` from the keys of a params section that it declares (the section's other
+    keys belong to other readers). A field without a default that the section lacks is a ParamsError."""
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields if f.name not in section
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ParamsError(f"params: missing {', '.join(missing)} (needed by {cls.__name__})")
+    return cls(**{f.name: section[f.name] for f in fields if f.name in section})

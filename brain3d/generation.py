@@ -7,18 +7,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from brain3d import config
 from brain3d.models.model import Brain3D, Decoding
 
 
 def decoding_from_params(section: dict) -> Decoding:
-    return Decoding(temperature=section["temperature"], top_p=section["top_p"],
-                    repetition_penalty=section["repetition_penalty"],
-                    no_repeat_ngram_size=section["no_repeat_ngram_size"],
-                    max_new_tokens=section["max_new_tokens"], min_new_tokens=section["min_new_tokens"])
+    """The decoding settings of the `generate` params section."""
+    return config.from_section(Decoding, section)
 
 
-def generate_reports(model: Brain3D, tokens: torch.Tensor, decoding: Decoding, *, batch_size: int = 8,
-                     seed: int = 42, progress: bool = True, desc: str = "generate") -> list[str]:
+def generate_reports(model: Brain3D, tokens: torch.Tensor, decoding: Decoding, *, batch_size: int, seed: int,
+                     progress: bool = True, desc: str = "generate") -> list[str]:
     """One report per row of `tokens` (N, K, Cv)."""
     out: list[str] = []
     starts = range(0, len(tokens), batch_size)

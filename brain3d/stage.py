@@ -1,5 +1,5 @@
 """What every DVC stage does around its work: offline env, threads, params, one MLflow run, and a clean
-one-paragraph error (no traceback) for bad input."""
+one-paragraph error (no traceback) for bad input or bad params."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
-from brain3d import config, runtime
+from brain3d import cache, config, runtime
 from brain3d.data.manifest import CohortError, InputError
 from brain3d.tracking import Tracker, mlflow_run
 
@@ -21,7 +22,11 @@ def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
     The MLflow run logs the sections the stage reads, the profile, and the stage's wall time.
     """
     runtime.setup()
-    cfg = config.load(params_file)
+    cache.bind_stage(f"stages.{name.split('@')[0]}")  # resume state follows this stage's code
+    try:
+        cfg = config.load(params_file)  # before any work: a typo in params fails here, in one line
+    except config.ParamsError as exc:
+        _fail(name, exc)
     logged = {s: cfg.get(s) for s in sections if s in cfg}
     t0 = time.perf_counter()
     try:
@@ -32,7 +37,12 @@ def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
                         tags={"profile": str(cfg.get("profile"))}) as tracker:
             yield cfg, tracker
             tracker.log_metrics({"stage_seconds": time.perf_counter() - t0})
-    except (InputError, CohortError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except (InputError, CohortError, config.ParamsError) as exc:
+        _fail(name, exc)
     print(f"{name}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def _fail(name: str, exc: Exception) -> NoReturn:
+    """`<stage>: error: <message>` on stderr, exit status 1, no traceback."""
+    print(f"{name}: error: {exc}", file=sys.stderr)
+    raise SystemExit(1) from None

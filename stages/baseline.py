@@ -33,7 +33,7 @@ def slice_model(cfg: dict) -> SliceSequence:
                              keep_vision=True)
     lm.full.to("cuda" if torch.cuda.is_available() else "cpu")
     prompt = SlicePrompt(b["instruction"], b["question"], b["n_slices"])
-    return SliceSequence(lm, load_processor(bb["lm"]), prompt, b["max_new_tokens"])
+    return SliceSequence(lm, load_processor(bb["lm"]), prompt, max_new_tokens=b["max_new_tokens"])
 
 
 def main() -> None:

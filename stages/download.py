@@ -25,7 +25,7 @@ def main() -> None:
         elif params["source"] == "real":
             from brain3d.data.sources import build_real_cohort
 
-            df = build_real_cohort(params, root, fetch=params.get("fetch", False))
+            df = build_real_cohort(params, root, fetch=params["fetch"])
         else:
             raise SystemExit(f"download.source must be 'phantom' or 'real', got '{params['source']}'")
         errors = manifest.validate(df, root)

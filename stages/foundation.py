@@ -18,8 +18,6 @@ from brain3d.tracking import Prefixed
 from brain3d.training.loop import TrainConfig
 
 OUT = paths.FOUNDATION
-
-
 def _split_items(split: str, splits: pd.DataFrame, df: pd.DataFrame):
     rows = splits[splits["split"] == split].merge(df, on="subject").sort_values("subject")
     items = []

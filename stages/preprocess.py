@@ -16,7 +16,7 @@ def main() -> None:
         p = cfg["preprocess"]
         df = manifest.read("data/raw/manifest.csv")
         qc, ok = preprocess_cohort(df, Path.cwd(), OUT, shape=tuple(p["shape"]), skull_strip=p["skull_strip"],
-                                   fov_mm=p.get("fov_mm"), workers=p["workers"], on_error=p["on_error"],
+                                   fov_mm=p["fov_mm"], workers=p["workers"], on_error=p["on_error"],
                                    min_similarity=p["min_brain_similarity"])
         montage(OUT, ok, OUT / "qc.png")
         n_bad = int((qc["status"] != "ok").sum())

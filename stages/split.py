@@ -1,4 +1,5 @@
-"""DVC stage `split`: 70/10/20 subject-level split stratified by cohort x laterality (data/splits.csv)."""
+"""DVC stage `split`: subject-level train/val/test split (`split.fractions`), stratified by cohort x laterality
+(data/splits.csv)."""
 
 from pathlib import Path
 
@@ -13,7 +14,7 @@ def main() -> None:
     with stage.run("split", ("split",)) as (cfg, tracker):
         p = cfg["split"]
         df = manifest.read("data/preprocessed/manifest.csv")
-        splits = stratified_split(df, tuple(p["fractions"]), p["seed"])
+        splits = stratified_split(df, fractions=tuple(p["fractions"]), seed=p["seed"])
         io.write_csv(OUT, splits)
         table = splits.groupby(["split", "cohort", "laterality"]).size().unstack(fill_value=0)
         tracker.log_metrics({f"n_{s}": int((splits["split"] == s).sum()) for s in ("train", "val", "test")})

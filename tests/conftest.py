@@ -19,6 +19,7 @@ REPORTS = [
     "Bilateral parietal lesions with extensive edema.",
     "No abnormal signal intensity is seen in the brain parenchyma on FLAIR. Normal study.",
 ]
+PROMPT = "Generate a radiology report for this brain MRI FLAIR scan.\n"  # the tiny models' prompt
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def tiny_tokenizer():
     from brain3d.models.foundation import train_tokenizer
 
-    return train_tokenizer(REPORTS * 5 + ["Generate a radiology report for this brain MRI FLAIR scan.\n"], 400)
+    return train_tokenizer(REPORTS * 5 + [PROMPT], 400)
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +91,8 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("phase2b")
-    cfg = ModelConfig(volume_shape=DEMO_SHAPE, compressor="grid_pool", n_tokens=32, grid=(2, 4, 4))
+    cfg = ModelConfig(volume_shape=DEMO_SHAPE, kd=2, depth_stride=1, depth_pad=1, compressor="grid_pool",
+                      n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
     visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
     lm = load_language_model(tiny_gemma3_dir)
     lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))

@@ -18,7 +18,7 @@ from brain3d import runtime  # noqa: E402
 runtime.setup(int(os.environ["BRAIN3D_THREADS"]))
 
 import torch  # noqa: E402
-from conftest import REPORTS  # noqa: E402  (this script's folder, tests/, is on sys.path)
+from conftest import PROMPT, REPORTS  # noqa: E402  (this script's folder, tests/, is on sys.path)
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
 from brain3d import io  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     lm = load_language_model(lm_dir)
     lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.05,
                                               target_modules=lm.lora_target_regex()))
-    model = Brain3D(lm, VISION_WIDTH)
+    model = Brain3D(lm, VISION_WIDTH, PROMPT)
     g = torch.Generator().manual_seed(1)
     train_tokens = torch.randn(12, K, VISION_WIDTH, generator=g)
     val_tokens = torch.randn(4, K, VISION_WIDTH, generator=g)
@@ -56,7 +56,8 @@ def main() -> None:
     lora_params = [p for n, p in model.lm.named_parameters() if "lora_" in n]
     groups = [{"params": list(model.projector.parameters()), "lr": 2e-3},
               {"params": lora_params, "lr": 1e-3}]
-    cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, patience=5, warmup_frac=0.2, seed=42)
+    cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, grad_accum=1, weight_decay=0.01, warmup_frac=0.2, patience=5,
+                      seed=42)
     result = phases.train_phase2(model, train_tokens, train_reports, val_tokens, val_reports, cfg, groups,
                                  state_dir=out / "state", flipped_train_tokens=train_tokens.flip(1),
                                  desc="ddp-phase2b")
@@ -64,7 +65,7 @@ def main() -> None:
 
     state = PartialState()
     record = {"rank": rank, "num_processes": state.num_processes, "distributed_type": state.distributed_type.name,
-              "history": [{k: v for k, v in row.items() if k != "seconds"} for row in result.history],
+              "history": result.history,
               "best_epoch": result.best_epoch, "best_val": result.best_val,
               "projector_sum": float(sum(p.detach().double().sum() for p in model.projector.parameters())),
               "lora_sum": float(sum(p.detach().double().sum() for p in lora_params)),

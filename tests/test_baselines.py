@@ -66,11 +66,12 @@ def test_med3dvlm_input_shape_range_and_orientation():
 
 
 def test_med3dvlm_is_opt_in_and_says_why_it_cannot_run(tmp_path):
-    base = dict(path=str(tmp_path / "absent"), revision="abc123")
+    ask = dict(question="Describe the findings.", max_new_tokens=8)
+    base = dict(path=str(tmp_path / "absent"), revision="abc123", **ask)
     with pytest.raises(NotRunnable, match="remote code not allowed"):
-        check_runnable(Med3DVLMConfig(**base))
+        check_runnable(Med3DVLMConfig(**base, allow_remote_code=False))
     with pytest.raises(NotRunnable, match="no revision pinned"):
-        check_runnable(Med3DVLMConfig(path=base["path"], revision=None, allow_remote_code=True))
+        check_runnable(Med3DVLMConfig(path=base["path"], revision=None, allow_remote_code=True, **ask))
     with pytest.raises(NotRunnable, match="checkpoint not available"):
         check_runnable(Med3DVLMConfig(**base, allow_remote_code=True))
     snap = tmp_path / "snap"
@@ -79,8 +80,8 @@ def test_med3dvlm_is_opt_in_and_says_why_it_cannot_run(tmp_path):
         (snap / name).write_text("{}")
     (snap / ".cache/huggingface/download/config.json.metadata").write_text("def456\nother\n")
     with pytest.raises(NotRunnable, match="differs from the pinned abc123"):
-        check_runnable(Med3DVLMConfig(path=str(snap), revision="abc123", allow_remote_code=True))
-    assert check_runnable(Med3DVLMConfig(path=str(snap), revision="def456", allow_remote_code=True)) == snap
+        check_runnable(Med3DVLMConfig(path=str(snap), revision="abc123", allow_remote_code=True, **ask))
+    assert check_runnable(Med3DVLMConfig(path=str(snap), revision="def456", allow_remote_code=True, **ask)) == snap
 
 
 def test_med3dvlm_runs_in_its_own_environment(tmp_path):

@@ -25,12 +25,12 @@ def test_result_shape_and_percentiles_match_a_manual_computation():
 
 
 def test_constant_column_gives_a_point_interval():
-    ci = bootstrap(pd.DataFrame({"x": [0.25] * 40}), n_resamples=200)
+    ci = bootstrap(pd.DataFrame({"x": [0.25] * 40}), n_resamples=200, seed=42)
     assert ci.loc["x"].tolist() == pytest.approx([0.25, 0.25, 0.25])
 
 
 def test_intervals_shrink_with_n():
-    width = {n: (lambda c: c["high"] - c["low"])(bootstrap(frame(n, seed=1), 500)) for n in (25, 400)}
+    width = {n: (lambda c: c["high"] - c["low"])(bootstrap(frame(n, seed=1), 500, seed=42)) for n in (25, 400)}
     assert (width[400] < width[25] / 2).all()  # ~1/sqrt(n): a 16x larger sample, a ~4x narrower CI
 
 
@@ -68,17 +68,19 @@ def test_pairing_narrows_the_interval_of_correlated_systems():
 
 def test_nan_marks_subjects_a_metric_does_not_apply_to():
     df = pd.DataFrame({"healthy_specificity": [1.0, 0.0, 1.0, 1.0] + [np.nan] * 6})
-    ci = bootstrap(df, 500)
+    ci = bootstrap(df, 500, seed=42)
     assert ci.loc["healthy_specificity", "mean"] == pytest.approx(0.75)
     assert 0.0 <= ci.loc["healthy_specificity", "low"] <= ci.loc["healthy_specificity", "high"] <= 1.0
-    empty = bootstrap(pd.DataFrame({"x": [np.nan] * 5}), 50)
+    empty = bootstrap(pd.DataFrame({"x": [np.nan] * 5}), 50, seed=42)
     assert empty.loc["x"].isna().all()
 
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError):
-        resample_indices(0, 10)
+        resample_indices(0, 10, 42)
     with pytest.raises(ValueError, match="do not fit"):
-        bootstrap(frame(10), indices=resample_indices(11, 5))
+        bootstrap(frame(10), indices=resample_indices(11, 5, 42))
+    with pytest.raises(TypeError, match="n_resamples and seed"):  # no default resampling: evaluate.* decides
+        bootstrap(frame(10), 100)
     with pytest.raises(ValueError, match="same subjects"):
         paired_difference(frame(10), frame(10).iloc[::-1])

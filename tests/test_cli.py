@@ -15,9 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 
-from brain3d.cli import LIME_SAMPLES, findings
+from brain3d.cli import _parser, findings, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "brain3d"  # the console script (pyproject [project.scripts])
@@ -84,17 +83,22 @@ def test_help_explains_the_command():
     sub = brain3d("report", "--help")
     assert sub.returncode == 0, sub.stderr
     for option in ("--model", "--explain", "--json", "--skull-stripped", "--skull-strip", "--lime-samples",
-                   "--device", "models/phase2b", f"default: {LIME_SAMPLES}"):
+                   "--device", "--params", "models/phase2b", "lime.n_samples"):
         assert option in sub.stdout, f"`brain3d report --help` does not mention {option}"
     assert brain3d().returncode == 2  # no command: argparse's usage error
 
 
-def test_lime_defaults_are_the_lime_stage_params():
+def test_decoding_and_lime_settings_are_the_stages_params():
+    from brain3d import config
+    from brain3d.generation import decoding_from_params
     from brain3d.interpretability.cases import LimeSettings
 
-    section = yaml.safe_load((ROOT / "params.yaml").read_text())["lime"]
-    assert LimeSettings() == LimeSettings.from_params(section), "CLI --explain would differ from the stage"
-    assert LIME_SAMPLES == section["n_samples"] == LimeSettings().n_samples
+    cfg = config.load(ROOT / "params.yaml")
+    args = _parser().parse_args(["report", "scan.nii.gz"])
+    assert settings(cfg, args) == (decoding_from_params(cfg["generate"]), LimeSettings.from_params(cfg["lime"]))
+    args = _parser().parse_args(["report", "scan.nii.gz", "--max-new-tokens", "7", "--lime-samples", "5"])
+    decoding, lime = settings(cfg, args)
+    assert (decoding.max_new_tokens, lime.n_samples) == (7, 5)
 
 
 def test_findings_are_negation_aware():
@@ -144,6 +148,42 @@ def test_json_output_and_explanation_figure(json_run, text_run):
 
     image = mpimg.imread(png)
     assert image.shape[1] > 2.5 * image.shape[0] and image[..., :3].std() > 0.05  # three planes, not blank
+
+
+# ------------------------------------------------------------------------------ other libraries' chatter
+
+QUIET_PROBE = """
+import logging, warnings
+chatty = logging.getLogger("chattylib")  # a library that set up its own handler and level before us
+chatty.addHandler(logging.StreamHandler())
+chatty.setLevel(logging.INFO)
+chatty.propagate = False
+
+from brain3d.cli import _quiet_libraries
+
+_quiet_libraries()
+import bitsandbytes  # noqa: F401  (on CPUs with AVX512-BF16 it logs a warning when imported)
+from transformers.utils import logging as hf_logging
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("library warning through the root logger")
+chatty.info("library info through its own handler")
+chatty.warning("library warning through its own handler")
+hf_logging.get_logger("transformers.modeling_utils").warning("transformers warning")
+warnings.warn_explicit("library UserWarning", UserWarning, "tuners.py", 1, module="peft.tuners")
+warnings.warn_explicit("library FutureWarning", FutureWarning, "ops.py", 1, module="torch.ops")
+logging.getLogger("bitsandbytes").error("library error")
+logging.getLogger("brain3d.cli").warning("our warning")
+warnings.warn_explicit("our UserWarning", UserWarning, "cli.py", 7, module="brain3d.cli")
+"""
+
+
+def test_other_libraries_log_records_and_warnings_stay_off_the_terminal():
+    """What the CLI does first: below ERROR, only brain3d's own log records and warnings reach stderr."""
+    run = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == ["library error", "our warning", "cli.py:7: UserWarning: our UserWarning"], \
+        f"stderr should hold only brain3d's lines (and a library's error), got:\n{run.stderr}"
 
 
 # ----------------------------------------------------------------------------------------- bad input

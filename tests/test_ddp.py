@@ -54,6 +54,7 @@ def test_phase2b_trains_under_ddp_with_two_cpu_processes(tmp_path, tiny_gemma3_d
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
 
     # The saved projector and LoRA adapter load into a fresh model and reproduce the trained weights.
+    from conftest import PROMPT
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -63,7 +64,7 @@ def test_phase2b_trains_under_ddp_with_two_cpu_processes(tmp_path, tiny_gemma3_d
 
     lm = load_language_model(tiny_gemma3_dir)
     peft = PeftModel.from_pretrained(lm.full, tmp_path / "model" / "adapter")
-    model = Brain3D(lm, 32)
+    model = Brain3D(lm, 32, PROMPT)
     model.projector.load_state_dict(load_file(str(tmp_path / "model" / "projector.safetensors")))
     lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
     assert lora and any(float(p.abs().sum()) > 0 for n, p in peft.named_parameters() if "lora_B" in n)

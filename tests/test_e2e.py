@@ -115,3 +115,40 @@ def test_ablations_table_from_the_real_experiment(tiny_pipeline):
     # written outside the evaluate stage's outputs, so DVC still sees the pipeline as up to date
     status = repo.dvc("status", stdout_only=True)
     assert "changed outs" not in status, status
+
+
+def test_two_independent_runs_write_identical_outputs(tiny_pipeline):
+    """Same code, same params, two copies with their own resume caches: every output hash in dvc.lock agrees
+    (no timings, hosts or dates in a DVC output)."""
+    from tiny_pipeline import outs_hashes
+
+    assert sorted(ran(tiny_pipeline.twin_repro)) == sorted(DVC_STAGES)
+    ours, twin = outs_hashes(tiny_pipeline.repo), outs_hashes(tiny_pipeline.twin)
+    assert ours.keys() == twin.keys()
+    differ = sorted(path for path in ours if ours[path] != twin[path])
+    assert not differ, f"outputs that differ between two identical runs: {differ}"
+
+
+def test_an_interrupted_stage_resumes_and_a_code_change_retrains(tiny_pipeline):
+    from tiny_pipeline import INTERRUPT_EPOCHS
+
+    killed = re.search(r"phase1 epoch (\d+):", tiny_pipeline.killed_after)
+    assert killed and int(killed.group(1)) < INTERRUPT_EPOCHS, tiny_pipeline.killed_after
+    resumed = tiny_pipeline.resumed
+    assert ran(resumed) == ["phase1"]
+    assert f"phase1: resuming after epoch {killed.group(1)}" in resumed
+    assert f"phase1 epoch {INTERRUPT_EPOCHS}:" in resumed and "phase1 epoch 1:" not in resumed
+
+    changed = tiny_pipeline.after_code_change
+    assert ran(changed) == ["phase1"], "an edit of brain3d/training/losses.py must re-run phase 1"
+    assert "resuming" not in changed, "new code must not be handed the old code's training state"
+    assert "phase1 epoch 1:" in changed and f"phase1 epoch {INTERRUPT_EPOCHS}:" in changed
+
+
+def test_a_misspelt_param_fails_fast_naming_the_key(tiny_pipeline):
+    typo = tiny_pipeline.typo
+    out = typo.stdout + typo.stderr
+    assert typo.returncode != 0, out[-3000:]
+    assert "phase2b.lora_rnak: unknown key; did you mean phase2b.lora_rank?" in out, out[-3000:]
+    assert "phase2b epoch" not in out, "nothing may train"
+    assert tiny_pipeline.typo_seconds < 120, tiny_pipeline.typo_seconds

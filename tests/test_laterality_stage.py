@@ -5,16 +5,20 @@ lesion must end on the low-W half for a left lesion and on the high-W half for a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
+from brain3d import config
 from brain3d.data.manifest import COLUMNS
 from brain3d.data.phantom import FILES, LABELS, SubjectSpec, simulate_subject
 from brain3d.data.preprocess import preprocess_cohort
 
 SHAPE = (32, 64, 64)  # profiles.demo.preprocess.shape
+PREPROCESS = config.load(Path(__file__).resolve().parents[1] / "params.yaml", profile="demo")["preprocess"]
 CASES = [  # (side, storage orientation, spec index): a left/right pair drawn from the same numbers per grid
     ("left", "LPS", 3),
     ("right", "LPS", 3),
@@ -39,8 +43,9 @@ def stage_output(tmp_path_factory):
     out = root / "preprocessed"
     with pytest.MonkeyPatch.context() as mp:  # module scope: conftest's per-test cache is not set up yet
         mp.setenv("BRAIN3D_CACHE", str(root / "cache"))
-        qc, ok = preprocess_cohort(manifest, root, out, shape=SHAPE, skull_strip="registration", workers=1,
-                                   on_error="fail", progress=False)
+        qc, ok = preprocess_cohort(manifest, root, out, shape=SHAPE, skull_strip="registration",
+                                   fov_mm=PREPROCESS["fov_mm"], workers=1, on_error="fail",
+                                   min_similarity=PREPROCESS["min_brain_similarity"], progress=False)
     assert (root / "cache" / "preprocess").is_dir()
     return root, out, qc.set_index("subject"), truths
 

@@ -199,7 +199,8 @@ def test_explain_case_faithfulness_rows_on_a_case_with_a_known_answer(monkeypatc
         return (["report", "side"] if with_side else ["report"]), score
 
     monkeypatch.setattr(cases_module, "case_scores", fake_scores)
-    settings = LimeSettings(n_segments=12, n_samples=48, batch_size=16, deletion_steps=4)
+    settings = LimeSettings(n_segments=12, compactness=0.05, n_samples=48, batch_size=16, deletion_steps=4,
+                            seed=42)
     result = explain_case("trained", volume, REPORT, settings, seg=seg, with_side=True, randomised="random")
     assert set(result.explanations) == {"report", "side"}
     rows = {(r["model"], r["target"]): r for r in result.rows}
@@ -227,9 +228,13 @@ def test_pick_cases_is_deterministic_per_laterality_class():
     assert pick_cases(test, 1) == ["s01", "s00", "s02", "s09"]
 
 
-def test_settings_from_params_ignore_other_keys():
-    s = LimeSettings.from_params({"per_class": 2, "n_segments": 7, "n_samples": 9})
-    assert (s.n_segments, s.n_samples, s.compactness) == (7, 9, LimeSettings().compactness)
+def test_settings_from_params_ignore_other_keys_and_need_every_field():
+    section = {"per_class": 2, "n_segments": 7, "compactness": 0.1, "n_samples": 9, "batch_size": 4,
+               "deletion_steps": 3, "seed": 1}
+    s = LimeSettings.from_params(section)
+    assert (s.n_segments, s.n_samples, s.compactness) == (7, 9, 0.1)
+    with pytest.raises(ValueError, match="params: missing compactness"):
+        LimeSettings.from_params({k: v for k, v in section.items() if k != "compactness"})
 
 
 # -------------------------------------------------------------------------- the real (tiny) Brain3D
@@ -294,9 +299,10 @@ def test_randomised_copy_rerandomises_the_image_path_and_leaves_the_model_alone(
 
 def test_explain_case_with_the_tiny_model_gives_every_row(model, demo_case):
     volume, lesion, _ = demo_case
-    settings = LimeSettings(n_segments=8, n_samples=8, batch_size=8, deletion_steps=3)
+    settings = LimeSettings(n_segments=8, compactness=0.05, n_samples=8, batch_size=8, deletion_steps=3,
+                            seed=42)
     result = explain_case(model, volume, REPORT, settings, seg=lesion.astype(np.uint8),
-                          with_side=True, randomised=randomised_copy(model))
+                          with_side=True, randomised=randomised_copy(model, seed=0))
     assert result.labels.shape == volume.shape
     assert len(result.rows) == 4
     for row in result.rows:

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from conftest import PROMPT
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from brain3d.models.backbones import load_language_model, load_vision_model
@@ -23,7 +24,8 @@ def medsiglip_like(hidden=16, layers=1):
 
 def test_paper_shapes_65x9x9_tokens_and_32_visual_tokens():
     assert token_grid((64, 128, 128), patch=14, kd=2, depth_stride=1, depth_pad=1) == (65, 9, 9)
-    cfg = ModelConfig(volume_shape=(64, 128, 128), kd=2, depth_stride=1, depth_pad=1, compressor="seq_pool")
+    cfg = ModelConfig(volume_shape=(64, 128, 128), kd=2, depth_stride=1, depth_pad=1, compressor="seq_pool",
+                      n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
     visual = VisualTokenizer(medsiglip_like(), cfg)
     with torch.no_grad():
         tokens = visual.encoder(torch.rand(1, 1, 64, 128, 128))
@@ -131,7 +133,7 @@ def test_lora_targets_the_language_model_only(tiny_gemma3_dir):
 def brain3d(tiny_gemma3_dir):
     torch.manual_seed(0)
     lm = load_language_model(tiny_gemma3_dir)
-    return Brain3D(lm, vision_width=16)
+    return Brain3D(lm, vision_width=16, prompt=PROMPT)
 
 
 def test_labels_cover_only_report_tokens(brain3d):
@@ -162,7 +164,8 @@ def test_loss_backpropagates_into_projector_only_when_lm_frozen(brain3d):
 
 def test_batched_generation_equals_one_at_a_time(brain3d):
     z = torch.randn(3, 32, 16)
-    greedy = Decoding(do_sample=False, max_new_tokens=12, min_new_tokens=2)
+    greedy = Decoding(temperature=1.0, top_p=1.0, repetition_penalty=1.2, no_repeat_ngram_size=3, max_new_tokens=12,
+                      min_new_tokens=2, do_sample=False)
     batched = brain3d.generate(z, greedy)
     single = [brain3d.generate(z[i : i + 1], greedy)[0] for i in range(3)]
     assert batched == single

@@ -28,13 +28,16 @@ from brain3d.data.reports import healthy_report
 from brain3d.io import read_json, sha256_file
 
 N, SEED = 10, 3  # 2 healthy; tumours 4 left, 3 right, 1 bilateral (largest remainder of the paper's mix)
+# The paper's cohort mix as fixed test inputs (params.yaml's demo profile sets the pipeline's own).
+MIX = {"left": 0.425, "right": 0.407, "bilateral": 0.146, "undefined": 0.022}
+PLAN = {"healthy_fraction": 0.21, "laterality_mix": MIX}
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     out = root / "data" / "phantom"
-    df = generate_cohort(out, n_subjects=N, seed=SEED, workers=2, root=root, progress=False)
+    df = generate_cohort(out, n_subjects=N, seed=SEED, **PLAN, workers=2, root=root, progress=False)
     return root, out, df
 
 
@@ -63,7 +66,7 @@ def brain_in_file(truth: dict, shape: tuple[int, ...], affine: np.ndarray) -> np
 
 
 def test_cohort_mix_counts_are_exact():
-    specs = plan_cohort(120, seed=42)
+    specs = plan_cohort(120, seed=42, **PLAN)
     sides = [s.side for s in specs]
     assert {k: sides.count(k) for k in ("none", "left", "right", "bilateral", "undefined")} == {
         "none": 25,
@@ -73,15 +76,15 @@ def test_cohort_mix_counts_are_exact():
         "undefined": 2,
     }
     assert [s.subject for s in specs] == [f"phantom-{i:04d}" for i in range(1, 121)]
-    assert [s.side for s in plan_cohort(120, seed=42)] == sides  # seeded order ...
-    assert [s.side for s in plan_cohort(120, seed=43)] != sides  # ... that depends on the seed
+    assert [s.side for s in plan_cohort(120, seed=42, **PLAN)] == sides  # seeded order ...
+    assert [s.side for s in plan_cohort(120, seed=43, **PLAN)] != sides  # ... that depends on the seed
     custom = [
         s.side for s in plan_cohort(37, seed=1, healthy_fraction=0.3, laterality_mix={"left": 1, "right": 2})
     ]
     assert (custom.count("none"), custom.count("left"), custom.count("right")) == (11, 9, 17)
     assert largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
     with pytest.raises(ValueError):
-        plan_cohort(10, laterality_mix={"middle": 1.0})
+        plan_cohort(10, seed=42, healthy_fraction=0.2, laterality_mix={"middle": 1.0})
 
 
 def test_manifest_rows(cohort):
@@ -101,7 +104,7 @@ def test_manifest_rows(cohort):
 
 def test_same_seed_gives_identical_bytes_in_another_process(cohort, tmp_path):
     _, out, df = cohort
-    specs = {s.subject: s for s in plan_cohort(N, seed=SEED)}
+    specs = {s.subject: s for s in plan_cohort(N, seed=SEED, **PLAN)}
     for subject in (
         df.loc[df.cohort == "tumour", "subject"].iloc[0],
         df.loc[df.cohort == "healthy", "subject"].iloc[0],
@@ -250,7 +253,7 @@ def test_resume_skips_finished_subjects_and_redoes_broken_ones(cohort):
     (out / first / FILES[1]).unlink()
     with open(out / second / FILES[0], "ab") as fh:
         fh.write(b"\0")
-    again = generate_cohort(out, n_subjects=N, seed=SEED, workers=1, root=root, progress=False)
+    again = generate_cohort(out, n_subjects=N, seed=SEED, **PLAN, workers=1, root=root, progress=False)
     assert again.equals(df)
     assert (out / first / FILES[1]).read_bytes() == original
     assert sha256_file(out / second / FILES[0]) == df.loc[df.subject == second, "sha256"].item()
@@ -260,7 +263,7 @@ def test_resume_skips_finished_subjects_and_redoes_broken_ones(cohort):
 
 def test_timing_per_subject(tmp_path):
     mni(2)  # the one-off atlas load is not part of the per-subject cost
-    specs = plan_cohort(6, seed=11)
+    specs = plan_cohort(6, seed=11, **PLAN)
     simulate_subject(specs[0], tmp_path)  # warm the per-process caches
     start = time.perf_counter()
     for spec in specs[1:]:

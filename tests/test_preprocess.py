@@ -1,19 +1,24 @@
 """Preprocessing promises: laterality survives any storage orientation, bad input fails clearly."""
 
 import gzip
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
-from brain3d import io
+from brain3d import config, io
 from brain3d.data import manifest, nifti
 from brain3d.data.manifest import CohortError, InputError
 from brain3d.data.preprocess import preprocess_cohort, resample, standardize, standardize_with_grid
 from brain3d.data.skullstrip import threshold_mask
 
 SHAPE = (24, 48, 48)
+ROOT = Path(__file__).resolve().parents[1]
+# preprocess_cohort's settings for the cohort tests (their subjects are skull-stripped already, so skull_strip
+# is not used; min_similarity -1 turns the brain-similarity check off for the synthetic ellipsoid head)
+COHORT = dict(shape=SHAPE, skull_strip="registration", fov_mm=None, workers=1, progress=False, min_similarity=-1.0)
 LESION_MM = np.array([-35.0, 20.0, 15.0])  # subject's LEFT (x < 0), anterior (y > 0), superior (z > 0)
 
 
@@ -168,12 +173,11 @@ def test_cohort_reports_every_bad_subject_at_once(tmp_path, good):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / "s2.nii.gz"))
     df = pd.DataFrame(rows)
     with pytest.raises(CohortError) as info:
-        preprocess_cohort(df, tmp_path, tmp_path / "out", shape=SHAPE, workers=1, progress=False, min_similarity=-1.0)
+        preprocess_cohort(df, tmp_path, tmp_path / "out", on_error="fail", **COHORT)
     message = str(info.value)
     assert "2 bad subject(s)" in message and "s1" in message and "s2" in message and "empty volume" in message
 
-    qc, ok = preprocess_cohort(df, tmp_path, tmp_path / "out", shape=SHAPE, workers=1, on_error="skip",
-                               progress=False, min_similarity=-1.0)
+    qc, ok = preprocess_cohort(df, tmp_path, tmp_path / "out", on_error="skip", **COHORT)
     assert sorted(ok["subject"]) == ["s0", "s3"]
     assert set(qc.loc[qc["status"] == "error", "subject"]) == {"s1", "s2"}
     assert np.load(tmp_path / "out" / "volumes" / "s0.npy").shape == SHAPE
@@ -182,19 +186,20 @@ def test_cohort_reports_every_bad_subject_at_once(tmp_path, good):
 
 def test_cohort_resumes_from_cache(tmp_path, good):
     df = pd.DataFrame(_rows(tmp_path, good, 2))
-    qc1, _ = preprocess_cohort(df, tmp_path, tmp_path / "out", shape=SHAPE, workers=1, progress=False, min_similarity=-1.0)
+    qc1, _ = preprocess_cohort(df, tmp_path, tmp_path / "out", on_error="fail", **COHORT)
     (tmp_path / "s0.nii.gz").unlink()  # would fail if it were read again
-    qc2, _ = preprocess_cohort(df, tmp_path, tmp_path / "out2", shape=SHAPE, workers=1, progress=False,
-                               on_error="skip", min_similarity=-1.0)
+    qc2, _ = preprocess_cohort(df, tmp_path, tmp_path / "out2", on_error="skip", **COHORT)
     assert list(qc2["status"]) == ["error", "ok"]  # s0's file is gone: validation flags it before the cache
 
 
 def test_a_volume_that_is_not_a_brain_is_refused(tmp_path):
-    """Noise of a brain's size passes every file check but is not a brain FLAIR."""
+    """Noise of a brain's size passes every file check but is not a brain FLAIR (at the project's threshold)."""
+    threshold = config.load(ROOT / "params.yaml")["preprocess"]["min_brain_similarity"]
     noise = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32) + 0.1  # 1728 ml at 3 mm
     path = tmp_path / "noise.nii.gz"
     nib.save(nib.Nifti1Image(noise, np.diag([3.0, 3.0, 3.0, 1.0])), str(path))
     row = dict(subject="s0", cohort="healthy", source="phantom", volume=str(path), seg="", report="Normal.",
                laterality="none", sha256=io.sha256_file(path), skull_stripped=True)
     with pytest.raises(CohortError, match="does not look like a brain FLAIR"):
-        preprocess_cohort(pd.DataFrame([row]), tmp_path, tmp_path / "out", shape=SHAPE, workers=1, progress=False)
+        preprocess_cohort(pd.DataFrame([row]), tmp_path, tmp_path / "out", on_error="fail",
+                          **{**COHORT, "min_similarity": threshold})

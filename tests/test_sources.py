@@ -87,7 +87,7 @@ def full(tmp_path: Path) -> Path:
 
 
 def test_cbica_layout_gives_manifest_rows(full: Path) -> None:
-    df = sources.build_real_cohort(_cfg(full), full)
+    df = sources.build_real_cohort(_cfg(full), full, fetch=False)
     assert manifest.validate(df, full) == []
     tumour = df[df.cohort == "tumour"].set_index("subject")
     assert list(tumour.index) == ["BraTS20_Training_001", "BraTS20_Training_002", "BraTS20_Training_003"]
@@ -114,7 +114,7 @@ def test_kaggle_mirror_with_misnamed_seg_and_outside_root(tmp_path: Path) -> Non
     make_ds000221(data / "ds", highres=["010001"], lowres=["010002"])
     cfg = _cfg(root, brats_dir=str(data / "kaggle"), textbrats_dir=str(data / "hub"), ds000221_dir=str(data / "ds"),
                n_tumour=369, allow_subset=True)
-    df = sources.build_real_cohort(cfg, root).set_index("subject")
+    df = sources.build_real_cohort(cfg, root, fetch=False).set_index("subject")
     assert "BraTS20_Validation_001" not in df.index
     case = df.loc["BraTS20_Training_355"]
     assert case.seg == str(train / "BraTS20_Training_355" / "W39_1998.09.19_Segm.nii")  # absolute: outside root
@@ -128,7 +128,7 @@ def test_every_problem_in_one_message_with_how_to_get_it(full: Path) -> None:
     (full / "data/brats/BraTS20_Training_003/BraTS20_Training_003_flair.nii").write_bytes(b"<html>oops</html>")
     cfg = _cfg(full, n_tumour=6, n_healthy=4)
     with pytest.raises(CohortError) as info:
-        sources.build_real_cohort(cfg, full)
+        sources.build_real_cohort(cfg, full, fetch=False)
     msg = str(info.value)
     assert len(info.value.errors) == 5, msg
     for needle in ("3 of 6 subjects; missing BraTS20_Training_004-006", "BraTS20_Training_002",
@@ -142,9 +142,18 @@ def test_every_problem_in_one_message_with_how_to_get_it(full: Path) -> None:
 
 def test_missing_datasets_give_one_line_each(tmp_path: Path) -> None:
     with pytest.raises(sources.MissingDataError) as info:
-        sources.build_real_cohort(_cfg(tmp_path, n_tumour=369, n_healthy=99), tmp_path)
+        sources.build_real_cohort(_cfg(tmp_path, n_tumour=369, n_healthy=99), tmp_path, fetch=False)
     assert len(info.value.errors) == 4  # BraTS folder, TextBraTS folder, participants.tsv, 0 of 99 healthy
     assert len(info.value.hints) == 3
+
+
+def test_counts_and_workers_have_no_default(tmp_path: Path) -> None:
+    """params.yaml is their one home: a download section without them fails naming each, before any work."""
+    from brain3d.config import ParamsError
+
+    cfg = {k: v for k, v in _cfg(tmp_path).items() if k not in ("n_tumour", "n_healthy", "workers")}
+    with pytest.raises(ParamsError, match=r"missing download\.n_tumour, download\.n_healthy, download\.workers"):
+        sources.build_real_cohort(cfg, tmp_path, fetch=False)
 
 
 def test_healthy_pick_is_deterministic_and_prefers_highres(tmp_path: Path) -> None:
@@ -166,15 +175,15 @@ def test_sha_cache_skips_unchanged_volumes(full: Path, monkeypatch: pytest.Monke
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     monkeypatch.setattr(sources, "sha256_file", counting)
-    first = sources.build_real_cohort(_cfg(full), full)
+    first = sources.build_real_cohort(_cfg(full), full, fetch=False)
     assert len(calls) == 5 and (full / "cache/sha.json").is_file()
     calls.clear()
-    assert sources.build_real_cohort(_cfg(full), full).equals(first) and calls == []
+    assert sources.build_real_cohort(_cfg(full), full, fetch=False).equals(first) and calls == []
     changed = full / "data/brats/BraTS20_Training_002/BraTS20_Training_002_flair.nii"
     mtime = changed.stat().st_mtime_ns
     _nifti(changed, seed=12345)  # same size; bump mtime past the filesystem's timestamp granularity
     os.utime(changed, ns=(mtime + 10**9, mtime + 10**9))
-    third = sources.build_real_cohort(_cfg(full), full).set_index("subject")
+    third = sources.build_real_cohort(_cfg(full), full, fetch=False).set_index("subject")
     assert calls == [changed]
     assert third.loc["BraTS20_Training_002", "sha256"] == hashlib.sha256(changed.read_bytes()).hexdigest()
 
@@ -257,7 +266,7 @@ def test_fetch_false_never_calls_clients(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     with pytest.raises(CohortError):
-        sources.build_real_cohort(_cfg(tmp_path), tmp_path)
+        sources.build_real_cohort(_cfg(tmp_path), tmp_path, fetch=False)
     assert fake.openneuro == fake.hub == fake.kaggle == []
 
 

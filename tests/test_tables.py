@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TUMOUR = "Large mass in the {side} frontal lobe with surrounding edema and central necrosis."
 HEALTHY = "No acute intracranial abnormality. No mass, edema or midline shift."
+FAST = {"bertscore_model": None, "bertscore_layers": None, "n_resamples": 10, "seed": 42}  # for the error tests
 
 
 def make_subjects(n: int = 9) -> pd.DataFrame:
@@ -49,7 +50,7 @@ def run(tmp_path_factory):
                  baseline=True)
     write_system(pred_dir, "phase2b_shuffled", subjects, lambda r: "Lesion in the left frontal lobe.")  # a control
     summary = evaluate_systems(pred_dir, subjects[["subject", "cohort", "laterality"]], out_dir,
-                               n_resamples=200, seed=42)
+                               bertscore_model=None, bertscore_layers=None, n_resamples=200, seed=42)
     return summary, out_dir
 
 
@@ -129,7 +130,7 @@ def test_system_must_cover_exactly_the_test_subjects(tmp_path):
     subjects = make_subjects(4)
     write_system(tmp_path, "partial", subjects.iloc[:3], lambda r: r.reference)
     with pytest.raises(ValueError, match=r"partial does not cover.*missing \[sub-03\]"):
-        evaluate_systems(tmp_path, subjects, tmp_path / "out", metrics=["bleu1"], n_resamples=10)
+        evaluate_systems(tmp_path, subjects, tmp_path / "out", metrics=["bleu1"], **FAST)
 
 
 def test_systems_must_share_reference_texts(tmp_path):
@@ -137,13 +138,13 @@ def test_systems_must_share_reference_texts(tmp_path):
     write_system(tmp_path, "a", subjects, lambda r: r.reference)
     write_system(tmp_path, "b", subjects.assign(reference="another reference"), lambda r: r.reference)
     with pytest.raises(ValueError, match="different reference texts"):
-        evaluate_systems(tmp_path, subjects, tmp_path / "out", metrics=["bleu1"], n_resamples=10)
+        evaluate_systems(tmp_path, subjects, tmp_path / "out", metrics=["bleu1"], **FAST)
 
 
 def test_ok_system_without_predictions_is_an_error(tmp_path):
     io.write_json(tmp_path / "empty.json", {"system": "empty", "status": "ok"})
     with pytest.raises(ValueError, match="marked ok but"):
-        evaluate_systems(tmp_path, make_subjects(3), tmp_path / "out", metrics=["bleu1"], n_resamples=10)
+        evaluate_systems(tmp_path, make_subjects(3), tmp_path / "out", metrics=["bleu1"], **FAST)
 
 
 def test_best_baseline_is_the_highest_mean_over_metrics_except_cider():

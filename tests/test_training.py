@@ -9,17 +9,19 @@ from brain3d.io import read_json
 from brain3d.training.loop import TrainConfig, fit
 from brain3d.training.losses import InfoNCE
 
+TEMPERATURE = 0.07  # a test value (the pipeline's is phase1.temperature)
+
 
 def test_infonce_refuses_a_batch_of_one():
     with pytest.raises(ValueError, match="at least 2"):
-        InfoNCE()(torch.randn(1, 8), torch.randn(1, 8))
+        InfoNCE(TEMPERATURE)(torch.randn(1, 8), torch.randn(1, 8))
 
 
 def test_infonce_prefers_matched_pairs():
     torch.manual_seed(0)
     text = torch.randn(6, 16)
-    matched = InfoNCE()(text + 0.01 * torch.randn(6, 16), text)
-    shuffled = InfoNCE()(text[torch.tensor([1, 2, 3, 4, 5, 0])], text)
+    matched = InfoNCE(TEMPERATURE)(text + 0.01 * torch.randn(6, 16), text)
+    shuffled = InfoNCE(TEMPERATURE)(text[torch.tensor([1, 2, 3, 4, 5, 0])], text)
     assert matched < 0.05 < shuffled
 
 
@@ -47,7 +49,8 @@ def _train(state_dir, fail_at_epoch=None, epochs=4):
             raise KeyboardInterrupt
         return nn.functional.mse_loss(m(x), y)
 
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, patience=10, warmup_frac=0.25)
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, grad_accum=1, weight_decay=0.01, warmup_frac=0.25,
+                      patience=10, seed=42)
     train, val = _problem()
     result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}], loss_fn, train, val, _collate, cfg,
                  state_dir=state_dir, progress=False)
@@ -75,7 +78,8 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
     train, val = _problem()
-    cfg = TrainConfig(epochs=30, batch_size=8, lr=5.0, patience=2, warmup_frac=0.0)  # diverges after a while
+    cfg = TrainConfig(epochs=30, batch_size=8, lr=5.0, grad_accum=1, weight_decay=0.01, warmup_frac=0.0, patience=2,
+                      seed=42)  # diverges after a while
     result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
                  lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), train, val, _collate, cfg,
                  state_dir=tmp_path, progress=False)

@@ -130,13 +130,13 @@ class Repo:
             return dict(con.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
 
 
-def make_repo(tmp: Path) -> Repo:
-    path = tmp / "repo"
+def make_repo(tmp: Path, name: str = "repo") -> Repo:
+    path = tmp / name
     path.mkdir(parents=True)
     copy_checkout(path)
     params_file = path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny_params(yaml.safe_load(params_file.read_text())), sort_keys=False))
-    repo = Repo(path, env(tmp / "cache"))
+    repo = Repo(path, env(tmp / f"{name}-cache"))
     repo.git("init", "-q", "-b", "main")
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "tiny pipeline")
@@ -160,16 +160,59 @@ class Pipeline:
     exp: str = ""  # output of `dvc exp run -n tiny-r4 -S phase2b.lora_rank=4`
     runs_exp: list[dict] = field(default_factory=list)
     exp_show: list[dict] = field(default_factory=list)
+    # An independent twin (own copy, own resume cache) run at the same time, then used for the resume checks.
+    twin: Repo | None = None
+    twin_repro: str = ""
+    killed_after: str = ""  # the last epoch line phase 1 printed before it was killed
+    resumed: str = ""  # `dvc repro phase1` after the kill, code unchanged
+    after_code_change: str = ""  # `dvc repro phase1` after an edit of training/losses.py
+    typo: subprocess.CompletedProcess | None = None  # `dvc exp run -S phase2b.lora_rnak=4`
+    typo_seconds: float = 0.0
+
+
+def outs_hashes(repo: Repo) -> dict[str, str]:
+    """{output path: md5} of every stage output recorded in dvc.lock."""
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
+
+
+INTERRUPT_EPOCHS = 6  # phase 1 epochs in the interruption check: it is killed after the first one
+
+
+def interrupt_phase1(repo: Repo) -> str:
+    """Start phase 1 with more epochs, kill it once epoch 1 is saved; return the epoch line it printed."""
+    params = repo.path / "params.yaml"
+    p = yaml.safe_load(params.read_text())
+    p["profiles"]["demo"]["phase1"].update(epochs=INTERRUPT_EPOCHS, patience=INTERRUPT_EPOCHS)  # no early stop
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.phase1"], cwd=repo.path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**repo.env, "PYTHONUNBUFFERED": "1"})
+    seen = ""
+    for line in proc.stdout:
+        if re.search(r"phase1 epoch \d+:", line):  # printed after the epoch's state is on disk
+            seen = line.strip()
+            proc.kill()
+            break
+    proc.wait()
+    repo.log.append(f"$ python -m stages.phase1 (killed after: {seen})")
+    return seen
 
 
 def run_pipeline(tmp: Path) -> Pipeline:
-    """repro, repro again, commit, `dvc exp run -S phase2b.lora_rank=4`, `dvc exp show --json`."""
+    """repro (and an independent twin's repro beside it), repro again, commit, `dvc exp run -S
+    phase2b.lora_rank=4`, `dvc exp show --json`; then in the twin: an interrupted phase 1 resumed, phase 1
+    after a code edit, and an experiment with a misspelt key."""
+    from concurrent.futures import ThreadPoolExecutor
+
     t0 = time.perf_counter()
-    repo = make_repo(tmp)
-    result = Pipeline(repo)
+    repo, twin = make_repo(tmp), make_repo(tmp, "twin")
+    result = Pipeline(repo, twin=twin)
     try:
         result.sha_repro = repo.git("rev-parse", "HEAD").strip()
-        result.repro = repo.dvc("repro", label="dvc repro")
+        with ThreadPoolExecutor(1) as pool:  # the twin's repro runs beside ours (each stage on one thread)
+            twin_repro = pool.submit(twin.dvc, "repro", label="dvc repro (twin)")
+            result.repro = repo.dvc("repro", label="dvc repro")
+            result.twin_repro = twin_repro.result()
         result.runs_repro = repo.mlflow_runs()
         result.repro_again = repo.dvc("repro", label="dvc repro (again)")
         result.runs_again = repo.mlflow_runs()
@@ -179,8 +222,22 @@ def run_pipeline(tmp: Path) -> Pipeline:
         result.exp = repo.dvc("exp", "run", "-n", EXPERIMENT, "-S", "phase2b.lora_rank=4", label="dvc exp run")
         result.runs_exp = repo.mlflow_runs()
         result.exp_show = json.loads(repo.dvc("exp", "show", "--json", label="dvc exp show", stdout_only=True))
+
+        result.killed_after = interrupt_phase1(twin)
+        result.resumed = twin.dvc("repro", "phase1", label="resume phase1 (twin)")
+        losses = twin.path / "brain3d/training/losses.py"
+        losses.write_text(losses.read_text() + "\n# an edit: the code that trains phase 1 changed\n")
+        result.after_code_change = twin.dvc("repro", "phase1", label="phase1 after a code change (twin)")
+        twin.git("add", "-A")
+        twin.git("commit", "-q", "-m", "twin: phase 1 re-run")
+        t1 = time.perf_counter()
+        result.typo = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "phase2b.lora_rnak=4"],
+                                     cwd=twin.path, env=twin.env, capture_output=True, text=True, timeout=600)
+        result.typo_seconds = time.perf_counter() - t1
+        twin.log.append(f"$ dvc exp run -S phase2b.lora_rnak=4\n{result.typo.stdout}{result.typo.stderr}")
     finally:
         repo.seconds["total"] = time.perf_counter() - t0
         repo.seconds["inside stages"] = sum(map(float, re.findall(r": done in ([0-9.]+) s", "\n".join(repo.log))))
         (tmp / "pipeline.log").write_text("\n".join(repo.log))  # every command's full output
+        (tmp / "twin.log").write_text("\n".join(twin.log))
     return result

@@ -42,11 +42,14 @@ def prepare_input(volume: np.ndarray, shape: tuple[int, int, int] = INPUT_SHAPE)
 
 @dataclass
 class Med3DVLMConfig:
+    """The `baselines.med3dvlm` params section (no defaults for what params.yaml holds) and where its
+    isolated environment lives."""
+
     path: str
     revision: str | None
-    allow_remote_code: bool = False
-    question: str = "Describe the findings of the medical image you see."
-    max_new_tokens: int = 256
+    allow_remote_code: bool
+    question: str
+    max_new_tokens: int
     env_dir: str = ".cache/brain3d/envs/med3dvlm"
 
     @classmethod

@@ -1,6 +1,8 @@
 """Runs inside the isolated Med3DVLM environment (transformers 4.48.3): no brain3d imports.
 
-    python med3dvlm_worker.py --model DIR --inputs inputs.npy --out predictions.json [--question Q]
+    python med3dvlm_worker.py --model DIR --inputs inputs.npy --out predictions.json --question Q --max-new-tokens N
+
+(--question and --max-new-tokens: the `baselines.med3dvlm` params, passed by `brain3d.baselines.med3dvlm.predict`.)
 
 inputs.npy holds (N, 1, 128, 256, 256) float32 volumes in [0, 1]; greedy decoding; writes a JSON list.
 """
@@ -19,8 +21,8 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--inputs", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--question", default="Describe the findings of the medical image you see.")
-    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--question", required=True)
+    ap.add_argument("--max-new-tokens", type=int, required=True)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -42,9 +42,10 @@ class SlicePrompt:
 
 
 class SliceSequence:
-    """Gemma 3 / MedGemma reading a volume as a sequence of axial slices (zero-shot or fine-tuned)."""
+    """Gemma 3 / MedGemma reading a volume as a sequence of axial slices (zero-shot or fine-tuned).
+    `max_new_tokens` (and `predict`'s `batch_size`) are the `baselines` params; no defaults."""
 
-    def __init__(self, lm: LanguageModel, processor, prompt: SlicePrompt, max_new_tokens: int = 256):
+    def __init__(self, lm: LanguageModel, processor, prompt: SlicePrompt, *, max_new_tokens: int):
         if getattr(lm.full.model, "vision_tower", None) is None:
             raise ValueError("the slice baseline needs the multimodal checkpoint with its vision tower")
         self.lm, self.processor, self.prompt, self.max_new_tokens = lm, processor, prompt, max_new_tokens
@@ -60,7 +61,7 @@ class SliceSequence:
                                                   return_dict=True, return_tensors="pt", padding=True)
 
     @torch.no_grad()
-    def predict(self, volumes: list[np.ndarray], batch_size: int = 1, progress: bool = True) -> list[str]:
+    def predict(self, volumes: list[np.ndarray], *, batch_size: int, progress: bool = True) -> list[str]:
         self.lm.full.eval()
         out: list[str] = []
         for start in tqdm(range(0, len(volumes), batch_size), desc="slices", disable=not progress):

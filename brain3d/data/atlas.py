@@ -97,9 +97,6 @@ def aal_lobes() -> dict[int, tuple[int, int]]:
     return table
 
 
-ATLAS_VERSION = 1  # bump when the derived maps change: the on-disk cache is keyed by it
-
-
 @functools.cache
 def mni(resolution_mm: int = 2) -> MNIAtlas:
     """The MNI152 2009 grid at 1 or 2 mm with its derived maps: built once (a few seconds), then read
@@ -109,7 +106,7 @@ def mni(resolution_mm: int = 2) -> MNIAtlas:
     from brain3d.cache import cache_dir
     from brain3d.io import atomic_path
 
-    path = cache_dir("atlas", f"mni{resolution_mm}-v{ATLAS_VERSION}") / "atlas.npz"
+    path = cache_dir("atlas", f"mni{resolution_mm}") / "atlas.npz"
     if path.exists():
         with np.load(path) as z:
             atlas = MNIAtlas(**{f.name: z[f.name] for f in dataclasses.fields(MNIAtlas)})

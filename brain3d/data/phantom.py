@@ -35,12 +35,6 @@ from brain3d.io import atomic_path, read_json, sha256_file, write_json
 
 GENERATOR_VERSION = 1
 SIDES = ("left", "right", "bilateral", "undefined")
-DEFAULT_LATERALITY_MIX = {
-    "left": 0.425,
-    "right": 0.407,
-    "bilateral": 0.146,
-    "undefined": 0.022,
-}  # the paper's
 ORIENTATIONS = ("RAS", "LPS", "LAS", "PIR", "oblique")
 LABELS = {"necrosis": 1, "edema": 2, "enhancing": 4}  # BraTS convention, 0 = background
 FILES = ("flair.nii.gz", "seg.nii.gz")
@@ -140,12 +134,13 @@ def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
 
 def plan_cohort(
     n_subjects: int,
-    seed: int = 42,
-    healthy_fraction: float = 0.21,
-    laterality_mix: dict[str, float] | None = None,
+    seed: int,
+    healthy_fraction: float,
+    laterality_mix: dict[str, float],
 ) -> list[SubjectSpec]:
-    """The subjects of a cohort: exact healthy/laterality counts, in a seeded shuffled order."""
-    mix = dict(laterality_mix or DEFAULT_LATERALITY_MIX)
+    """The subjects of a cohort: exact healthy/laterality counts, in a seeded shuffled order (the values come
+    from params.yaml `download`: n_subjects, seed, healthy_fraction, laterality_mix {side: weight})."""
+    mix = dict(laterality_mix)
     unknown = set(mix) - set(SIDES)
     if unknown:
         raise ValueError(f"laterality_mix: unknown side(s) {sorted(unknown)}; expected {SIDES}")
@@ -165,11 +160,12 @@ def plan_cohort(
 
 def generate_cohort(
     out_dir: Path,
-    n_subjects: int = 120,
-    seed: int = 42,
-    healthy_fraction: float = 0.21,
-    laterality_mix: dict | None = None,
-    workers: int = 2,
+    *,
+    n_subjects: int,
+    seed: int,
+    healthy_fraction: float,
+    laterality_mix: dict[str, float],
+    workers: int,
     root: Path | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:

@@ -156,10 +156,13 @@ class Preprocessed:
 
 
 def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, int, int], *,
-                       skull_stripped: bool, skull_strip: str = "registration",
-                       seg_path: str | Path | None = None, fov_mm: tuple | None = None,
-                       min_similarity: float = 0.15) -> Preprocessed:
-    """Load, validate, skull strip (unless already stripped), standardise; returns volume, labels, QC."""
+                       skull_stripped: bool, skull_strip: str, fov_mm: tuple | None, min_similarity: float,
+                       seg_path: str | Path | None = None) -> Preprocessed:
+    """Load, validate, skull strip (unless already stripped), standardise; returns volume, labels, QC.
+
+    `skull_strip`, `fov_mm` and `min_similarity` are the `preprocess` params (`skull_strip`, `fov_mm`,
+    `min_brain_similarity`); no defaults, so a caller cannot preprocess differently from the pipeline by omission.
+    """
     from brain3d.data.skullstrip import brain_mask
 
     t0 = time.perf_counter()
@@ -216,18 +219,19 @@ def _obliquity(affine: np.ndarray) -> float:
     return float(np.abs(np.abs(rot) - (np.abs(rot) > 0.5)).max())
 
 
-PREPROCESS_VERSION = 1  # bump when the algorithm changes, so cached subjects are recomputed
+RUN_SPECIFIC = ["seconds"]  # QC columns that differ between identical runs: kept out of qc.csv
 
 
-def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, int, int],
-                      skull_strip: str = "registration", fov_mm: tuple | None = None, workers: int = 1,
-                      on_error: str = "fail", min_similarity: float = 0.15, progress: bool = True):
-    """Preprocess every manifest row in parallel, resumably, collecting every bad subject.
+def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, int, int], skull_strip: str,
+                      fov_mm: tuple | None, workers: int, on_error: str, min_similarity: float, progress: bool = True):
+    """Preprocess every manifest row in parallel, resumably, collecting every bad subject. Every keyword but
+    `progress` is a `preprocess` param (`min_similarity` is `min_brain_similarity`); none has a default.
 
     Writes `out_dir/volumes/<subject>.npy`, `out_dir/seg/<subject>.npy` (when a label map exists),
     `out_dir/qc.csv` and `out_dir/manifest.csv` (the subjects that succeeded). With on_error="fail" all
     bad subjects are reported together in one `CohortError`; with "skip" they are flagged in qc.csv.
-    Returns (qc DataFrame, manifest of successful subjects).
+    Returns (qc DataFrame, manifest of successful subjects). The returned QC holds each subject's
+    preprocessing `seconds` (for MLflow); qc.csv leaves them out, so that identical runs write identical files.
     """
     import json
 
@@ -244,7 +248,7 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
     problems = mf.validate(manifest, root)
     bad = {e.subject for e in problems}
     key = io.fingerprint({"shape": list(shape), "skull_strip": skull_strip, "fov_mm": fov_mm,
-                          "min_similarity": min_similarity, "version": PREPROCESS_VERSION})
+                          "min_similarity": min_similarity})  # cache_dir adds the code
     cache = cache_dir("preprocess", key)
 
     def stem(row) -> Path:
@@ -275,7 +279,7 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
         ok_rows.append(row._asdict())
     qc = pd.DataFrame(qc_rows)
     qc = qc[["subject", "status", "error", *[c for c in qc.columns if c not in ("subject", "status", "error")]]]
-    io.write_csv(out_dir / "qc.csv", qc)
+    io.write_csv(out_dir / "qc.csv", qc.drop(columns=RUN_SPECIFIC, errors="ignore"))
     ok = pd.DataFrame(ok_rows, columns=mf.COLUMNS)
     io.write_csv(out_dir / "manifest.csv", ok)
     return qc, ok

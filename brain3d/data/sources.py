@@ -4,13 +4,16 @@
 hashes every volume (cached by path, size and mtime) and returns manifest rows. Every problem is collected
 and raised once, as a `MissingDataError` whose message also says how to get what is missing.
 
-Params (`download` section of the paper profile; relative paths are relative to the repository root)
+Params (`download` section of the paper profile; relative paths are relative to the repository root). The
+first six and `fetch` are required (params.yaml's paper profile sets them); the others are optional, with the
+defaults given here.
     brats_dir       BraTS 2020 training data: MICCAI_BraTS2020_TrainingData itself, its parent, or the root
                     of the Kaggle mirror (BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/...).
     textbrats_dir   TextBraTS reports: TextBraTSData itself, or the folder the hub snapshot was written to.
     ds000221_dir    BIDS root of OpenNeuro ds000221 (participants.tsv, sub-*/ses-01/anat/*_FLAIR.nii.gz).
-    n_tumour        BraTS subjects expected, BraTS20_Training_001..n (default 369).
-    n_healthy       ds000221 subjects to pick (default 99).
+    n_tumour        BraTS subjects expected, BraTS20_Training_001..n.
+    n_healthy       ds000221 subjects to pick.
+    workers         threads that hash volumes.
     allow_subset    accept fewer BraTS / ds000221 subjects than expected, and ignore TextBraTS reports whose
                     volume is absent (tests, quick runs; default false).
     healthy_acq     ds000221 FLAIR acquisitions in order of preference (default [highres, lowres]).
@@ -18,7 +21,6 @@ Params (`download` section of the paper profile; relative paths are relative to 
     kaggle_dataset  Kaggle mirror of BraTS 2020 (default awsaf49/brats20-dataset-training-validation).
     sha_cache       JSON cache of volume hashes (default <cache>/download/sha256/volumes.json, see
                     brain3d.cache: outside DVC's outputs, so it survives a stage re-run).
-    workers         threads that hash volumes (default 4).
     fetch           download what is missing (the stage passes it as the `fetch` argument).
 
 Healthy pick: each ds000221 subject contributes its most preferred FLAIR (acq-highres, a 3D acquisition,
@@ -73,26 +75,32 @@ class MissingDataError(CohortError):
 
 @dataclass(frozen=True)
 class RealCohortConfig:
-    """The `download` params of the paper profile, with paths made absolute against the repository root."""
+    """The `download` params of the paper profile, with paths made absolute against the repository root.
+    Defaults only for the keys params.yaml may leave out (OPTIONAL in brain3d.params_schema)."""
 
     brats_dir: Path
     textbrats_dir: Path
     ds000221_dir: Path
     sha_cache: Path
-    n_tumour: int = 369
-    n_healthy: int = 99
+    n_tumour: int
+    n_healthy: int
+    workers: int
     allow_subset: bool = False
     healthy_acq: tuple[str, ...] = ("highres", "lowres")
     ds000221_tag: str | None = None
     kaggle_dataset: str = KAGGLE_DATASET
-    workers: int = 4
 
     @classmethod
     def from_params(cls, cfg: dict, root: str | Path) -> RealCohortConfig:
+        """From the `download` section; a missing required key is a ParamsError that names every one."""
+        from brain3d.config import ParamsError
+
         root = Path(os.path.abspath(root))
         missing = [k for k in ("brats_dir", "textbrats_dir", "ds000221_dir") if not cfg.get(k)]
+        missing += [k for k in ("n_tumour", "n_healthy", "workers") if cfg.get(k) is None]
         if missing:
-            raise KeyError(f"params: missing download.{', download.'.join(missing)}")
+            raise ParamsError(f"params: missing download.{', download.'.join(missing)} (needed by download.source: "
+                              "real; params.yaml's paper profile sets them)")
         if cfg.get("sha_cache"):
             sha_cache = root / cfg["sha_cache"]
         else:
@@ -104,13 +112,13 @@ class RealCohortConfig:
             textbrats_dir=root / cfg["textbrats_dir"],
             ds000221_dir=root / cfg["ds000221_dir"],
             sha_cache=sha_cache,
-            n_tumour=int(cfg.get("n_tumour", 369)),
-            n_healthy=int(cfg.get("n_healthy", 99)),
+            n_tumour=int(cfg["n_tumour"]),
+            n_healthy=int(cfg["n_healthy"]),
+            workers=int(cfg["workers"]),
             allow_subset=bool(cfg.get("allow_subset", False)),
             healthy_acq=tuple(cfg.get("healthy_acq", ("highres", "lowres"))),
             ds000221_tag=cfg.get("ds000221_tag"),
             kaggle_dataset=cfg.get("kaggle_dataset", KAGGLE_DATASET),
-            workers=int(cfg.get("workers", 4)),
         )
 
     def hint(self, source: str) -> str:
@@ -252,7 +260,7 @@ def _check_and_hash(path: Path) -> tuple[str, str]:
     return sha256_file(path), ""
 
 
-def hash_volumes(paths: list[Path], cache_path: Path, workers: int = 4) -> tuple[dict[Path, str], dict[Path, str]]:
+def hash_volumes(paths: list[Path], cache_path: Path, *, workers: int) -> tuple[dict[Path, str], dict[Path, str]]:
     """sha256 of each volume, and the reason for each unusable one.
 
     A file whose (path, size, mtime) matches the JSON cache at `cache_path` is not read again; the others are
@@ -468,11 +476,11 @@ def _manifest_path(path: Path | str, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def build_real_cohort(cfg: dict, root: str | Path, fetch: bool = False) -> pd.DataFrame:
-    """Manifest rows of the paper cohort (369 BraTS + 99 ds000221 by default) from the `download` params.
+def build_real_cohort(cfg: dict, root: str | Path, *, fetch: bool) -> pd.DataFrame:
+    """Manifest rows of the paper cohort (n_tumour BraTS + n_healthy ds000221) from the `download` params.
 
-    With `fetch`, datasets that fall short are downloaded first. Raises `MissingDataError` listing every
-    missing or unusable file, count shortfall and failed fetch, with how to get each dataset.
+    With `fetch` (`download.fetch`), datasets that fall short are downloaded first. Raises `MissingDataError`
+    listing every missing or unusable file, count shortfall and failed fetch, with how to get each dataset.
     """
     root = Path(os.path.abspath(root))
     conf = RealCohortConfig.from_params(cfg, root)
@@ -480,7 +488,7 @@ def build_real_cohort(cfg: dict, root: str | Path, fetch: bool = False) -> pd.Da
     if fetch:
         _fetch_missing(conf, problems)
     rows = _tumour_rows(conf, problems) + _healthy_rows(conf, problems)
-    shas, bad = hash_volumes([r["volume"] for r in rows], conf.sha_cache, conf.workers)
+    shas, bad = hash_volumes([r["volume"] for r in rows], conf.sha_cache, workers=conf.workers)
     for row in rows:
         if row["volume"] in bad:
             problems.add(row["source"], row["subject"], row["volume"], bad[row["volume"]])

@@ -11,9 +11,9 @@ import pandas as pd
 SPLITS = ("train", "val", "test")
 
 
-def stratified_split(subjects: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                     seed: int = 42) -> pd.DataFrame:
-    """Columns subject, split, cohort, laterality; refuses duplicate ids.
+def stratified_split(subjects: pd.DataFrame, *, fractions: tuple[float, float, float], seed: int) -> pd.DataFrame:
+    """Columns subject, split, cohort, laterality; refuses duplicate ids. `fractions` (train, val, test) and
+    `seed` are the `split` params.
 
     Within each stratum (cohort x laterality, subjects sorted then shuffled with `seed`) the val and test
     counts are round(n * fraction) and the rest is train, so a stratum of one or two subjects stays in

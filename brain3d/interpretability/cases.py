@@ -24,12 +24,14 @@ from brain3d.models.model import Brain3D
 
 @dataclass
 class LimeSettings:
-    n_segments: int = 20
-    compactness: float = 0.05
-    n_samples: int = 100
-    batch_size: int = 16
-    deletion_steps: int = 10
-    seed: int = 42
+    """The `lime` params section (per_class is the stage's); no defaults: params.yaml holds the values."""
+
+    n_segments: int
+    compactness: float
+    n_samples: int
+    batch_size: int
+    deletion_steps: int
+    seed: int
 
     @classmethod
     def from_params(cls, section: dict) -> LimeSettings:

@@ -19,7 +19,7 @@ import numpy as np
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # (B, D, H, W) volumes -> (B, T) scores, one column per target
 
 
-def supervoxels(volume: np.ndarray, n_segments: int = 20, compactness: float = 0.05) -> np.ndarray:
+def supervoxels(volume: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     """(D, H, W) int labels: 0 outside the brain, 1..K SLIC supervoxels inside it."""
     from skimage.segmentation import slic
 
@@ -47,8 +47,8 @@ class Explanation:
         return np.concatenate([[0.0], self.weights])[labels]
 
 
-def explain(volume: np.ndarray, labels: np.ndarray, score_fn: ScoreFn, *, n_samples: int = 100,
-            batch_size: int = 16, seed: int = 0, kernel_width: float = 0.25) -> list[Explanation]:
+def explain(volume: np.ndarray, labels: np.ndarray, score_fn: ScoreFn, *, n_samples: int, batch_size: int,
+            seed: int, kernel_width: float = 0.25) -> list[Explanation]:
     """LIME weights of every supervoxel, one Explanation per score column, from one set of samples."""
     from lime.lime_base import LimeBase
 

@@ -29,7 +29,7 @@ def hemisphere_features(volumes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray, test_y: Sequence[str],
-                 seed: int = 42) -> dict:
+                 seed: int) -> dict:
     """Test accuracy of a cross-validated linear probe, with the majority-class rate as chance."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
@@ -49,7 +49,7 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
             "n_train": int(len(train_y)), "n_test": int(len(test_y))}
 
 
-def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, seed: int = 42) -> dict:
+def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, seed: int) -> dict:
     """Probe accuracy (train split -> test split) from the visual tokens of `visual` and, for reference, from
     `hemisphere_features`. `splits` has subject, split and laterality columns."""
     from brain3d.training.phases import visual_tokens

@@ -29,7 +29,7 @@ def case_scores(model: Brain3D, report: str, with_side: bool):
     return names, score
 
 
-def randomised_copy(model: Brain3D, seed: int = 0) -> Brain3D:
+def randomised_copy(model: Brain3D, seed: int) -> Brain3D:
     """Sanity-check model (Adebayo et al. 2018): the same LM, with the visual encoder and the projector
     re-initialised at random. Attributions that survive this are not about the image."""
     import copy

@@ -20,8 +20,9 @@ import pandas as pd
 CI_LEVEL = 0.95
 
 
-def resample_indices(n: int, n_resamples: int = 1000, seed: int = 42) -> np.ndarray:
-    """The shared (n_resamples, n) matrix of subject indices drawn with replacement."""
+def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """The shared (n_resamples, n) matrix of subject indices drawn with replacement (`evaluate.n_resamples`,
+    `evaluate.seed` in the pipeline)."""
     if n < 1 or n_resamples < 1:
         raise ValueError(f"need n >= 1 and n_resamples >= 1, got n={n}, n_resamples={n_resamples}")
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
@@ -52,23 +53,27 @@ def _check_indices(indices: np.ndarray, n: int) -> np.ndarray:
     return indices
 
 
-def bootstrap(per_sample: pd.DataFrame, n_resamples: int = 1000, seed: int = 42, *,
+def bootstrap(per_sample: pd.DataFrame, n_resamples: int | None = None, seed: int | None = None, *,
               indices: np.ndarray | None = None) -> pd.DataFrame:
     """Mean and 95 % percentile-bootstrap CI of each column, indexed by metric (columns mean, low, high).
 
-    `indices` (from `resample_indices`) overrides n_resamples/seed; pass the same matrix for every system.
+    Resamples are `indices` (from `resample_indices`; pass the same matrix for every system) or, without them,
+    a fresh matrix from `n_resamples` and `seed`, which must then both be given (there is no default).
     """
     values = per_sample.to_numpy(dtype=float)
     if indices is None:
+        if n_resamples is None or seed is None:
+            raise TypeError("bootstrap needs `indices` (from resample_indices) or both n_resamples and seed")
         indices = resample_indices(len(per_sample), n_resamples, seed)
     return _summary(values, _check_indices(indices, len(values)), per_sample.columns)
 
 
-def paired_difference(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int = 1000, seed: int = 42, *,
-                      indices: np.ndarray | None = None) -> pd.DataFrame:
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int | None = None, seed: int | None = None,
+                      *, indices: np.ndarray | None = None) -> pd.DataFrame:
     """Mean and 95 % CI of system A minus system B, per subject and per metric, over shared resamples.
 
-    Both frames must hold the same subjects in the same order (their index) and the same columns.
+    Both frames must hold the same subjects in the same order (their index) and the same columns; the
+    resamples are given as in `bootstrap` (`indices`, or both n_resamples and seed).
     """
     if not a.index.equals(b.index):
         raise ValueError("paired difference needs the same subjects, in the same order, for both systems")

@@ -272,9 +272,12 @@ def _json_number(x: float) -> float | None:
 
 
 def evaluate_systems(pred_dir: Path, subjects: pd.DataFrame, out_dir: Path, *, metrics: list[str] | None = None,
-                     bertscore_model: str | None = None, bertscore_layers: int | None = None,
-                     n_resamples: int = 1000, seed: int = 42, reference_system: str = "phase2b") -> dict:
+                     bertscore_model: str | None, bertscore_layers: int | None, n_resamples: int, seed: int,
+                     reference_system: str = "phase2b") -> dict:
     """Score every system in `pred_dir` on `subjects` and write tables, figures and metrics to `out_dir`.
+
+    `bertscore_model`, `bertscore_layers`, `n_resamples` and `seed` are the `evaluate` params (no defaults:
+    None for the BERTScore keys means the shipped encoder, as params.yaml's null does).
 
     Writes tables/main.{md,csv,tex}, tables/clinical_negation.{md,csv}, tables/paired_differences.{md,csv},
     per_sample/<system>.csv, metrics.json, figures/forest.png and plots/ci.csv. Returns a short summary.

@@ -38,7 +38,8 @@ class GridPool(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, K, C), z-major
 
 
-def build_compressor(kind: str, n_tokens: int = 32, grid: tuple[int, int, int] = (2, 4, 4)) -> nn.Module:
+def build_compressor(kind: str, *, n_tokens: int, grid: tuple[int, int, int]) -> nn.Module:
+    """`model.compressor` with `model.n_tokens` tokens (`model.grid` for grid_pool, whose product must match)."""
     if kind == "seq_pool":
         return SeqPool(n_tokens)
     if kind == "grid_pool":

@@ -35,9 +35,10 @@ def token_grid(volume_shape: tuple[int, int, int], patch: int, kd: int, depth_st
 
 
 class InflatedPatchEmbed(nn.Module):
-    """Conv3d patch embedding inflated from a pretrained Conv2d. (B, 1, D, H, W) -> (B, C, D', h, w)."""
+    """Conv3d patch embedding inflated from a pretrained Conv2d. (B, 1, D, H, W) -> (B, C, D', h, w).
+    `kd`, `depth_stride`, `depth_pad`: the `model` params."""
 
-    def __init__(self, conv2d: nn.Conv2d, kd: int = 2, depth_stride: int = 1, depth_pad: int = 1):
+    def __init__(self, conv2d: nn.Conv2d, *, kd: int, depth_stride: int, depth_pad: int):
         super().__init__()
         c_out, _, p, q = conv2d.weight.shape
         self.proj = nn.Conv3d(1, c_out, kernel_size=(kd, p, q), stride=(depth_stride, p, q),
@@ -76,18 +77,19 @@ class VolumeEncoder(nn.Module):
     """Inflated SigLIP: (B, 1, D, H, W) in [0, 1] -> tokens (B, D'*h*w, C) in z-major order.
 
     Slices are fed in the radiological view (`brain3d.data.views`), so token column 0 is the subject's
-    right; laterality is a property of the token grid either way.
+    right; laterality is a property of the token grid either way. `kd`, `depth_stride`, `depth_pad`: the
+    `model` params (no defaults: `ModelConfig` carries them).
     """
 
-    def __init__(self, vision: nn.Module, volume_shape: tuple[int, int, int], kd: int = 2,
-                 depth_stride: int = 1, depth_pad: int = 1):
+    def __init__(self, vision: nn.Module, volume_shape: tuple[int, int, int], *, kd: int, depth_stride: int,
+                 depth_pad: int):
         super().__init__()
         vt = vision_transformer(vision)
         conv = vt.embeddings.patch_embedding
         self.patch_size = conv.kernel_size[0]
         self.grid = token_grid(volume_shape, self.patch_size, kd, depth_stride, depth_pad)
         self.volume_shape = tuple(volume_shape)
-        self.patch_embed = InflatedPatchEmbed(conv, kd, depth_stride, depth_pad)
+        self.patch_embed = InflatedPatchEmbed(conv, kd=kd, depth_stride=depth_stride, depth_pad=depth_pad)
         self.pos = PositionalEmbedding3D(vt.embeddings.position_embedding.weight, self.grid)
         self.encoder = vt.encoder
         self.post_layernorm = vt.post_layernorm

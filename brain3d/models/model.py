@@ -12,45 +12,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brain3d import config
 from brain3d.models.backbones import LanguageModel
 from brain3d.models.compressor import build_compressor
 from brain3d.models.encoder import VolumeEncoder
 from brain3d.models.projector import Projector
 
-PROMPT = "Generate a radiology report for this brain MRI FLAIR scan.\n"
-
 
 @dataclass
 class ModelConfig:
-    """The `model` params section plus the volume shape (from `preprocess.shape`)."""
+    """The `model` params section plus the volume shape (from `preprocess.shape`); no defaults: params.yaml
+    holds the values."""
 
     volume_shape: tuple[int, int, int]
-    kd: int = 2
-    depth_stride: int = 1
-    depth_pad: int = 1
-    compressor: str = "seq_pool"
-    n_tokens: int = 32
-    grid: tuple[int, int, int] = (2, 4, 4)
-    prompt: str = PROMPT
+    kd: int
+    depth_stride: int
+    depth_pad: int
+    compressor: str
+    n_tokens: int
+    grid: tuple[int, int, int]
+    prompt: str
 
     @classmethod
     def from_params(cls, cfg: dict) -> ModelConfig:
         m = cfg["model"]
-        return cls(volume_shape=tuple(cfg["preprocess"]["shape"]), kd=m["kd"], depth_stride=m["depth_stride"],
-                   depth_pad=m["depth_pad"], compressor=m["compressor"], n_tokens=m["n_tokens"],
-                   grid=tuple(m["grid"]), prompt=m.get("prompt", PROMPT))
+        return config.from_section(cls, {**m, "volume_shape": tuple(cfg["preprocess"]["shape"]),
+                                         "grid": tuple(m["grid"])})
 
 
 @dataclass
 class Decoding:
-    """SPEC §4 decoding: temperature 0.1, top-p 0.9, repetition penalty 1.2, no-repeat trigram, 10..256."""
+    """Decoding settings: the `generate` params section (SPEC §4: nucleus sampling, repetition penalty,
+    no-repeat n-grams, a length range); no defaults for what params.yaml holds."""
 
-    temperature: float = 0.1
-    top_p: float = 0.9
-    repetition_penalty: float = 1.2
-    no_repeat_ngram_size: int = 3
-    max_new_tokens: int = 256
-    min_new_tokens: int = 10
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    no_repeat_ngram_size: int
+    max_new_tokens: int
+    min_new_tokens: int
     do_sample: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -68,8 +68,9 @@ class VisualTokenizer(nn.Module):
 
     def __init__(self, vision: nn.Module, cfg: ModelConfig):
         super().__init__()
-        self.encoder = VolumeEncoder(vision, cfg.volume_shape, cfg.kd, cfg.depth_stride, cfg.depth_pad)
-        self.compressor = build_compressor(cfg.compressor, cfg.n_tokens, cfg.grid)
+        self.encoder = VolumeEncoder(vision, cfg.volume_shape, kd=cfg.kd, depth_stride=cfg.depth_stride,
+                                     depth_pad=cfg.depth_pad)
+        self.compressor = build_compressor(cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid)
 
     @property
     def width(self) -> int:
@@ -82,8 +83,7 @@ class VisualTokenizer(nn.Module):
 class Brain3D(nn.Module):
     """Projector + LM over (cached) visual tokens; `visual` (the VisualTokenizer) is optional."""
 
-    def __init__(self, lm: LanguageModel, vision_width: int, prompt: str = PROMPT,
-                 visual: VisualTokenizer | None = None):
+    def __init__(self, lm: LanguageModel, vision_width: int, prompt: str, visual: VisualTokenizer | None = None):
         super().__init__()
         self.lm_ref = lm
         self.lm = lm.causal  # registered so that .to()/.train()/.eval() reach the LM (and its LoRA layers)
@@ -148,9 +148,8 @@ class Brain3D(nn.Module):
         return (logp * valid).sum(1) / valid.sum(1).clamp(min=1)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, decoding: Decoding | None = None, seed: int = 0) -> list[str]:
+    def generate(self, z: torch.Tensor, decoding: Decoding, seed: int = 0) -> list[str]:
         """Reports for a batch of visual tokens; sampling is seeded, KV cache on."""
-        decoding = decoding or Decoding()
         prefix = self._prefix(z)
         attention = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
         torch.manual_seed(seed)

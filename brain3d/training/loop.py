@@ -20,14 +20,17 @@ from brain3d.tracking import Tracker
 
 @dataclass
 class TrainConfig:
+    """A training section of params.yaml (phase1, phase2a, phase2b; the stand-ins' *_train); no defaults for
+    what params.yaml holds."""
+
     epochs: int
     batch_size: int
     lr: float
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.1
-    patience: int = 5
-    seed: int = 42
+    grad_accum: int
+    weight_decay: float
+    warmup_frac: float
+    patience: int
+    seed: int
     max_grad_norm: float = 1.0
     bf16: bool = True  # only where CUDA is present
 
@@ -141,8 +144,8 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
         state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:
             state.update(best_val=val_loss, best_epoch=epoch)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        # the history becomes a DVC plot: no wall time in it (it goes to MLflow only)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]}
         state["history"].append(row)
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
         if main:
@@ -153,7 +156,8 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
             with io.atomic_path(state_dir / "optimizer.pt") as tmp:
                 torch.save(optimizer.state_dict(), tmp)
             io.write_json(state_dir / "state.json", state)  # last: marks the epoch complete
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            tracker.log_metrics({**{k: v for k, v in row.items() if k != "epoch"},
+                                 "epoch_seconds": time.perf_counter() - t0}, step=epoch)
             accelerator.print(f"{desc} epoch {epoch}: train {train_loss:.4f} val {val_loss:.4f}"
                               + (" *" if improved else ""))
         accelerator.wait_for_everyone()

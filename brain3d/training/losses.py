@@ -19,10 +19,10 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
 
 
 class InfoNCE(nn.Module):
-    """Symmetric InfoNCE with a fixed temperature (0.07 in the paper). A batch of one has a loss of
-    exactly zero (the reference implementation's phase-1 no-op), so it is refused."""
+    """Symmetric InfoNCE with a fixed temperature (`phase1.temperature`; no default). A batch of one has a
+    loss of exactly zero (the reference implementation's phase-1 no-op), so it is refused."""
 
-    def __init__(self, temperature: float = 0.07):
+    def __init__(self, temperature: float):
         super().__init__()
         self.temperature = temperature
 
