@@ -163,11 +163,14 @@ class Pipeline:
     # An independent twin (own copy, own resume cache) run at the same time, then used for the resume checks.
     twin: Repo | None = None
     twin_repro: str = ""
+    hashes: dict[str, str] = field(default_factory=dict)  # dvc.lock output hashes right after our first repro
+    twin_hashes: dict[str, str] = field(default_factory=dict)  # and after the twin's
     killed_after: str = ""  # the last epoch line phase 1 printed before it was killed
     resumed: str = ""  # `dvc repro phase1` after the kill, code unchanged
     after_code_change: str = ""  # `dvc repro phase1` after an edit of training/losses.py
-    typo: subprocess.CompletedProcess | None = None  # `dvc exp run -S phase2b.lora_rnak=4`
-    typo_seconds: float = 0.0
+    typo: subprocess.CompletedProcess | None = None  # `dvc exp run -S phase2b.lora_rnak=4`: DVC refuses it
+    typo_added: subprocess.CompletedProcess | None = None  # `-S +phase2b.lora_rnak=4`: DVC adds it, a stage refuses
+    typo_seconds: float = 0.0  # of the second
 
 
 def outs_hashes(repo: Repo) -> dict[str, str]:
@@ -198,6 +201,14 @@ def interrupt_phase1(repo: Repo) -> str:
     return seen
 
 
+def twin_exp(twin: Repo, override: str) -> subprocess.CompletedProcess:
+    """`dvc exp run -S <override>` in the twin, expected to fail (not raised), its output logged."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", override], cwd=twin.path, env=twin.env,
+                         capture_output=True, text=True, timeout=600)
+    twin.log.append(f"$ dvc exp run -S {override}\n{out.stdout}{out.stderr}")
+    return out
+
+
 def run_pipeline(tmp: Path) -> Pipeline:
     """repro (and an independent twin's repro beside it), repro again, commit, `dvc exp run -S
     phase2b.lora_rank=4`, `dvc exp show --json`; then in the twin: an interrupted phase 1 resumed, phase 1
@@ -213,6 +224,7 @@ def run_pipeline(tmp: Path) -> Pipeline:
             twin_repro = pool.submit(twin.dvc, "repro", label="dvc repro (twin)")
             result.repro = repo.dvc("repro", label="dvc repro")
             result.twin_repro = twin_repro.result()
+        result.hashes, result.twin_hashes = outs_hashes(repo), outs_hashes(twin)
         result.runs_repro = repo.mlflow_runs()
         result.repro_again = repo.dvc("repro", label="dvc repro (again)")
         result.runs_again = repo.mlflow_runs()
@@ -230,11 +242,10 @@ def run_pipeline(tmp: Path) -> Pipeline:
         result.after_code_change = twin.dvc("repro", "phase1", label="phase1 after a code change (twin)")
         twin.git("add", "-A")
         twin.git("commit", "-q", "-m", "twin: phase 1 re-run")
+        result.typo = twin_exp(twin, "phase2b.lora_rnak=4")
         t1 = time.perf_counter()
-        result.typo = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "phase2b.lora_rnak=4"],
-                                     cwd=twin.path, env=twin.env, capture_output=True, text=True, timeout=600)
+        result.typo_added = twin_exp(twin, "+phase2b.lora_rnak=4")
         result.typo_seconds = time.perf_counter() - t1
-        twin.log.append(f"$ dvc exp run -S phase2b.lora_rnak=4\n{result.typo.stdout}{result.typo.stderr}")
     finally:
         repo.seconds["total"] = time.perf_counter() - t0
         repo.seconds["inside stages"] = sum(map(float, re.findall(r": done in ([0-9.]+) s", "\n".join(repo.log))))
