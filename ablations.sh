@@ -6,7 +6,8 @@
 #                             baseline commit, if HEAD has moved since it was queued)
 #
 # Grid (8 experiments): phase2b.lora_rank {4, 16} x model.compressor {seq_pool, grid_pool} x laterality
-# flip {off, on}, where the flip sets phase2a.laterality_flip and phase2b.laterality_flip together.
+# flip {off, on}, where the flip sets phase2a.laterality_flip and phase2b.laterality_flip together; then
+# findings-grounded phase 1 (phase1.findings_weight=1, phase 1 flip off / on) on the committed params.
 # Each experiment re-runs only what its params change (compressor: phase1 onward; flip: phase2a onward;
 # rank: phase2b onward) in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in
 # this repository's mlflow.db, tagged with the experiment's name. The grid reproduces up to `evaluate`
@@ -36,6 +37,14 @@ if [ "${1:-}" != "--table" ]; then
           -S "phase2a.laterality_flip=$flip" -S "phase2b.laterality_flip=$flip" evaluate
       done
     done
+  done
+  for flip in false true; do  # findings-grounded phase 1 (re-runs phase1 onward)
+    name="p1-findings-flip-$([ "$flip" = true ] && echo on || echo off)"
+    if grep -qx -- "$name" <<<"$existing"; then
+      echo "ablations.sh: $name exists, not queued again"
+      continue
+    fi
+    dvc exp run --queue -n "$name" -S "phase1.findings_weight=1.0" -S "phase1.laterality_flip=$flip" evaluate
   done
   dvc queue start -j "${JOBS:-1}"  # returns at once; the workers run in the background
   # (the status is captured before grep: `grep -q` exiting early would fail the pipe under pipefail)

@@ -38,7 +38,8 @@ SCHEMA: dict = {
     },
     "preprocess": _values("shape skull_strip fov_mm on_error min_brain_similarity workers"),
     "split": _values("fractions seed"),
-    "model": _values("kd depth_stride depth_pad n_tokens compressor grid prompt"),
+    "corpus": _values("seed healthy_fraction laterality_mix n_subjects workers"),  # brain3d/data/corpus.py
+    "model": _values("kd depth_stride depth_pad inflation n_tokens compressor grid prompt"),
     "foundation": {
         **_values("source dtype load_in_4bit"),
         # stand-ins (demo): brain3d/models/foundation.py
@@ -52,7 +53,7 @@ SCHEMA: dict = {
         **_values("vision lm vision_repo lm_repo"),
         **_optional("vision_revision lm_revision"),
     },
-    "phase1": _values(f"{_TRAIN} temperature laterality_flip"),
+    "phase1": _values(f"{_TRAIN} temperature laterality_flip findings_weight"),
     "phase2a": _values(f"{_TRAIN} laterality_flip"),
     "phase2b": _values(f"{_TRAIN} lr_lora lora_rank lora_alpha lora_dropout laterality_flip"),
     "generate": _values("temperature top_p repetition_penalty no_repeat_ngram_size min_new_tokens max_new_tokens "
@@ -62,7 +63,8 @@ SCHEMA: dict = {
         "med3dvlm": _values("path revision allow_remote_code question max_new_tokens"),
     },
     "evaluate": _values("n_resamples seed bertscore_model bertscore_layers"),
-    "lime": _values("per_class n_segments compactness n_samples batch_size deletion_steps seed"),
+    "lime": {**_values("per_class n_segments compactness n_samples batch_size deletion_steps seed"),
+             "cnn": _values("epochs batch_size lr weight_decay channels downsample")},  # CnnSettings
 }
 
 # A profile block (`profiles.<name>`) holds the same sections; `profile` itself is only set at the top.

@@ -9,6 +9,7 @@ MANIFEST = PREPROCESSED / "manifest.csv"
 VOLUMES = PREPROCESSED / "volumes"
 SEGS = PREPROCESSED / "seg"
 SPLITS = Path("data/splits.csv")
+CORPUS = Path("data/corpus")  # the stand-in SigLIP's extra pretraining subjects (brain3d/data/corpus.py)
 MODELS = Path("models")
 FOUNDATION = MODELS / "foundation"
 BACKBONES = FOUNDATION / "backbones.json"

@@ -26,15 +26,16 @@ import pandas as pd
 from brain3d import config, io
 from brain3d.metrics.tables import LABELS, cell, markdown_table
 
-ABLATED = ("phase2b.lora_rank", "model.compressor", "phase1.laterality_flip", "phase2a.laterality_flip",
-           "phase2b.laterality_flip")
+ABLATED = ("phase2b.lora_rank", "model.compressor", "phase1.laterality_flip", "phase1.findings_weight",
+           "phase2a.laterality_flip", "phase2b.laterality_flip")
 METRICS = ("bleu1", "bleu4", "rougeL", "meteor", "cider", "bertscore", "lat_f1", "anat_f1", "path_f1",
            "healthy_specificity", "tumour_sensitivity")
 METRICS_FILE = "reports/metrics.json"
 PARAMS_FILE = "params.yaml"
 OUT = Path("reports/ablations")
 HEADERS = {"phase2b.lora_rank": "LoRA r", "model.compressor": "compressor", "phase1.laterality_flip": "flip 1",
-           "phase2a.laterality_flip": "flip 2A", "phase2b.laterality_flip": "flip 2B"}
+           "phase1.findings_weight": "findings 1", "phase2a.laterality_flip": "flip 2A",
+           "phase2b.laterality_flip": "flip 2B"}
 
 
 def exp_show(all_commits: bool = False, rev: str | None = None) -> list[dict]:

@@ -1,6 +1,7 @@
-"""DVC stage `foundation`: the backbones. demo -> trains the stand-ins (SigLIP on slices, Gemma 3 on
-reports) from the TRAIN split and saves them in Hugging Face format; paper -> verifies the local
-MedSigLIP-448 / MedGemma-1.5-4B-IT snapshots and records their revisions. Writes models/foundation/backbones.json.
+"""DVC stage `foundation`: the backbones. demo -> trains the stand-ins (SigLIP on the slices of the TRAIN
+split and of the pretraining corpus, data/corpus, validated on the VAL split; Gemma 3 on the TRAIN reports)
+and saves them in Hugging Face format; paper -> verifies the local MedSigLIP-448 / MedGemma-1.5-4B-IT
+snapshots and records their revisions. Writes models/foundation/backbones.json.
 """
 
 from pathlib import Path
@@ -27,6 +28,14 @@ def _split_items(split: str, splits: pd.DataFrame, df: pd.DataFrame):
     return items, list(rows["report"])
 
 
+def _corpus_items() -> list:
+    """The pretraining corpus (stages/corpus.py) as (volume, seg) pairs, memory-mapped: empty on the paper
+    profile or with corpus.n_subjects 0."""
+    subjects = pd.read_csv(paths.CORPUS / "manifest.csv")["subject"]
+    return [(np.load(paths.CORPUS / "volumes" / f"{s}.npy", mmap_mode="r"),
+             np.load(paths.CORPUS / "seg" / f"{s}.npy", mmap_mode="r")) for s in subjects]
+
+
 def main() -> None:
     with stage.run("foundation", ("foundation",)) as (cfg, tracker):
         f = cfg["foundation"]
@@ -44,10 +53,12 @@ def main() -> None:
             tokenizer = fd.train_tokenizer(reports["train"] + captions + [cfg["model"]["prompt"]],
                                            f["tokenizer_vocab"])
             key = io.fingerprint({"foundation": f, "splits": io.sha256_file(paths.SPLITS),
-                                  "manifest": io.sha256_file(paths.MANIFEST), "preprocess": cfg["preprocess"]})
-            siglip, res_s = fd.train_siglip(volumes, tokenizer, f["siglip"], TrainConfig.from_params(f["siglip_train"]),
-                                           cache_dir("foundation-siglip", key),
-                                           Prefixed(tracker, "siglip_"))
+                                  "manifest": io.sha256_file(paths.MANIFEST), "preprocess": cfg["preprocess"],
+                                  "corpus": io.sha256_file(paths.CORPUS / "manifest.csv")})  # file hashes
+            pretrain = {"train": volumes["train"] + _corpus_items(), "val": volumes["val"]}
+            siglip, res_s = fd.train_siglip(pretrain, tokenizer, f["siglip"],
+                                            TrainConfig.from_params(f["siglip_train"]),
+                                            cache_dir("foundation-siglip", key), Prefixed(tracker, "siglip_"))
             fd.save_siglip(siglip, tokenizer, OUT / "siglip")
             seed_everything(f["gemma_train"]["seed"])
             gemma, res_g = fd.train_gemma3(siglip, tokenizer, reports, f["gemma"],

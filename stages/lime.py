@@ -1,6 +1,7 @@
 """DVC stage `lime`: 3D LIME for `lime.per_class` test subjects per laterality class + one healthy, with the
 phase 2B model; three-plane figures, weights, a contact sheet and faithfulness numbers (reports/lime/). Also
-a linear probe of how much side the frozen visual tokens carry (reports/lime/token_probe.json)."""
+a linear probe of how much side the frozen visual tokens carry, next to hemisphere features and a
+supervised 3D CNN as the ceiling (reports/lime/token_probe.json)."""
 
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 from brain3d import io, paths, stage
 from brain3d.data import manifest
 from brain3d.interpretability.cases import LimeSettings, explain_case, pick_cases
+from brain3d.interpretability.cnn_probe import CnnSettings
 from brain3d.interpretability.figures import save_case_figure, save_contact_sheet
 from brain3d.interpretability.probe import laterality_probes
 from brain3d.interpretability.targets import randomised_copy
@@ -23,7 +25,8 @@ OUT = Path("reports/lime")
 def main() -> None:
     with stage.run("lime", ("lime",)) as (cfg, tracker):
         settings = LimeSettings.from_params(cfg["lime"])
-        model = checkpoint.load(paths.model_dir("phase2b"), "cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = checkpoint.load(paths.model_dir("phase2b"), device)
         randomised = randomised_copy(model, settings.seed)
         splits = pd.read_csv(paths.SPLITS)
         test = splits.query("split == 'test'").merge(manifest.read(paths.MANIFEST)[["subject", "report"]])
@@ -53,8 +56,9 @@ def main() -> None:
             tracker.log_artifact(OUT / name, "lime" if name != "figures" else "lime/figures")
         print(summary.to_string())
 
-        # side information in the frozen visual tokens vs plain hemisphere asymmetry (train -> test)
-        probe = laterality_probes(model.visual, splits, paths.VOLUMES, settings.seed)
+        # side information in the frozen visual tokens vs plain hemisphere asymmetry and a trained 3D CNN
+        probe = laterality_probes(model.visual, splits, paths.VOLUMES, settings.seed,
+                                  CnnSettings.from_params(cfg["lime"]["cnn"]), device, tracker.log_metrics)
         io.write_json(OUT / "token_probe.json", probe)
         tracker.log_metrics({f"probe_{k}_accuracy": v["accuracy"] for k, v in probe.items()})
         print("laterality probe (test accuracy):", {k: round(v["accuracy"], 3) for k, v in probe.items()},

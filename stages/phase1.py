@@ -1,4 +1,5 @@
-"""DVC stage `phase1`: contrastive grounding of the inflated 3D encoder against the frozen LM (InfoNCE).
+"""DVC stage `phase1`: contrastive grounding of the inflated 3D encoder against the frozen LM (InfoNCE), and
+with `phase1.findings_weight` > 0 findings grounding (its head is saved as findings.safetensors).
 
 Also saves the seeded, RMS-calibrated projector that phase 2A starts from: with it, `models/phase1` is the
 paper's "Phase 1 only" system (trained encoder, untrained projector).
@@ -31,6 +32,7 @@ def main() -> None:
                              [paths.BACKBONES, paths.SPLITS, paths.MANIFEST])
         model, result = phases.train_phase1(visual, lm, train, val, TrainConfig.from_params(p),
                                             temperature=p["temperature"], laterality_flip=p["laterality_flip"],
+                                            findings_weight=p["findings_weight"],
                                             state_dir=cache_dir("phase1", key), tracker=tracker)
         if not is_main_process():
             return
@@ -40,6 +42,8 @@ def main() -> None:
         brain3d.projector.calibrate(z, brain3d.text_rms())
         io.save_safetensors(OUT / "visual.safetensors", visual.state_dict())
         io.save_safetensors(OUT / "head.safetensors", model.head.state_dict())
+        if model.findings is not None:  # (B, K, Cv) tokens -> presence, side, anatomy, pathology logits
+            io.save_safetensors(OUT / "findings.safetensors", model.findings.state_dict())
         io.save_safetensors(OUT / "projector.safetensors", brain3d.projector.state_dict())
         write_card(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb, visual=OUT / "visual.safetensors",
                    projector=OUT / "projector.safetensors")

@@ -91,8 +91,8 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("phase2b")
-    cfg = ModelConfig(volume_shape=DEMO_SHAPE, kd=2, depth_stride=1, depth_pad=1, compressor="grid_pool",
-                      n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
+    cfg = ModelConfig(volume_shape=DEMO_SHAPE, kd=2, depth_stride=1, depth_pad=1, inflation="mean",
+                      compressor="grid_pool", n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
     visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
     lm = load_language_model(tiny_gemma3_dir)
     lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))

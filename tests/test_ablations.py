@@ -73,7 +73,8 @@ def test_markdown_cells_and_notes(doc):
     assert "LoRA r" in header and "compressor" in header and "Lat F1" in header
     m = _metrics(doc, "tiny-r4")
     assert cell(m["lat_f1"], m["lat_f1_low"], m["lat_f1_high"]) in rows["tiny-r4"]
-    assert "| 4 | grid_pool | false | true | true |" in rows["tiny-r4"]
+    # rank, compressor, flip 1, findings 1 (blank: the canned run predates phase1.findings_weight), flip 2A, 2B
+    assert "| 4 | grid_pool | false |  | true | true |" in rows["tiny-r4"]
     assert "failed: no metrics" in rows["bad-comp"]
     assert "queued: no metrics" in rows["r32-queued"]
     assert all(row.count("|") == header.count("|") for row in rows.values())

@@ -24,8 +24,8 @@ def medsiglip_like(hidden=16, layers=1):
 
 def test_paper_shapes_65x9x9_tokens_and_32_visual_tokens():
     assert token_grid((64, 128, 128), patch=14, kd=2, depth_stride=1, depth_pad=1) == (65, 9, 9)
-    cfg = ModelConfig(volume_shape=(64, 128, 128), kd=2, depth_stride=1, depth_pad=1, compressor="seq_pool",
-                      n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
+    cfg = ModelConfig(volume_shape=(64, 128, 128), kd=2, depth_stride=1, depth_pad=1, inflation="mean",
+                      compressor="seq_pool", n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
     visual = VisualTokenizer(medsiglip_like(), cfg)
     with torch.no_grad():
         tokens = visual.encoder(torch.rand(1, 1, 64, 128, 128))
@@ -42,18 +42,83 @@ def test_paper_projector_is_1152_to_2560():
     assert projector(torch.randn(2, 32, 1152)).shape == (2, 32, 2560)
 
 
-def test_inflation_keeps_the_2d_response_on_a_depth_constant_volume():
-    conv = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4)
-    inflated = InflatedPatchEmbed(conv, kd=2, depth_stride=1, depth_pad=0)
+def _patch_conv(c=8, p=4):
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, c, kernel_size=p, stride=p)  # a random "pretrained" RGB patch embedding
+
+
+def _rgb_response(conv, grey):
+    """What the 2D model saw: its response to the grey slice (B, 1, H, W) replicated to RGB."""
+    return conv(grey.expand(-1, 3, -1, -1))  # (B, C, h, w)
+
+
+@pytest.mark.parametrize("kd", [2, 3])
+@pytest.mark.parametrize("inflation", ["mean", "sum", "center"])
+def test_inflation_on_a_depth_constant_volume_keeps_the_2d_scale_except_mean(inflation, kd):
+    conv = _patch_conv()
+    inflated = InflatedPatchEmbed(conv, kd=kd, depth_stride=1, depth_pad=1, inflation=inflation)
     grey = torch.rand(1, 1, 16, 16)
-    volume = grey[:, :, None].expand(1, 1, 5, 16, 16)  # every slice the same
-    out3d = inflated(volume)  # (1, 8, 4, 4, 4)
-    out2d = conv(grey.expand(1, 3, 16, 16))  # the grey image replicated to RGB
-    bias = conv.bias[None, :, None, None]
-    # depth replication / kd keeps the scale; the paper's RGB *average* gives a third of the RGB response
-    assert torch.allclose(out3d[:, :, 0] - bias, (out2d - bias) / 3, atol=1e-5)
-    assert torch.allclose(out3d[:, :, 0], out3d[:, :, -1], atol=1e-6)
-    assert torch.allclose(inflated.proj.weight.sum(2), conv.weight.mean(1, keepdim=True), atol=1e-6)
+    with torch.no_grad():
+        out3d = inflated(grey[:, :, None].expand(1, 1, 5, 16, 16))  # (1, 8, D', 4, 4): every slice the same
+        out2d = _rgb_response(conv, grey)  # (1, 8, 4, 4)
+    bias = conv.bias[None, :, None, None].detach()
+    expected = {"sum": out2d, "center": out2d, "mean": bias + (out2d - bias) / 3}[inflation]
+    interior = out3d[:, :, 1:-1]  # tokens whose kernel lies inside the volume (away from the zero depth padding)
+    assert interior.shape[2] >= 2
+    for z in range(interior.shape[2]):
+        assert torch.allclose(interior[:, :, z], expected, atol=1e-5), (inflation, kd, z)
+
+
+def test_center_inflation_has_one_nonzero_depth_frame_and_differs_from_sum_on_varying_depth():
+    conv, kd = _patch_conv(), 3
+    center = InflatedPatchEmbed(conv, kd=kd, depth_stride=1, depth_pad=1, inflation="center")
+    summed = InflatedPatchEmbed(conv, kd=kd, depth_stride=1, depth_pad=1, inflation="sum")
+    frames = center.proj.weight.abs().sum(dim=(0, 1, 3, 4))  # (kd,)
+    assert torch.count_nonzero(frames) == 1 and frames[kd // 2] > 0
+    volume = torch.rand(1, 1, 5, 16, 16)  # every slice different
+    with torch.no_grad():
+        out_c, out_s = center(volume), summed(volume)  # (1, 8, 5, 4, 4)
+        for z in range(1, 4):  # kernel frames z-1, z, z+1: all inside the volume
+            slices = [_rgb_response(conv, volume[:, :, k]) for k in (z - 1, z, z + 1)]
+            assert torch.allclose(out_c[:, :, z], slices[1], atol=1e-5)  # the centre slice alone
+            assert torch.allclose(out_s[:, :, z], sum(slices) / kd, atol=1e-5)  # the kd slices' mean response
+            assert not torch.allclose(out_c[:, :, z], out_s[:, :, z], atol=1e-2)
+
+
+def test_unknown_inflation_names_the_valid_ones():
+    with pytest.raises(ValueError, match="mean, sum, center.*'average'"):
+        InflatedPatchEmbed(_patch_conv(), kd=2, depth_stride=1, depth_pad=1, inflation="average")
+
+
+@pytest.mark.parametrize("inflation", ["mean", "sum", "center"])
+def test_mirrored_volume_gives_mirrored_tokens(inflation):
+    """Left-right mirroring commutes with the patch embedding when each patch is uniform (a patch's own
+    content then has no side), so the token grid keeps the volume's orientation."""
+    inflated = InflatedPatchEmbed(_patch_conv(), kd=2, depth_stride=1, depth_pad=1, inflation=inflation)
+    volume = torch.rand(1, 1, 5, 4, 4).repeat_interleave(4, dim=3).repeat_interleave(4, dim=4)  # (1, 1, 5, 16, 16)
+    with torch.no_grad():
+        tokens, mirrored = inflated(volume), inflated(torch.flip(volume, dims=(4,)))  # (1, 8, 6, 4, 4)
+    assert torch.allclose(mirrored, torch.flip(tokens, dims=(4,)), atol=1e-6)
+    assert not torch.allclose(mirrored, tokens, atol=1e-3)  # the volume is not symmetric: a real check
+
+
+def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean(tmp_path):
+    import json
+
+    from brain3d.models.checkpoint import CARD, read_card, write_card
+
+    cfg = ModelConfig(volume_shape=(8, 28, 28), kd=2, depth_stride=1, depth_pad=1, inflation="center",
+                      compressor="grid_pool", n_tokens=4, grid=(1, 2, 2), prompt=PROMPT)
+    write_card(tmp_path, phase="phase1", model_cfg=cfg, backbones={"vision": tmp_path, "lm": tmp_path},
+               visual=tmp_path / "visual.safetensors", projector=None)
+    card = read_card(tmp_path)
+    assert card["model_config"] == cfg
+    visual = VisualTokenizer(medsiglip_like(), card["model_config"])  # the card's mode reaches the encoder
+    assert torch.count_nonzero(visual.encoder.patch_embed.proj.weight[:, :, 0]) == 0
+    old = json.loads((tmp_path / CARD).read_text())
+    del old["model"]["inflation"]  # a card written before model.inflation existed
+    (tmp_path / CARD).write_text(json.dumps(old))
+    assert read_card(tmp_path)["model_config"].inflation == "mean"
 
 
 def test_positional_embedding_keeps_the_pretrained_grid_when_sizes_match():
@@ -79,7 +144,7 @@ def test_grid_pool_keeps_left_and_right_apart_but_seq_pool_mixes_them():
 
 def test_encoder_runs_on_the_demo_stand_in_geometry(tiny_siglip_dir):
     vision = load_vision_model(tiny_siglip_dir)
-    encoder = VolumeEncoder(vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0)
+    encoder = VolumeEncoder(vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0, inflation="sum")
     assert encoder.grid == (4, 4, 4)
     assert encoder(torch.rand(2, 1, 8, 32, 32)).shape == (2, 64, 32)
 

@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from test_reports import check_tumour_report
 
+from brain3d.data import phantom
 from brain3d.data.atlas import mni
 from brain3d.data.manifest import COLUMNS, validate
 from brain3d.data.phantom import (
@@ -23,6 +24,7 @@ from brain3d.data.phantom import (
     largest_remainder,
     plan_cohort,
     simulate_subject,
+    wt_volume_ml,
 )
 from brain3d.data.reports import healthy_report
 from brain3d.io import read_json, sha256_file
@@ -212,7 +214,7 @@ def test_truth_report_and_labels_agree(cohort):
             for k in ("left", "right")
             if row.laterality not in (k, "bilateral", "undefined")
         )
-        assert 10 < truth["max_diameter_mm"] < 80
+        assert 10 < truth["max_diameter_mm"] < 100  # BraTS-sized cores: median ~4 cm, the largest ~9 cm
 
 
 def test_lesion_signal_on_flair(cohort):
@@ -240,6 +242,51 @@ def test_ventricle_compression_is_ipsilateral(cohort):
         if compression["present"]:
             assert compression["side"] == truth["side"]
             assert compression["volume_change"][truth["side"]] <= -0.2
+
+
+# -------------------------------------------------------------------------------------------- tumour size
+
+# BraTS 2020 whole-tumour (labels 1 + 2 + 4) volumes in ml, as cited in phantom.py and the README: 74 training
+# cases, median 81.3, range 16.6-230.9, HGG 10th / 90th percentiles 33.2 / 170.7.
+BRATS_WT_MEDIAN, BRATS_WT_RANGE, BRATS_WT_P10_P90 = 81.3, (16.6, 230.9), (33.2, 170.7)
+
+
+def test_whole_tumour_volumes_are_sized_like_brats():
+    rng = np.random.default_rng(0)
+    wt = np.array([wt_volume_ml(rng) for _ in range(500)])
+    p10, p25, p50, p75, p90 = np.percentile(wt, [10, 25, 50, 75, 90])
+    assert p50 == pytest.approx(BRATS_WT_MEDIAN, rel=0.1)
+    assert p10 == pytest.approx(BRATS_WT_P10_P90[0], rel=0.2)
+    assert p90 == pytest.approx(BRATS_WT_P10_P90[1], rel=0.2)
+    assert 45 < p25 < 60 and 100 < p75 < 135  # quartiles of the fitted, truncated log-normal: 52 / 117
+    assert BRATS_WT_RANGE[0] <= wt.min() and wt.max() <= BRATS_WT_RANGE[1]
+
+
+def test_drawn_tumours_hold_their_planned_volume(monkeypatch):
+    """Core radius and edema reach fitted to a planned whole-tumour volume grow labels of about that volume
+    (mass effect and growth as in `simulate_subject`, on the head grid that truth.json measures)."""
+    planned = []
+
+    def record(rng: np.random.Generator) -> float:
+        planned.append(wt_volume_ml(rng))
+        return planned[-1]
+
+    monkeypatch.setattr(phantom, "wt_volume_ml", record)
+    head = phantom._head()
+    ratios = []
+    for i, side in enumerate(["left", "right", "bilateral"] * 6):
+        rng = np.random.default_rng(i)
+        planned.clear()
+        lesions = phantom._plan_lesions(side, head, rng)
+        maps = {k: getattr(head, k).copy() for k in ("gm", "wm", "csf", "vent")}
+        labels = np.zeros(head.shape, np.uint8)
+        for lesion in lesions:
+            phantom._mass_effect(lesion, head, maps, rng)
+        for lesion in lesions:
+            phantom._grow_lesion(lesion, head, maps, labels, rng)
+        ratios.append((labels > 0).sum() * head.spacing**3 / 1000.0 / planned[0])
+    print(f"drawn / planned WT: median {np.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}")
+    assert 0.85 < np.median(ratios) < 1.2
 
 
 # ------------------------------------------------------------------------------------------- resume, speed

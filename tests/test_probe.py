@@ -1,11 +1,16 @@
-"""The laterality probe: it finds side information that is there, and reports chance when there is none."""
+"""The laterality probes (linear, and the supervised 3D CNN as the ceiling): they find side information that
+is there, and report chance when there is none."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from brain3d.interpretability.cnn_probe import CnnSettings, LateralityCNN, cnn_probe, predict, train_cnn
 from brain3d.interpretability.probe import hemisphere_features, laterality_probes, linear_probe
+
+# small enough for a few seconds on one thread (the real values live in params.yaml: lime.cnn)
+CNN = CnnSettings(epochs=12, batch_size=8, lr=0.01, weight_decay=0.01, channels=[4, 8, 8], downsample=1)
 
 
 def _volumes(sides, rng):
@@ -62,7 +67,60 @@ def test_laterality_probes_read_volumes_of_the_splits_and_leave_undefined_out(tm
         np.save(tmp_path / f"s{i:02d}.npy", volume.astype(np.float32))
         rows.append({"subject": f"s{i:02d}", "split": "train" if i % 4 != i // 4 % 4 else "test", "laterality": side})
     splits = pd.DataFrame(rows)
-    result = laterality_probes(_HemisphereMax(), splits, tmp_path, seed=42)
+    result = laterality_probes(_HemisphereMax(), splits, tmp_path, seed=42, cnn=CNN)
     n_test = int(((splits["split"] == "test") & (splits["laterality"] != "undefined")).sum())
     for name in ("visual_tokens", "hemisphere_features"):
         assert result[name]["accuracy"] == 1.0 and result[name]["n_test"] == n_test, name
+    assert result["cnn_3d"]["n_test"] == n_test and result["cnn_3d"]["accuracy"] >= 0.8
+
+
+def _moving_volumes(sides, rng):
+    """Like `_volumes`, but each blob lies at a random place of its half, so no voxel alone gives the side;
+    the places of right blobs mirror those of left ones, so a mirrored volume is a plausible volume."""
+    out = []
+    for side in sides:
+        v = rng.uniform(0.0, 0.5, (8, 16, 16))
+        for wanted, start in (("left", "bilateral"), lambda w: w), (("right", "bilateral"), lambda w: 13 - w):
+            if side in wanted:
+                d, h, w = rng.integers(0, 6), rng.integers(0, 12), start(rng.integers(0, 5))
+                v[d:d + 3, h:h + 4, w:w + 3] = 1.0
+        out.append(v)
+    return out
+
+
+def test_cnn_reads_the_lesion_side_of_held_out_subjects():
+    rng = np.random.default_rng(3)
+    sides = ["left", "right", "bilateral", "none"] * 14
+    volumes = _moving_volumes(sides, rng)
+    result = cnn_probe(volumes[:40], sides[:40], volumes[40:], sides[40:], CNN, seed=42)
+    assert result["chance"] == pytest.approx(0.25) and (result["n_train"], result["n_test"]) == (40, 16)
+    assert result["accuracy"] >= 0.9  # at most one error: a model blind to the side scores 0.75 or less
+
+
+def test_cnn_on_labels_unrelated_to_the_volumes_is_near_chance():
+    rng = np.random.default_rng(4)
+    sides = ["left", "right", "bilateral", "none"] * 14
+    volumes = _moving_volumes(sides, rng)
+    labels = list(np.random.default_rng(5).permutation(sides))
+    result = cnn_probe(volumes[:40], labels[:40], volumes[40:], labels[40:], CNN, seed=42)
+    assert result["accuracy"] <= 0.5
+
+
+def test_cnn_is_mirror_consistent_and_seeded():
+    """Mirroring a volume swaps the left and right logits exactly (also untrained); a seed fixes the fit."""
+    torch.manual_seed(0)
+    model = LateralityCNN([4, 8, 8], downsample=2).eval()
+    x = torch.rand(3, 1, 8, 16, 15)  # an odd width: the middle column belongs to neither half
+    with torch.no_grad():
+        logits, mirrored = model(x), model(x.flip(-1))
+    torch.testing.assert_close(mirrored, logits[:, [1, 0, 2, 3]])
+    assert not torch.allclose(logits[:, 0], logits[:, 1])
+
+    rng = np.random.default_rng(6)
+    sides = ["left", "right", "bilateral", "none"] * 5
+    volumes = _moving_volumes(sides, rng)
+    short = CnnSettings(epochs=2, batch_size=8, lr=0.01, weight_decay=0.01, channels=[4, 8, 8], downsample=1)
+    runs = [train_cnn(volumes, sides, short, seed=s) for s in (7, 7, 8)]
+    weights = [torch.cat([p.flatten() for p in m.parameters()]) for m in runs]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert predict(runs[0], volumes, 8) == predict(runs[1], volumes, 8)

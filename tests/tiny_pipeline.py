@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stages as they name their MLflow runs (brain3d.stage.run's first argument).
-UPSTREAM = ("download", "preprocess", "split", "foundation", "phase1", "phase2a")
+UPSTREAM = ("download", "preprocess", "split", "corpus", "foundation", "phase1", "phase2a")
 STAGES = (*UPSTREAM, "phase2b", "generate@phase1", "generate@phase2a", "generate@phase2b",
           "generate@phase2b_shuffled", "baseline@medgemma_slices", "baseline@med3dvlm", "baseline@slices_ft",
           "evaluate", "lime")
@@ -39,7 +39,8 @@ def tiny_params(params: dict) -> dict:
     """Shrink the demo profile (and a few shared keys) so the DAG runs in minutes on 2 cores.
 
     16 phantom subjects, 4 per class (healthy, left, right, bilateral), split 2/1/1 per class so that
-    train, val and test all hold every laterality class; 16 x 32 x 32 volumes; one-layer stand-ins;
+    train, val and test all hold every laterality class; 16 x 32 x 32 volumes; an 8-subject pretraining
+    corpus; one-layer stand-ins;
     one epoch everywhere; short generations; few bootstrap resamples and LIME samples.
     """
     p = yaml.safe_load(yaml.safe_dump(params))  # deep copy
@@ -50,6 +51,7 @@ def tiny_params(params: dict) -> dict:
     p["split"]["fractions"] = [0.5, 0.25, 0.25]
     p["preprocess"].update(skull_strip="threshold", workers=2)
     demo["preprocess"]["shape"] = [16, 32, 32]
+    demo["corpus"].update(n_subjects=8, workers=2)
     f = demo["foundation"]
     f["tokenizer_vocab"] = 400
     f["siglip"] = {"hidden": 32, "intermediate": 64, "layers": 1, "text_layers": 1, "heads": 2, "patch": 8}
@@ -63,6 +65,7 @@ def tiny_params(params: dict) -> dict:
     demo["baselines"].update(n_slices=4, max_new_tokens=16)
     p["evaluate"]["n_resamples"] = 50
     p["lime"].update(per_class=1, n_segments=6, n_samples=8, batch_size=8, deletion_steps=3)
+    p["lime"]["cnn"].update(epochs=1)
     return p
 
 

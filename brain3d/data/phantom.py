@@ -20,6 +20,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import nibabel as nib
 import numpy as np
@@ -33,7 +34,7 @@ from brain3d.data.manifest import COLUMNS
 from brain3d.data.reports import healthy_report, laterality_from_report, tumour_report
 from brain3d.io import atomic_path, read_json, sha256_file, write_json
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: BraTS-sized whole tumours
 SIDES = ("left", "right", "bilateral", "undefined")
 ORIENTATIONS = ("RAS", "LPS", "LAS", "PIR", "oblique")
 LABELS = {"necrosis": 1, "edema": 2, "enhancing": 4}  # BraTS convention, 0 = background
@@ -56,6 +57,23 @@ _LOBE_SHARE = 0.15  # a lobe is involved when it holds this share of a hemispher
 _LOBE_MIN_ML = 0.5  # ... and at least this volume
 _COMPRESSION = 0.2  # relative loss of lateral-ventricle volume recorded as compression
 _GZIP_LEVEL = 1
+
+# Whole-tumour size (WT = labels 1 + 2 + 4) per tumour subject, in ml of the head frame (MNI mm; the random
+# pose then scales it by its determinant, 0.72-1.36, median 1). BraTS volumes are absolute ml (1 mm grid after
+# rigid alignment to SRI24), so the target is absolute ml too: 81 ml is 4.3 % of the 1883 ml MNI brain mask.
+# Source: WT label volumes of 74 BraTS 2020 training cases (a fixed 20 % split of the 369; 59 HGG, 15 LGG),
+# read from the released segmentations: median 81.3 ml, range 16.6-230.9 ml, HGG 10th / 90th percentiles
+# 33.2 / 170.7 ml. Model: a log-normal through that median with the log-SD of those percentiles
+# (ln(170.7 / 33.2) / 2.563 = 0.64), truncated to that range: median 78, quartiles 52 / 117, 10th / 90th
+# percentiles 36 / 160 ml. Third-party measurement, not a peer-reviewed table (README, "Design notes").
+_WT_MEDIAN_ML = 81.3  # before truncation
+_WT_LOG_SD = 0.64
+_WT_RANGE_ML = (16.6, 230.9)
+_BILATERAL_SHARE = (0.3, 0.7)  # a two-lesion bilateral tumour: the left lesion's share of the subject's WT
+# Drawn edema reach (mm) -> effective thickness of the edema shell (`_fit_size`): edema reaches only 0.3 of
+# it in grey matter and none into CSF or outside the brain. Calibrated on the drawn labels of a 500-subject
+# cohort (395 tumours): median drawn / target WT 1.0; cerebellar lesions stay smaller (the cerebellum is).
+_EDEMA_REACH = 0.6
 
 
 @dataclass(frozen=True)
@@ -224,19 +242,7 @@ def simulate_subject(spec: SubjectSpec, out_dir: Path) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.index]))
     head = _head()
     pose, pose_info = _random_pose(rng)
-    maps = {k: getattr(head, k) for k in ("gm", "wm", "csf", "vent")}
-    labels = np.zeros(head.shape, np.uint8)
-    lesions, boxes, shift = [], [], 0.0
-    if spec.cohort == "tumour":
-        lesions = _plan_lesions(spec.side, head, rng)
-        maps = {k: v.copy() for k, v in maps.items()}
-        shift = max(_mass_effect(les, head, maps, rng) for les in lesions)
-        boxes = [_grow_lesion(les, head, maps, labels, rng) for les in lesions]
-
-    contrast = tuple(float(c) for c in np.asarray(FLAIR_CONTRAST) * rng.uniform(0.95, 1.05, 3))
-    image = flair_like(maps["gm"], maps["wm"], maps["csf"], contrast)
-    for box in boxes:
-        _lesion_signal(image, labels, box, rng)
+    image, labels, maps, lesions, boxes, shift = _lesioned_brain(spec, head, rng)
     image = _skull_and_scalp(image, head, rng)
     image *= _bias_field(head, rng)
 
@@ -289,6 +295,58 @@ def simulate_subject(spec: SubjectSpec, out_dir: Path) -> dict:
         truth.update(_healthy_truth(), report=healthy_report(spec.subject))
     write_json(folder / "truth.json", truth)
     return truth
+
+
+def _lesioned_brain(
+    spec: SubjectSpec, head: _Head, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[_Lesion], list[tuple[slice, ...]], float]:
+    """The subject's brain on the head grid, before skull, pose and scanner: FLAIR-like image (float32),
+    BraTS labels (uint8), tissue maps after mass effect, lesions, their label boxes and the largest midline
+    shift (mm). Healthy subjects draw only their contrast."""
+    maps = {k: getattr(head, k) for k in ("gm", "wm", "csf", "vent")}
+    labels = np.zeros(head.shape, np.uint8)
+    lesions, boxes, shift = [], [], 0.0
+    if spec.cohort == "tumour":
+        lesions = _plan_lesions(spec.side, head, rng)
+        maps = {k: v.copy() for k, v in maps.items()}
+        shift = max(_mass_effect(les, head, maps, rng) for les in lesions)
+        boxes = [_grow_lesion(les, head, maps, labels, rng) for les in lesions]
+
+    contrast = tuple(float(c) for c in np.asarray(FLAIR_CONTRAST) * rng.uniform(0.95, 1.05, 3))
+    image = flair_like(maps["gm"], maps["wm"], maps["csf"], contrast)
+    for box in boxes:
+        _lesion_signal(image, labels, box, rng)
+    return image, labels, maps, lesions, boxes, shift
+
+
+def simulate_brain(spec: SubjectSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`simulate_subject` without skull, scalp, files or truth, for a pretraining corpus
+    (brain3d/data/corpus.py): (flair int16, seg uint8, brain mask bool, affine) on a scanner grid around the
+    brain.
+
+    Anatomy, lesions, pose, contrast, bias field and noise are the cohort's, and everything up to the skull is
+    drawn in the same order, so one spec gives the same brain and lesions through both paths. What is left out
+    is what preprocessing removes or only approximates: the skull and scalp (stripped), the storage axis order
+    (undone by canonical reorientation), anisotropic voxels, the NIfTI round trip and the registration (the
+    template brain mask travels through the known pose instead).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.index]))
+    head = _head()
+    pose, _ = _random_pose(rng)
+    image, labels, _, _, boxes, _ = _lesioned_brain(spec, head, rng)
+    image *= _bias_field(head, rng)
+    affine, shape = _brain_grid(head, pose, rng, spec.orientation)
+    to_template = np.linalg.inv(head.affine) @ np.linalg.inv(pose) @ affine
+    matrix, offset = to_template[:3, :3], to_template[:3, 3]
+    common = dict(output_shape=shape, mode="constant", cval=0, prefilter=False)
+    flair = ndi.affine_transform(image, matrix, offset, order=1, output=np.float32, **common)
+    brain = ndi.affine_transform(head.brain.view(np.uint8), matrix, offset, order=0, output=np.uint8,
+                                 **common)
+    seg = np.zeros(shape, np.uint8)
+    if boxes:  # every lesion voxel lies in the union of the lesion boxes
+        region = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        _sample_labels(seg, labels, region, to_template, head, pose, affine)
+    return _acquire(flair, rng)["data"], seg, brain > 0, affine
 
 
 def _reusable_truth(spec: SubjectSpec, folder: Path) -> dict | None:
@@ -403,17 +461,49 @@ def _bias_field(head: _Head, rng: np.random.Generator) -> np.ndarray:
 
 def _plan_lesions(side: str, head: _Head, rng: np.random.Generator) -> list[_Lesion]:
     """One lesion per hemisphere side; bilateral = one per side or one crossing the corpus callosum;
-    undefined = a small midline lesion (corpus callosum or vermis)."""
+    undefined = a small midline lesion (corpus callosum or vermis).
+
+    Left, right and bilateral subjects draw their whole-tumour volume from the BraTS-sized distribution
+    (`wt_volume_ml`; a two-lesion bilateral tumour splits it between the sides); the radius drawn here only
+    sets the core / edema proportion. Undefined-side lesions stay small: a large one would reach into a
+    hemisphere and its side could be named."""
     if side in ("left", "right"):
-        return [_lateral_lesion(side, head, rng, rng.uniform(7.5, 20.0))]
+        return [_lateral_lesion(side, head, rng, rng.uniform(7.5, 20.0), wt_volume_ml(rng))]
     if side == "bilateral":
+        volume = wt_volume_ml(rng)
         if rng.random() < 0.6:
-            return [_lateral_lesion(s, head, rng, rng.uniform(7.5, 17.0)) for s in ("left", "right")]
-        return [_midline_lesion("corpus callosum", head, rng, rng.uniform(12.0, 20.0), crossing=True)]
+            share = rng.uniform(*_BILATERAL_SHARE)
+            return [
+                _lateral_lesion(s, head, rng, rng.uniform(7.5, 17.0), volume * f)
+                for s, f in (("left", share), ("right", 1.0 - share))
+            ]
+        radius = rng.uniform(12.0, 20.0)
+        return [_midline_lesion("corpus callosum", head, rng, radius, crossing=True, volume_ml=volume)]
     if side == "undefined":
         site = "corpus callosum" if rng.random() < 0.5 else "vermis"
         return [_midline_lesion(site, head, rng, rng.uniform(7.5, 11.0), crossing=False)]
     raise ValueError(f"no lesion plan for side '{side}'")
+
+
+def wt_volume_ml(rng: np.random.Generator) -> float:
+    """One tumour subject's whole-tumour volume (ml): the BraTS 2020 log-normal truncated to its range
+    (inverse CDF of one uniform draw)."""
+    lo, hi = (NormalDist().cdf(math.log(v / _WT_MEDIAN_ML) / _WT_LOG_SD) for v in _WT_RANGE_ML)
+    return _WT_MEDIAN_ML * math.exp(_WT_LOG_SD * NormalDist().inv_cdf(rng.uniform(lo, hi)))
+
+
+def _fit_size(
+    volume_ml: float, radius: float, edema_mm: float, edema_cap: float = math.inf
+) -> tuple[float, float]:
+    """Core radius and edema reach (mm) scaled together so the whole tumour holds about `volume_ml`: a
+    sphere of radius core + _EDEMA_REACH x edema. A capped edema leaves the rest of the volume to the core."""
+    outer = (3000.0 * volume_ml / (4.0 * math.pi)) ** (1 / 3)
+    scale = outer / (radius + _EDEMA_REACH * edema_mm)
+    radius, edema_mm = radius * scale, edema_mm * scale
+    if edema_mm > edema_cap:
+        edema_mm = edema_cap
+        radius = outer - _EDEMA_REACH * edema_cap
+    return radius, edema_mm
 
 
 def _unit_volume(axes: np.ndarray) -> np.ndarray:
@@ -427,13 +517,16 @@ def _lesion_kind(rng: np.random.Generator) -> tuple[str, float, float]:
     return kind, rng.uniform(2.5, 6.0), edema
 
 
-def _lateral_lesion(side: str, head: _Head, rng: np.random.Generator, radius: float) -> _Lesion:
+def _lateral_lesion(
+    side: str, head: _Head, rng: np.random.Generator, radius: float, volume_ml: float
+) -> _Lesion:
     hemi = 1 if side == "left" else 2
     names = list(_LOBE_WEIGHTS)
     lobe = names[rng.choice(len(names), p=np.array(list(_LOBE_WEIGHTS.values())))]
     axes = _unit_volume(rng.uniform(0.8, 1.25, 3))
     rotation = _rotation(rng.normal(size=3), rng.uniform(0, 180))
     kind, rim, edema = _lesion_kind(rng)
+    radius, edema = _fit_size(volume_ml, radius, edema)
     x = np.abs(head.x)[:, None, None]
     for attempt in range(12):
         if attempt == 6:
@@ -454,8 +547,15 @@ def _lateral_lesion(side: str, head: _Head, rng: np.random.Generator, radius: fl
 
 
 def _midline_lesion(
-    site: str, head: _Head, rng: np.random.Generator, radius: float, crossing: bool
+    site: str,
+    head: _Head,
+    rng: np.random.Generator,
+    radius: float,
+    crossing: bool,
+    volume_ml: float | None = None,
 ) -> _Lesion:
+    """A lesion centred on the midline; `volume_ml` (a bilateral crossing tumour) sizes it, else the drawn
+    radius stands (small undefined-side lesions)."""
     x, y, z = head.x[:, None, None], head.y[None, :, None], head.z[None, None, :]
     if site == "vermis":
         ok = (
@@ -478,7 +578,10 @@ def _midline_lesion(
     axes = _unit_volume(stretch)
     rotation = _rotation(np.array([0.0, 0.0, 1.0]), rng.uniform(-15, 15))  # keeps the long axis in place
     kind, rim, edema = _lesion_kind(rng)
-    edema = min(edema, rng.uniform(8.0, 20.0) if crossing else rng.uniform(3.0, 8.0))
+    cap = rng.uniform(8.0, 20.0) if crossing else rng.uniform(3.0, 8.0)
+    edema = min(edema, cap)
+    if volume_ml is not None:
+        radius, edema = _fit_size(volume_ml, radius, edema, cap)
     centre = _random_voxel(ok, head, rng)
     if centre is None:
         raise RuntimeError(f"no midline voxel for a {site} lesion")
@@ -848,6 +951,36 @@ def _storage_grid(
         "affine": [_round(r, 6) for r in affine],
     }
     return affine, shape, storage
+
+
+_BRAIN_VOXEL_MM = (2.0, 3.0)  # `_brain_grid`'s voxel size (mm), finer than the demo grid's 2.7-5.7 mm spacing
+
+
+def _brain_grid(
+    head: _Head, pose: np.ndarray, rng: np.random.Generator, orientation: str | None
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """`_storage_grid` for a brain without a head (`simulate_brain`): oblique as often as in the cohort, else
+    world-aligned (the other axis orders give the same grid after canonical reorientation); isotropic
+    `_BRAIN_VOXEL_MM` voxels (the cohort's 1-4.5 mm ones finer than the standardised grid only cost time);
+    field of view the posed brain's box plus 2-8 mm of air."""
+    kind = orientation or str(rng.choice(ORIENTATIONS))
+    if kind not in ORIENTATIONS:
+        raise ValueError(f"unknown orientation '{kind}', expected one of {ORIENTATIONS}")
+    directions = _rotation(rng.normal(size=3), rng.uniform(5.0, 20.0)) if kind == "oblique" else np.eye(3)
+    voxel = rng.uniform(*_BRAIN_VOXEL_MM)
+    box = ndi.find_objects(head.brain.view(np.uint8))[0]
+    lo = np.array([c[b.start] for c, b in zip((head.x, head.y, head.z), box)]) - rng.uniform(2, 8, 3)
+    hi = np.array([c[b.stop - 1] for c, b in zip((head.x, head.y, head.z), box)]) + rng.uniform(2, 8, 3)
+    corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    world = corners @ pose[:3, :3].T + pose[:3, 3]
+    linear = directions * voxel
+    ijk = world @ np.linalg.inv(linear).T
+    start = ijk.min(axis=0)
+    shape = tuple(int(n) for n in np.ceil(ijk.max(axis=0) - start) + 1)
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = linear @ start
+    return affine, shape
 
 
 def _sample_labels(

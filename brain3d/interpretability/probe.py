@@ -3,16 +3,21 @@
 A linear probe (standardised features, multinomial logistic regression, its strength chosen by up to
 5-fold cross-validation on the training split only) predicts the laterality class (left / right / bilateral
 / none) of each test subject from its K visual tokens. The same probe on two intensity-asymmetry features
-per hemisphere is the reference for what the images show without any learning.
+per hemisphere is the reference for what the images show without any learning, and a small supervised 3D
+CNN trained on the same training subjects (cnn_probe.py) is the ceiling: what the data allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from brain3d.interpretability.cnn_probe import CnnSettings
 
 #: Laterality classes the probe predicts: those a report states, and healthy ("none"); "undefined" is left out.
 CLASSES = ("left", "right", "bilateral", "none")
@@ -43,22 +48,34 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
     probe = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=folds,
                                                                  max_iter=5000, random_state=seed))
     probe.fit(np.asarray(train_x).reshape(len(train_y), -1), train_y)
-    predicted = probe.predict(np.asarray(test_x).reshape(len(test_y), -1))
-    return {"accuracy": float((predicted == test_y).mean()),
+    return probe_result(probe.predict(np.asarray(test_x).reshape(len(test_y), -1)), train_y, test_y)
+
+
+def probe_result(predicted: Sequence[str], train_y: Sequence[str], test_y: Sequence[str]) -> dict:
+    """Test accuracy, and as chance the test share of the most frequent training class."""
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    values, counts = np.unique(train_y, return_counts=True)
+    return {"accuracy": float((np.asarray(predicted) == test_y).mean()),
             "chance": float((test_y == values[counts.argmax()]).mean()),
             "n_train": int(len(train_y)), "n_test": int(len(test_y))}
 
 
-def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, seed: int) -> dict:
+def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, seed: int, cnn: CnnSettings,
+                      device: str = "cpu", log: Callable[[dict, int], None] | None = None) -> dict:
     """Probe accuracy (train split -> test split) from the visual tokens of `visual` and, for reference, from
-    `hemisphere_features`. `splits` has subject, split and laterality columns."""
+    `hemisphere_features` and from a supervised 3D CNN (`cnn_probe`, trained on `device`; `log` gets its
+    training loss and seconds). `splits` has subject, split and laterality columns."""
+    from brain3d.interpretability.cnn_probe import cnn_probe
     from brain3d.training.phases import visual_tokens
 
     data = {}
     for split in ("train", "test"):
         rows = splits[(splits["split"] == split) & splits["laterality"].isin(CLASSES)]
         volumes = [np.load(Path(volumes_dir) / f"{sid}.npy") for sid in rows["subject"]]
-        data[split] = visual_tokens(visual, volumes).numpy(), hemisphere_features(volumes), rows["laterality"].tolist()
-    (tok_tr, hem_tr, y_tr), (tok_te, hem_te, y_te) = data["train"], data["test"]
-    return {"visual_tokens": linear_probe(tok_tr, y_tr, tok_te, y_te, seed),
-            "hemisphere_features": linear_probe(hem_tr, y_tr, hem_te, y_te, seed)}
+        data[split] = volumes, rows["laterality"].tolist()
+    (vol_tr, y_tr), (vol_te, y_te) = data["train"], data["test"]
+    return {"visual_tokens": linear_probe(visual_tokens(visual, vol_tr).numpy(), y_tr,
+                                          visual_tokens(visual, vol_te).numpy(), y_te, seed),
+            "hemisphere_features": linear_probe(hemisphere_features(vol_tr), y_tr,
+                                                hemisphere_features(vol_te), y_te, seed),
+            "cnn_3d": cnn_probe(vol_tr, y_tr, vol_te, y_te, cnn, seed, device, log)}

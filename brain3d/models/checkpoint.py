@@ -47,7 +47,9 @@ def read_card(model_dir: str | Path) -> dict:
             card[key] = str((model_dir / card[key]).resolve())
     for key in ("vision", "lm"):
         card["backbones"][key] = str((model_dir / card["backbones"][key]).resolve())
-    m = card["model"]
+    # The one backward-compatible read: a card written before `model.inflation` existed was trained with the
+    # paper's RGB-averaged inflation, so it loads as "mean"; every other key must be on the card.
+    m = {"inflation": "mean", **card["model"]}
     card["model_config"] = ModelConfig(**{**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])})
     return card
 

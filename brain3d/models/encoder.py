@@ -1,9 +1,15 @@
 """The 3D vision encoder: a pretrained 2D SigLIP vision transformer inflated to volumes (SPEC §4).
 
-Patch embedding Conv2d(3->C, k=p, s=p) becomes Conv3d(1->C, k=(kd,p,p), s=(sd,p,p), pad=(pd,0,0)): the
-RGB channels are averaged (as the paper does: a grey input then gives one third of the response of the
-same grey image replicated to RGB) and the kernel is replicated over depth and divided by kd (so the
-depth replication keeps the activation scale). Positions are decomposed,
+Patch embedding Conv2d(3->C, k=p, s=p) becomes Conv3d(1->C, k=(kd,p,p), s=(sd,p,p), pad=(pd,0,0)). The RGB
+kernels W (C, 3, p, p) become one grey kernel by `model.inflation`:
+- `mean` (the paper's): mean_c(W) / kd replicated over the kd depth frames. A grey volume then gives one
+  third of the patch response the 2D model saw for the same grey image replicated to RGB, so the position
+  embeddings dominate the tokens.
+- `sum`: sum_c(W) / kd replicated: a volume constant in depth gives exactly the 2D response to its grey
+  slice replicated to RGB (the scale the 2D model was pretrained at).
+- `center` (the model card's centre-frame initialisation): sum_c(W) at frame kd // 2, zeros elsewhere:
+  every token starts as the 2D response to one slice (RGB-replicated), whatever its neighbours hold.
+Positions are decomposed,
 P3D(z, y, x) = P_depth(z) (learnable, zero at start) + P_spatial(y, x) (the pretrained 2D grid,
 interpolated to the volume's in-plane grid and broadcast over depth).
 """
@@ -34,18 +40,33 @@ def token_grid(volume_shape: tuple[int, int, int], patch: int, kd: int, depth_st
     return ((d + 2 * depth_pad - kd) // depth_stride + 1, h // patch, w // patch)
 
 
+INFLATIONS = ("mean", "sum", "center")
+
+
+def inflate_kernel(w2d: torch.Tensor, kd: int, inflation: str) -> torch.Tensor:
+    """(C, 3, p, q) RGB patch kernel -> (C, 1, kd, p, q) grey depth kernel; `inflation` as in the module doc."""
+    if inflation not in INFLATIONS:
+        raise ValueError(f"model.inflation must be one of {', '.join(INFLATIONS)}, not {inflation!r}")
+    grey = w2d.mean(dim=1, keepdim=True) if inflation == "mean" else w2d.sum(dim=1, keepdim=True)  # (C, 1, p, q)
+    if inflation == "center":
+        w3d = torch.zeros_like(grey).unsqueeze(2).repeat(1, 1, kd, 1, 1)  # (C, 1, kd, p, q)
+        w3d[:, :, kd // 2] = grey
+        return w3d
+    return grey.unsqueeze(2).repeat(1, 1, kd, 1, 1) / kd  # (C, 1, kd, p, q)
+
+
 class InflatedPatchEmbed(nn.Module):
     """Conv3d patch embedding inflated from a pretrained Conv2d. (B, 1, D, H, W) -> (B, C, D', h, w).
-    `kd`, `depth_stride`, `depth_pad`: the `model` params."""
+    `kd`, `depth_stride`, `depth_pad`, `inflation`: the `model` params."""
 
-    def __init__(self, conv2d: nn.Conv2d, *, kd: int, depth_stride: int, depth_pad: int):
+    def __init__(self, conv2d: nn.Conv2d, *, kd: int, depth_stride: int, depth_pad: int, inflation: str):
         super().__init__()
         c_out, _, p, q = conv2d.weight.shape
+        w3d = inflate_kernel(conv2d.weight.detach(), kd, inflation)  # before building: a bad name fails first
         self.proj = nn.Conv3d(1, c_out, kernel_size=(kd, p, q), stride=(depth_stride, p, q),
                               padding=(depth_pad, 0, 0), bias=conv2d.bias is not None)
         with torch.no_grad():
-            w2d = conv2d.weight.mean(dim=1, keepdim=True)  # (C, 1, p, q): RGB averaged
-            self.proj.weight.copy_(w2d.unsqueeze(2).repeat(1, 1, kd, 1, 1) / kd)  # (C, 1, kd, p, q)
+            self.proj.weight.copy_(w3d)
             if conv2d.bias is not None:
                 self.proj.bias.copy_(conv2d.bias)
 
@@ -77,19 +98,20 @@ class VolumeEncoder(nn.Module):
     """Inflated SigLIP: (B, 1, D, H, W) in [0, 1] -> tokens (B, D'*h*w, C) in z-major order.
 
     Slices are fed in the radiological view (`brain3d.data.views`), so token column 0 is the subject's
-    right; laterality is a property of the token grid either way. `kd`, `depth_stride`, `depth_pad`: the
-    `model` params (no defaults: `ModelConfig` carries them).
+    right; laterality is a property of the token grid either way. `kd`, `depth_stride`, `depth_pad`,
+    `inflation`: the `model` params (no defaults: `ModelConfig` carries them).
     """
 
     def __init__(self, vision: nn.Module, volume_shape: tuple[int, int, int], *, kd: int, depth_stride: int,
-                 depth_pad: int):
+                 depth_pad: int, inflation: str):
         super().__init__()
         vt = vision_transformer(vision)
         conv = vt.embeddings.patch_embedding
         self.patch_size = conv.kernel_size[0]
         self.grid = token_grid(volume_shape, self.patch_size, kd, depth_stride, depth_pad)
         self.volume_shape = tuple(volume_shape)
-        self.patch_embed = InflatedPatchEmbed(conv, kd=kd, depth_stride=depth_stride, depth_pad=depth_pad)
+        self.patch_embed = InflatedPatchEmbed(conv, kd=kd, depth_stride=depth_stride, depth_pad=depth_pad,
+                                              inflation=inflation)
         self.pos = PositionalEmbedding3D(vt.embeddings.position_embedding.weight, self.grid)
         self.encoder = vt.encoder
         self.post_layernorm = vt.post_layernorm

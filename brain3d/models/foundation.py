@@ -1,9 +1,11 @@
-"""Demo stand-in backbones, trained by the pipeline itself from the TRAIN split and saved in the same
-Hugging Face formats as the real ones, so that every later stage runs the paper's code path unchanged:
+"""Demo stand-in backbones, trained by the pipeline itself from the TRAIN split (and, for SigLIP, a
+pretraining corpus) and saved in the same Hugging Face formats as the real ones, so that every later stage
+runs the paper's code path unchanged:
 
 - a Gemma-style tokenizer (byte-fallback BPE with Gemma's special tokens) trained on the reports;
 - a SigLIP image-text model (`SiglipModel`) trained on 2D axial slices with slice-level captions
-  (image-to-caption contrastive loss), standing in for MedSigLIP-448;
+  (image-to-caption contrastive loss), standing in for MedSigLIP-448: the slices of the TRAIN split and of
+  extra phantom subjects in no split (brain3d/data/corpus.py), as MedSigLIP was pretrained on a corpus;
 - a Gemma 3 multimodal model (`Gemma3ForConditionalGeneration` + `Gemma3Processor`), its vision tower
   copied from the SigLIP stand-in (as MedGemma's is MedSigLIP), its language model pretrained on the
   training reports, standing in for MedGemma-1.5-4B-IT.

@@ -28,6 +28,7 @@ class ModelConfig:
     kd: int
     depth_stride: int
     depth_pad: int
+    inflation: str  # mean (the paper's) | sum | center: brain3d/models/encoder.py
     compressor: str
     n_tokens: int
     grid: tuple[int, int, int]
@@ -69,7 +70,7 @@ class VisualTokenizer(nn.Module):
     def __init__(self, vision: nn.Module, cfg: ModelConfig):
         super().__init__()
         self.encoder = VolumeEncoder(vision, cfg.volume_shape, kd=cfg.kd, depth_stride=cfg.depth_stride,
-                                     depth_pad=cfg.depth_pad)
+                                     depth_pad=cfg.depth_pad, inflation=cfg.inflation)
         self.compressor = build_compressor(cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid)
 
     @property

@@ -79,6 +79,9 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
         tracker: Tracker | None = None, desc: str = "train", progress: bool = True) -> FitResult:
     """Train `model` (only parameters with requires_grad), keeping the best epoch by validation loss.
 
+    `loss_fn` returns the loss, or (loss, parts): a dict of named scalar terms of it, averaged per epoch
+    into the history (and MLflow) as train_<name> and val_<name>; early stopping reads the loss itself.
+
     `state_dir` holds last.safetensors, best.safetensors, optimizer.pt and state.json; calling `fit` again
     with the same state_dir resumes after the last completed epoch. On return the model holds the best
     weights.
@@ -119,12 +122,12 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
         torch.manual_seed(cfg.seed + 1000 * epoch + accelerator.process_index)
         train_loader.set_epoch(epoch)
         model.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
+        t0, total, count, parts = time.perf_counter(), 0.0, 0, {}
         bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not (progress and main),
                    leave=False)
         for batch in bar:
             with accelerator.accumulate(model):
-                loss = loss_fn(model, batch)
+                loss, batch_parts = _split(loss_fn(model, batch))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
@@ -136,16 +139,21 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
                 optimizer.zero_grad()
             total += float(loss.detach())
             count += 1
+            for k, v in batch_parts.items():
+                parts[k] = parts.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{total / count:.4f}")
         train_loss = float(accelerator.reduce(torch.tensor(total / max(count, 1), device=accelerator.device),
                                               "mean"))
-        val_loss = evaluate_loss(model, loss_fn, val_loader, accelerator)
+        val_loss, val_parts = evaluate_loss(model, loss_fn, val_loader, accelerator, with_parts=True)
         improved = val_loss < state["best_val"] - 1e-6
         state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:
             state.update(best_val=val_loss, best_epoch=epoch)
         # the history becomes a DVC plot: no wall time in it (it goes to MLflow only)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               "lr": optimizer.param_groups[0]["lr"],
+               **{f"train_{k}": _mean(accelerator, v, count) for k, v in parts.items()},
+               **{f"val_{k}": v for k, v in val_parts.items()}}
         state["history"].append(row)
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
         if main:
@@ -167,12 +175,26 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
     return FitResult(state["history"], state["best_epoch"], state["best_val"], stopped)
 
 
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, loss_fn, loader: DataLoader, accelerator) -> float:
-    """Mean validation loss over batches, averaged over processes."""
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        total += float(loss_fn(model, batch))
-        count += 1
+def _split(out) -> tuple[torch.Tensor, dict]:
+    """A loss_fn result as (loss, named parts)."""
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def _mean(accelerator, total: float, count: int) -> float:
+    """Per-batch mean of a summed value, averaged over processes."""
     return float(accelerator.reduce(torch.tensor(total / max(count, 1), device=accelerator.device), "mean"))
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loss_fn, loader: DataLoader, accelerator, with_parts: bool = False):
+    """Mean validation loss over batches, averaged over processes (and, with_parts, the means of its parts)."""
+    model.eval()
+    total, count, parts = 0.0, 0, {}
+    for batch in loader:
+        loss, batch_parts = _split(loss_fn(model, batch))
+        total += float(loss)
+        count += 1
+        for k, v in batch_parts.items():
+            parts[k] = parts.get(k, 0.0) + float(v)
+    loss = _mean(accelerator, total, count)
+    return (loss, {k: _mean(accelerator, v, count) for k, v in parts.items()}) if with_parts else loss

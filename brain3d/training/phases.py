@@ -1,7 +1,9 @@
 """The staged training of SPEC §5.
 
 phase 1  contrastive grounding: volume encoder (+ projection head) against frozen LM text embeddings
-         (last hidden state mean-pooled over the report tokens), symmetric InfoNCE.
+         (last hidden state mean-pooled over the report tokens), symmetric InfoNCE; with
+         `phase1.findings_weight` > 0 also findings-grounded: a findings head over the K visual tokens predicts
+         what the report asserts (presence, side, anatomy, pathology; `brain3d.data.findings`).
 phase 2A projector warm-up: projector + vis_scale, masked next-token CE on the report tokens.
 phase 2B linguistic LoRA: projector + LoRA on the LM's q/k/v/o (language model only), same loss.
 The encoder is frozen in phase 2, so its K tokens per volume are computed once and cached.
@@ -15,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from brain3d import io
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
+from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
 from brain3d.data.reports import swap_laterality
 from brain3d.models.backbones import LanguageModel
 from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
@@ -56,16 +60,60 @@ def mirror(volume: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- phase 1
-class ContrastiveModel(nn.Module):
-    """Visual tokenizer + projection head: volume -> image embedding in the LM's hidden space."""
+class FindingsHead(nn.Module):
+    """(B, K, Cv) visual tokens -> findings logits, reading each token at its position: a linear layer over the
+    flattened, per-token normalised tokens (no mean over K, which would average left and right away)."""
 
-    def __init__(self, visual: VisualTokenizer, text_dim: int):
+    SIZES = {"presence": 1, "side": len(SIDES), "anatomy": len(ANATOMY), "pathology": len(PATHOLOGY)}
+
+    def __init__(self, n_tokens: int, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(n_tokens * width, sum(self.SIZES.values()))
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.linear(self.norm(tokens).flatten(1))  # (B, K, Cv) -> (B, K*Cv) -> (B, 19)
+        return dict(zip(self.SIZES, logits.split(list(self.SIZES.values()), dim=1)))
+
+
+class ContrastiveModel(nn.Module):
+    """Visual tokenizer + projection head: volume -> image embedding in the LM's hidden space, and with
+    `findings` a findings head over the same tokens."""
+
+    def __init__(self, visual: VisualTokenizer, text_dim: int, findings: bool = False):
         super().__init__()
         self.visual = visual
         self.head = nn.Linear(visual.width, text_dim)
+        self.findings = FindingsHead(visual.compressor.n_tokens, visual.width) if findings else None
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual(volume).mean(dim=1))  # (B, K, Cv) -> (B, E)
+    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """(B, E) image embedding, and the findings logits (None without a findings head)."""
+        tokens = self.visual(volume)  # (B, K, Cv)
+        embedding = self.head(tokens.mean(dim=1))  # (B, E)
+        return embedding, (self.findings(tokens) if self.findings is not None else None)
+
+
+def findings_tensors(reports: list[str]) -> dict[str, torch.Tensor]:
+    """Stacked findings targets of reports: presence (N,), side (N,) long, anatomy (N, 7), pathology (N, 7)."""
+    rows = [findings_targets(r) for r in reports]
+
+    def multi_hot(field: str, n: int) -> torch.Tensor:
+        return torch.tensor([getattr(f, field) for f in rows], dtype=torch.float32).reshape(len(rows), n)
+
+    return {"presence": torch.tensor([float(f.presence) for f in rows]),
+            "side": torch.tensor([f.side for f in rows], dtype=torch.long),
+            "anatomy": multi_hot("anatomy", len(ANATOMY)), "pathology": multi_hot("pathology", len(PATHOLOGY))}
+
+
+def findings_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-term findings losses: CE over side (undefined side masked out; 0 when a batch has none), BCE over
+    presence, anatomy and pathology (means over the batch)."""
+    side_ok = targets["side"] != UNDEFINED_SIDE
+    side = F.cross_entropy(logits["side"], targets["side"], ignore_index=UNDEFINED_SIDE, reduction="sum")
+    return {"side": side / side_ok.sum().clamp(min=1),
+            "presence": F.binary_cross_entropy_with_logits(logits["presence"][:, 0], targets["presence"]),
+            "anatomy": F.binary_cross_entropy_with_logits(logits["anatomy"], targets["anatomy"]),
+            "pathology": F.binary_cross_entropy_with_logits(logits["pathology"], targets["pathology"])}
 
 
 @torch.no_grad()
@@ -89,8 +137,13 @@ def text_embeddings(lm: LanguageModel, reports: list[str], batch_size: int = 16)
 
 
 class _Phase1Data(Dataset):
-    def __init__(self, cohort: Cohort, text: torch.Tensor, flip_text: torch.Tensor | None):
-        self.cohort, self.text, self.flip_text = cohort, text, flip_text
+    """(volume, text embedding) pairs, plus the report's findings targets when `findings` is given. A flipped
+    sample (`flip_text`, p = 0.5) is the mirrored volume with the side-swapped report: its text embedding and
+    its side target (left <-> right) swap with the image; anatomy and pathology stay."""
+
+    def __init__(self, cohort: Cohort, text: torch.Tensor, flip_text: torch.Tensor | None,
+                 findings: dict[str, torch.Tensor] | None = None):
+        self.cohort, self.text, self.flip_text, self.findings = cohort, text, flip_text, findings
         self.volumes = [torch.from_numpy(cohort.volume(i)) for i in range(len(cohort))]
 
     def __len__(self) -> int:
@@ -98,33 +151,63 @@ class _Phase1Data(Dataset):
 
     def __getitem__(self, i: int):
         volume, text = self.volumes[i], self.text[i]
-        if self.flip_text is not None and torch.rand(()) < 0.5:
+        flipped = self.flip_text is not None and bool(torch.rand(()) < 0.5)
+        if flipped:
             volume, text = mirror(volume), self.flip_text[i]
-        return volume[None], text
+        if self.findings is None:
+            return volume[None], text
+        targets = {k: v[i] for k, v in self.findings.items()}
+        if flipped:
+            targets["side"] = torch.tensor(mirror_side(int(targets["side"])))
+        return volume[None], text, targets
 
 
 def _collate_phase1(items):
-    volumes, texts = zip(*items)
-    return torch.stack(volumes), torch.stack(texts)
+    volumes, texts, *targets = zip(*items)
+    batch = (torch.stack(volumes), torch.stack(texts))
+    if targets:
+        batch += ({k: torch.stack([t[k] for t in targets[0]]) for k in targets[0][0]},)
+    return batch
+
+
+def phase1_loss(infonce: InfoNCE, findings_weight: float):
+    """The phase-1 loss_fn: InfoNCE, plus findings_weight x (side CE + presence, anatomy, pathology BCE) with
+    each term returned as a named part (logged per epoch, train_/val_<term>). The total is what early stopping
+    reads on the validation split. With weight 0 it is plain InfoNCE (a single tensor, as the paper's)."""
+
+    def loss_fn(m, batch):
+        if findings_weight == 0:
+            volume, text = batch
+            return infonce(m(volume)[0], text)
+        volume, text, targets = batch
+        image, logits = m(volume)
+        contrastive = infonce(image, text)
+        terms = findings_loss(logits, targets)
+        total = contrastive + findings_weight * sum(terms.values())
+        parts = {"infonce": contrastive.detach(), **{f"findings_{k}": v.detach() for k, v in terms.items()}}
+        return total, parts
+
+    return loss_fn
 
 
 def train_phase1(visual: VisualTokenizer, lm: LanguageModel, train: Cohort, val: Cohort, cfg: TrainConfig, *,
-                 temperature: float, laterality_flip: bool, state_dir: Path, tracker=None) -> tuple[ContrastiveModel, FitResult]:
-    """Contrastive grounding of the visual tokenizer; the LM stays frozen (its text embeddings are cached)."""
+                 temperature: float, laterality_flip: bool, findings_weight: float, state_dir: Path, tracker=None
+                 ) -> tuple[ContrastiveModel, FitResult]:
+    """Contrastive (and, with findings_weight > 0, findings-grounded) training of the visual tokenizer; the LM
+    stays frozen (its text embeddings are cached)."""
     if cfg.batch_size < 2:
         raise ValueError("phase1.batch_size must be >= 2: InfoNCE over one sample is identically zero")
+    if findings_weight < 0:
+        raise ValueError(f"phase1.findings_weight must be >= 0, got {findings_weight}")
     lm.full.to("cpu" if not torch.cuda.is_available() else "cuda")
     data = {}
     for name, cohort in (("train", train), ("val", val)):
         text = text_embeddings(lm, cohort.reports)
         flipped = text_embeddings(lm, [swap_laterality(r) for r in cohort.reports]) if laterality_flip else None
-        data[name] = _Phase1Data(cohort, text, flipped if name == "train" else None)
-    model = ContrastiveModel(visual, lm.hidden_size)
-    loss = InfoNCE(temperature)
-
-    def loss_fn(m, batch):
-        volume, text = batch
-        return loss(m(volume), text)
+        targets = findings_tensors(cohort.reports) if findings_weight > 0 else None
+        data[name] = _Phase1Data(cohort, text, flipped if name == "train" else None, targets)
+    model = ContrastiveModel(visual, lm.hidden_size, findings=findings_weight > 0)
+    loss_fn = phase1_loss(InfoNCE(temperature), findings_weight)
 
     params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     result = fit(model, params, loss_fn, data["train"], data["val"], _collate_phase1, cfg, state_dir=state_dir,

@@ -1,0 +1,166 @@
+"""Findings-grounded phase 1: the report -> findings targets (negation-aware, from text only), the side target
+that swaps with the mirrored volume, the paper's loss at findings_weight 0, and a side head that learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
+from brain3d.data.reports import HEALTHY_TEMPLATES, swap_laterality
+from brain3d.training import phases
+from brain3d.training.losses import InfoNCE
+
+TEMPERATURE = 0.07  # a test value (the pipeline's is phase1.temperature)
+LEFT, RIGHT, BILATERAL, NONE = (SIDES.index(s) for s in ("left", "right", "bilateral", "none"))
+
+
+def _named(values: tuple[int, ...], keywords: tuple[str, ...]) -> set[str]:
+    return {k for k, v in zip(keywords, values) if v}
+
+
+def test_targets_follow_what_the_report_asserts():
+    f = findings_targets("A mass is seen in the left frontal lobe with surrounding edema. No necrosis is seen. "
+                         "There is no obvious enhancement.")
+    assert (f.presence, f.side) == (1, LEFT)
+    assert _named(f.pathology, PATHOLOGY) == {"mass", "edema"}  # necrosis and enhancement are negated
+    assert _named(f.anatomy, ANATOMY) == {"frontal"}
+    # a negated side is no side: only the asserted one counts
+    assert findings_targets("No lesion in the right hemisphere. A lesion is present in the left temporal lobe."
+                            ).side == LEFT
+    assert findings_targets("Bilateral lesion in the parietal lobes with edema.").side == BILATERAL
+    assert findings_targets("Lesions are seen in both hemispheres, in the left frontal lobe and in the right "
+                            "occipital lobe, with edema.").side == BILATERAL
+    assert findings_targets("A lesion is seen in the midline at the corpus callosum.").side == UNDEFINED_SIDE
+
+
+@pytest.mark.parametrize("report", HEALTHY_TEMPLATES)
+def test_a_healthy_report_is_absent_with_no_side(report):
+    f = findings_targets(report)
+    assert (f.presence, f.side) == (0, NONE)
+    assert not any(f.pathology) and not any(f.anatomy)
+
+
+@pytest.mark.parametrize("report", ["A mass in the left frontal lobe.", "A lesion in the Right parietal lobe.",
+                                    "Bilateral lesion with edema.", "A lesion in the corpus callosum.",
+                                    HEALTHY_TEMPLATES[0]])
+def test_mirroring_swaps_the_side_target_as_the_report_swap_does(report):
+    assert mirror_side(findings_targets(report).side) == findings_targets(swap_laterality(report)).side
+
+
+def _blob_volume(side: str | None, rng: np.random.Generator, shape=(8, 32, 32)) -> np.ndarray:
+    """A dim 'brain' with a bright blob in the left (low W) or right (high W) half, or none."""
+    v = np.zeros(shape, np.float32)
+    v[1:-1, 4:-4, 4:-4] = 0.3 + 0.05 * rng.standard_normal((shape[0] - 2, shape[1] - 8, shape[2] - 8))
+    if side is not None:  # a 4 x 8 x 8 blob, wholly inside its half
+        z, y, x = int(rng.integers(1, shape[0] - 5)), int(rng.integers(4, shape[1] - 12)), int(rng.integers(4, 8))
+        x = x if side == "left" else shape[2] - x - 8
+        v[z:z + 4, y:y + 8, x:x + 8] = 1.0
+    return v
+
+
+REPORTS = {"left": "A lesion with edema is seen in the left frontal lobe.",
+           "right": "A lesion with edema is seen in the right frontal lobe.",
+           None: HEALTHY_TEMPLATES[0]}
+
+
+def _cohort(tmp_path, name: str, sides: list, seed: int) -> phases.Cohort:
+    rng = np.random.default_rng(seed)
+    folder = tmp_path / name
+    folder.mkdir()
+    subjects = [f"{name}{i:03d}" for i in range(len(sides))]
+    for sid, side in zip(subjects, sides):
+        np.save(folder / f"{sid}.npy", _blob_volume(side, rng))
+    return phases.Cohort(subjects, [REPORTS[s] for s in sides], folder)
+
+
+def test_a_flipped_sample_mirrors_volume_text_and_side_together(tmp_path):
+    cohort = _cohort(tmp_path, "flip", ["left", "right", None], seed=0)
+    text, flip_text = torch.zeros(3, 4), torch.ones(3, 4)
+    targets = phases.findings_tensors(cohort.reports)
+    data = phases._Phase1Data(cohort, text, flip_text, targets)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(20):
+        for i in range(len(cohort)):
+            volume, t, target = data[i]
+            flipped = bool(t[0] == 1)
+            original = torch.from_numpy(cohort.volume(i))
+            assert torch.equal(volume[0], phases.mirror(original) if flipped else original)
+            want = mirror_side(int(targets["side"][i])) if flipped else int(targets["side"][i])
+            assert int(target["side"]) == want
+            assert torch.equal(target["pathology"], targets["pathology"][i])
+            seen.add((i, flipped))
+    assert len(seen) == 6  # both outcomes happened for every sample
+    # the flip draws the same random numbers with or without findings targets (weight 0 keeps the paper's RNG)
+    plain = phases._Phase1Data(cohort, text, flip_text)
+    torch.manual_seed(3)
+    a = [float(data[i][1][0]) for i in range(3) for _ in range(5)]
+    torch.manual_seed(3)
+    b = [float(plain[i][1][0]) for i in range(3) for _ in range(5)]
+    assert a == b
+
+
+class _Tokens(torch.nn.Module):
+    """A stand-in visual tokenizer: (B, 1, D, H, W) -> (B, K=4, Cv=6), position-dependent."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 6)
+        self.compressor = type("C", (), {"n_tokens": 4})()
+        self.width = 6
+
+    def forward(self, volume):
+        cells = torch.nn.functional.adaptive_avg_pool3d(volume, (4, 2, 2))  # (B, 1, 4, 2, 2)
+        return self.proj(cells.reshape(volume.shape[0], 4, 4))  # (B, 4, 4) -> (B, 4, 6)
+
+
+def test_weight_zero_is_the_papers_infonce_and_the_parts_add_up():
+    torch.manual_seed(0)
+    volume, text = torch.randn(5, 1, 8, 8, 8), torch.randn(5, 12)
+    reports = [REPORTS["left"], REPORTS["right"], REPORTS[None], REPORTS["left"],
+               "A lesion in the corpus callosum."]
+    plain = phases.ContrastiveModel(_Tokens(), 12)
+    assert plain.findings is None
+    want = InfoNCE(TEMPERATURE)(plain.head(plain.visual(volume).mean(dim=1)), text)
+    got = phases.phase1_loss(InfoNCE(TEMPERATURE), 0.0)(plain, (volume, text))
+    assert isinstance(got, torch.Tensor) and torch.equal(got, want)
+
+    model = phases.ContrastiveModel(_Tokens(), 12, findings=True)
+    model.visual.load_state_dict(plain.visual.state_dict())
+    model.head.load_state_dict(plain.head.state_dict())
+    total, parts = phases.phase1_loss(InfoNCE(TEMPERATURE), 2.5)(model, (volume, text,
+                                                                      phases.findings_tensors(reports)))
+    assert torch.equal(parts["infonce"], want)
+    findings = sum(parts[f"findings_{k}"] for k in ("side", "presence", "anatomy", "pathology"))
+    assert float(total.detach()) == pytest.approx(float(want.detach() + 2.5 * findings), rel=1e-6)
+    assert all(float(parts[f"findings_{k}"]) > 0 for k in ("side", "presence", "anatomy", "pathology"))
+
+
+def test_side_head_beats_chance_on_held_out_volumes(tmp_path, tiny_siglip_dir, tiny_gemma3_dir):
+    from brain3d.models.backbones import load_language_model, load_vision_model
+    from brain3d.models.model import ModelConfig, VisualTokenizer
+    from brain3d.training.loop import TrainConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(volume_shape=(8, 32, 32), kd=2, depth_stride=1, depth_pad=1, inflation="mean",
+                      compressor="grid_pool", n_tokens=8, grid=(2, 2, 2), prompt="")
+    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
+    lm = load_language_model(tiny_gemma3_dir)
+    train = _cohort(tmp_path, "train", ["left", "right"] * 10 + [None] * 4, seed=1)
+    val = _cohort(tmp_path, "val", ["left", "right", None, "left", "right", None], seed=2)
+    test_sides = ["left", "right"] * 8 + [None] * 4
+    test = _cohort(tmp_path, "test", test_sides, seed=3)
+    train_cfg = TrainConfig(epochs=8, batch_size=8, lr=1e-2, grad_accum=1, weight_decay=0.01, warmup_frac=0.1,
+                            patience=8, seed=0)
+    model, result = phases.train_phase1(visual, lm, train, val, train_cfg, temperature=TEMPERATURE,
+                                        laterality_flip=True, findings_weight=1.0, state_dir=tmp_path / "state")
+    assert {"train_findings_side", "val_findings_side", "val_infonce"} <= set(result.history[0])
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([test.volume(i) for i in range(len(test))]))[:, None]
+        predicted = model.findings(model.visual(x))["side"].argmax(dim=1)
+    truth = torch.tensor([SIDES.index(s or "none") for s in test_sides])
+    accuracy = float((predicted == truth).float().mean())
+    assert accuracy >= 0.85, f"side accuracy {accuracy:.2f} on held-out volumes (chance 0.40)"
