@@ -933,15 +933,7 @@ def _storage_grid(
         hi.append(coords[hit[-1]])
     lo[2] = max(lo[2], rng.uniform(-76.0, -68.0))  # the field of view ends at the foramen magnum
     lo, hi = np.array(lo) - rng.uniform(2, 8, 3), np.array(hi) + rng.uniform(2, 8, 3)
-    corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-    world = corners @ pose[:3, :3].T + pose[:3, 3]
-    linear = directions * voxel
-    ijk = world @ np.linalg.inv(linear).T
-    start = ijk.min(axis=0)
-    shape = tuple(int(n) for n in np.ceil(ijk.max(axis=0) - start) + 1)
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    affine[:3, 3] = linear @ start
+    affine, shape = _box_grid(lo, hi, pose, directions * voxel)
     storage = {
         "orientation": "".join(nib.aff2axcodes(affine)),
         "kind": kind,
@@ -951,6 +943,21 @@ def _storage_grid(
         "affine": [_round(r, 6) for r in affine],
     }
     return affine, shape, storage
+
+
+def _box_grid(lo: np.ndarray, hi: np.ndarray, pose: np.ndarray, linear: np.ndarray
+              ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Affine and shape of the voxel grid with axes `linear` (direction x spacing) that covers the head-space box
+    [lo, hi] after `pose`."""
+    corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    world = corners @ pose[:3, :3].T + pose[:3, 3]
+    ijk = world @ np.linalg.inv(linear).T
+    start = ijk.min(axis=0)
+    shape = tuple(int(n) for n in np.ceil(ijk.max(axis=0) - start) + 1)
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = linear @ start
+    return affine, shape
 
 
 _BRAIN_VOXEL_MM = (2.0, 3.0)  # `_brain_grid`'s voxel size (mm), finer than the demo grid's 2.7-5.7 mm spacing
@@ -971,15 +978,7 @@ def _brain_grid(
     box = ndi.find_objects(head.brain.view(np.uint8))[0]
     lo = np.array([c[b.start] for c, b in zip((head.x, head.y, head.z), box)]) - rng.uniform(2, 8, 3)
     hi = np.array([c[b.stop - 1] for c, b in zip((head.x, head.y, head.z), box)]) + rng.uniform(2, 8, 3)
-    corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-    world = corners @ pose[:3, :3].T + pose[:3, 3]
-    linear = directions * voxel
-    ijk = world @ np.linalg.inv(linear).T
-    start = ijk.min(axis=0)
-    shape = tuple(int(n) for n in np.ceil(ijk.max(axis=0) - start) + 1)
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    affine[:3, 3] = linear @ start
+    affine, shape = _box_grid(lo, hi, pose, directions * voxel)
     return affine, shape
 
 
