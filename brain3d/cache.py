@@ -2,11 +2,11 @@
 
 DVC deletes a stage's outputs before re-running it, so partial work (preprocessed subjects, training
 checkpoints, cached visual tokens) is kept in `.cache/brain3d/<kind>/<fingerprint>/` at the repository
-root. The fingerprint covers the caller's key (params, input-file hashes) AND the code that computes it:
-inside a DVC stage, the content of every code file that dvc.yaml lists as that stage's dependency (the
-same list DVC re-runs the stage on, so the two cannot disagree); outside a stage (tests, benchmarks, the
-CLI), the whole `brain3d` package. Same code + same key resumes; any change starts afresh. Override the
-location with BRAIN3D_CACHE.
+root. The fingerprint covers the caller's key (params) AND everything the stage reads: inside a DVC
+stage, the content of every file that dvc.yaml lists as that stage's dependency, code and data alike (the
+same list DVC re-runs the stage on, so the two cannot disagree; a caller that forgets an input file cannot
+resume on stale data); outside a stage (tests, benchmarks, the CLI), the whole `brain3d` package. Same
+inputs + same key resumes; any change starts afresh. Override the location with BRAIN3D_CACHE.
 """
 
 from __future__ import annotations
@@ -17,52 +17,80 @@ import shutil
 from pathlib import Path
 
 CODE_ROOTS = ("brain3d", "stages")  # dvc.yaml deps under these folders are code
-_stage_code: str | None = None  # fingerprint of the running stage's code deps (bind_stage)
+_stage_key: str | None = None  # fingerprint of the running stage's deps (bind_stage)
 
 
-def stage_code_deps(module: str, dvc_yaml: str | Path = "dvc.yaml") -> list[Path]:
-    """The code deps (files or folders under brain3d/ or stages/) of every dvc.yaml stage whose command
-    runs `python -m <module>` (a `foreach` stage counts once; `stages.baseline` serves two stages)."""
+def stage_deps(module: str, dvc_yaml: str | Path = "dvc.yaml", *, code_only: bool = False) -> list[Path]:
+    """The deps (with `code_only`, those under brain3d/ or stages/) of every dvc.yaml stage whose command runs
+    `python -m <module>` (a `foreach` stage's entries and the stages one module serves count together)."""
     import yaml
 
     dvc_yaml = Path(dvc_yaml)
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     deps: list[str] = []
-    for spec in stages.values():
-        spec = spec.get("do", spec)
-        if spec["cmd"].split()[:3] == ["python", "-m", module]:
-            deps += [d for d in spec.get("deps", []) if Path(d).parts[0] in CODE_ROOTS and d not in deps]
-    if not deps:
+    found = False
+    for cmd, stage_deps_ in _expanded(yaml.safe_load(dvc_yaml.read_text())["stages"]):
+        if cmd.split()[:3] == ["python", "-m", module]:
+            found = True
+            deps += [d for d in stage_deps_ if (not code_only or Path(d).parts[0] in CODE_ROOTS) and d not in deps]
+    if not found:
         raise ValueError(f"{dvc_yaml}: no stage runs `python -m {module}`")
     return [dvc_yaml.parent / d for d in deps]
 
 
-def code_fingerprint(paths: list[Path], root: Path) -> str:
+def _expanded(stages: dict):
+    """(cmd, deps) of every concrete stage: a `foreach` stage once per item, with ${key}, ${item} and
+    ${item.<field>} substituted as DVC does."""
+    import re
+
+    def fill(text: str, key, item) -> str:
+        def value(m: re.Match) -> str:
+            expr = m.group(1).strip()
+            if expr in ("key", "item"):
+                return str(key if expr == "key" else item)
+            return str(item[expr.removeprefix("item.")]) if expr.startswith("item.") else m.group(0)
+
+        return re.sub(r"\$\{([^}]+)\}", value, text)
+
+    for spec in stages.values():
+        if "foreach" not in spec:
+            yield spec["cmd"], spec.get("deps", [])
+            continue
+        items = spec["foreach"]
+        for key, item in items.items() if isinstance(items, dict) else ((i, i) for i in items):
+            yield fill(spec["do"]["cmd"], key, item), [fill(d, key, item) for d in spec["do"].get("deps", [])]
+
+
+def content_fingerprint(paths: list[Path], root: Path) -> str:
     """Hash of the names (relative to `root`) and contents of `paths` (folders: every file below, Python's
-    bytecode caches left out)."""
+    bytecode caches left out; a missing path counts as missing)."""
     files: list[Path] = []
     for path in paths:
         files += sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
             if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        if f.exists():
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+        h.update(b"\0" if f.exists() else b"\1")
     return h.hexdigest()[:16]
 
 
 def bind_stage(module: str, dvc_yaml: str | Path = "dvc.yaml") -> str:
-    """Key every cache of this process on the code of the DVC stage `module` (called by `stage.run`).
-    Without a dvc.yaml (a stage run outside the repository) the whole package stays the key."""
-    global _stage_code
+    """Key every cache of this process on the deps (code and data) of the DVC stage `module` (called by
+    `stage.run`). Without a dvc.yaml (a stage run outside the repository) the whole package stays the key."""
+    global _stage_key
     if Path(dvc_yaml).exists():
-        _stage_code = code_fingerprint(stage_code_deps(module, dvc_yaml), Path(dvc_yaml).parent)
-    return code_key()
+        _stage_key = content_fingerprint(stage_deps(module, dvc_yaml), Path(dvc_yaml).parent)
+    return stage_key()
 
 
-def code_key() -> str:
-    """The running stage's code fingerprint, or the whole package's outside a stage."""
+def stage_key() -> str:
+    """The running stage's deps fingerprint, or the whole package's outside a stage."""
     package = Path(__file__).resolve().parent
-    return _stage_code or code_fingerprint([package], package.parent)
+    return _stage_key or content_fingerprint([package], package.parent)
 
 
 def cache_dir(kind: str, key: str) -> Path:
@@ -73,7 +101,7 @@ def cache_dir(kind: str, key: str) -> Path:
         from brain3d.tracking import repo_root
 
         base = repo_root() / ".cache" / "brain3d"
-    digest = hashlib.sha256(f"{key}\0{code_key()}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{key}\0{stage_key()}".encode()).hexdigest()[:16]
     path = base / kind / digest
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -46,13 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def findings(report: str) -> dict:
-    """Side, lobes/structures and pathology asserted by a report (negation-aware)."""
-    from brain3d.data.reports import laterality_from_report
-    from brain3d.metrics.clinical import extract_negation_aware
+    """Side, lobes/structures and pathology asserted by a report (negation-aware, as phase 1's targets)."""
+    from brain3d.data.findings import asserted_side, extract_negation_aware
 
     found = extract_negation_aware(report)
     pathology = sorted(found["pathology"])
-    return {"side": laterality_from_report(report) if pathology else "none", "anatomy": sorted(found["anatomy"]),
+    return {"side": asserted_side(report) if pathology else "none", "anatomy": sorted(found["anatomy"]),
             "pathology": pathology}
 
 

@@ -13,7 +13,7 @@ from brain3d.models.model import Brain3D, Decoding
 
 def decoding_from_params(section: dict) -> Decoding:
     """The decoding settings of the `generate` params section."""
-    return config.from_section(Decoding, section)
+    return config.from_section(Decoding, {**section, "repetition_exempt": tuple(section["repetition_exempt"])})
 
 
 def generate_reports(model: Brain3D, tokens: torch.Tensor, decoding: Decoding, *, batch_size: int, seed: int,

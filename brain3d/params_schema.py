@@ -54,10 +54,10 @@ SCHEMA: dict = {
         **_optional("vision_revision lm_revision"),
     },
     "phase1": _values(f"{_TRAIN} temperature laterality_flip findings_weight"),
-    "phase2a": _values(f"{_TRAIN} laterality_flip"),
-    "phase2b": _values(f"{_TRAIN} lr_lora lora_rank lora_alpha lora_dropout laterality_flip"),
-    "generate": _values("temperature top_p repetition_penalty no_repeat_ngram_size min_new_tokens max_new_tokens "
-                        "batch_size seed"),
+    "phase2a": _values(f"{_TRAIN} laterality_flip normal_weight"),
+    "phase2b": _values(f"{_TRAIN} lr_lora lora_rank lora_alpha lora_dropout laterality_flip normal_weight"),
+    "generate": _values("temperature top_p repetition_penalty repetition_exempt no_repeat_ngram_size min_new_tokens "
+                        "max_new_tokens batch_size seed"),
     "baselines": {
         **_values("instruction question n_slices max_new_tokens batch_size"),
         "med3dvlm": _values("path revision allow_remote_code question max_new_tokens"),

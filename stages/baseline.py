@@ -61,6 +61,7 @@ def main() -> None:
                     peft_model, result = finetune(
                         seq, data["t"], data["v"], lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"],
                         lora_dropout=p["lora_dropout"], lr_projector=p["lr"], lr_lora=p["lr_lora"],
+                        normal_weight=p["normal_weight"],
                         cfg=TrainConfig.from_params(p), state_dir=cache_dir("slices_ft", key), tracker=tracker)
                     peft_model.save_pretrained(out_dir / "adapter")
                     io.write_csv(out_dir / "curve.csv", pd.DataFrame(result.history))

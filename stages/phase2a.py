@@ -25,6 +25,7 @@ def main() -> None:
         key = phases.run_key({"phase2a": p}, [*x.inputs, INIT])
         result = phases.train_phase2(model, x.train_tokens, x.train.reports, x.val_tokens, x.val.reports,
                                      TrainConfig.from_params(p), groups, state_dir=cache_dir("phase2a", key),
+                                     normal_weight=p["normal_weight"],
                                      flipped_train_tokens=x.flipped_train_tokens, tracker=tracker, desc="phase2a")
         if not is_main_process():
             return

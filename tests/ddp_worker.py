@@ -59,7 +59,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, grad_accum=1, weight_decay=0.01, warmup_frac=0.2, patience=5,
                       seed=42)
     result = phases.train_phase2(model, train_tokens, train_reports, val_tokens, val_reports, cfg, groups,
-                                 state_dir=out / "state", flipped_train_tokens=train_tokens.flip(1),
+                                 state_dir=out / "state", normal_weight=3.0, flipped_train_tokens=train_tokens.flip(1),
                                  desc="ddp-phase2b")
     from accelerate import PartialState
 

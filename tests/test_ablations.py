@@ -73,8 +73,9 @@ def test_markdown_cells_and_notes(doc):
     assert "LoRA r" in header and "compressor" in header and "Lat F1" in header
     m = _metrics(doc, "tiny-r4")
     assert cell(m["lat_f1"], m["lat_f1_low"], m["lat_f1_high"]) in rows["tiny-r4"]
-    # rank, compressor, flip 1, findings 1 (blank: the canned run predates phase1.findings_weight), flip 2A, 2B
-    assert "| 4 | grid_pool | false |  | true | true |" in rows["tiny-r4"]
+    # rank, compressor, inflation, findings 1 (blank: the canned run predates both), flip 1, 2A, 2B, corpus
+    # (blank: predates it), seed
+    assert "| 4 | grid_pool |  |  | false | true | true |  | 42 |" in rows["tiny-r4"]
     assert "failed: no metrics" in rows["bad-comp"]
     assert "queued: no metrics" in rows["r32-queued"]
     assert all(row.count("|") == header.count("|") for row in rows.values())
@@ -116,3 +117,36 @@ def test_exp_show_lists_the_experiments_of_a_given_baseline_commit(tmp_path, mon
     assert [c["rev"] for c in ablations.exp_show(rev=shas[0]) if c["rev"] != "workspace"] == [shas[0]]
     with pytest.raises(SystemExit, match="dvc exp show --json` failed"):
         ablations.exp_show(rev="no-such-commit")
+
+
+def _with_seeds(doc, values: dict[int, float]) -> list[dict]:
+    """The canned document plus `seed-<n>` experiments: copies of tiny-r4 with phase1.seed = n and the phase
+    2B Lat F1 set to values[n] (the baseline commit keeps its own metrics, seed 42)."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    commit = next(c for c in doc if c.get("experiments"))
+    template = next(e for e in commit["experiments"] if e["name"] == "tiny-r4")
+    for seed, lat in values.items():
+        exp = copy.deepcopy(template)
+        exp["name"] = f"seed-{seed}"
+        rev = exp["revs"][0]
+        rev["data"]["params"]["params.yaml"]["data"]["phase1"]["seed"] = seed
+        rev["data"]["metrics"]["reports/metrics.json"]["data"]["phase2b"]["lat_f1"] = lat
+        commit["experiments"].append(exp)
+    return doc
+
+
+def test_seed_table_is_mean_and_sd_over_the_commit_and_its_seed_experiments(doc):
+    runs = ablations.seed_runs(_with_seeds(doc, {1: 0.5, 2: 0.7}))
+    assert [(name, seed) for name, seed, *_ in runs] == [("main", 42), ("seed-1", 1), ("seed-2", 2)]
+    long = ablations.seed_table(runs)
+    lat = long[(long["system"] == "phase2b") & (long["metric"] == "lat_f1")].set_index("seed")["mean"]
+    base = next(c for c in doc if c.get("experiments"))["data"]["metrics"]["reports/metrics.json"]["data"]["phase2b"][
+        "lat_f1"]
+    assert lat.to_dict() == pytest.approx({42: base, 1: 0.5, 2: 0.7})
+    md = ablations.seeds_markdown(long, 42)
+    row = next(line for line in md.splitlines() if line.startswith("| phase2b |"))
+    mean, sd = pd.Series([base, 0.5, 0.7]).mean(), pd.Series([base, 0.5, 0.7]).std()
+    assert f"{mean:.3f} ± {sd:.3f}".replace("0.", ".") in row
+    assert sum(line.startswith(("| 42 |", "| 1 |", "| 2 |")) for line in md.splitlines()) == 3  # one check row per seed

@@ -105,6 +105,8 @@ def test_findings_are_negation_aware():
     f = findings("The lesion is located in the left frontal lobe with surrounding edema and necrosis.")
     assert f == {"side": "left", "anatomy": ["frontal"], "pathology": ["edema", "lesion", "necrosis"]}
     assert findings("No mass or edema is seen in the right temporal lobe. Normal study.")["side"] == "none"
+    # a side stated only in a negation does not make the report bilateral
+    assert findings("A lesion is seen in the left frontal lobe. No lesion in the right hemisphere.")["side"] == "left"
 
 
 # ---------------------------------------------------------------------------------------- good scans

@@ -116,7 +116,7 @@ def test_statistics_match_simulate_and_preprocess(tmp_path):
 def test_a_second_run_reuses_the_cache_and_redoes_only_what_is_missing(tmp_path, monkeypatch):
     from brain3d import cache
 
-    monkeypatch.setattr(cache, "_stage_code", "fixed")  # as in a stage: the key follows the stage's code only
+    monkeypatch.setattr(cache, "_stage_key", "fixed")  # as in a stage: the key follows the stage's deps
     made_here: list[str] = []
     real = corpus._subject_to_cache
 

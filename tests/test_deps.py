@@ -79,7 +79,7 @@ def test_the_closure_walk_sees_lazy_and_relative_imports():
 
 @pytest.mark.parametrize("module", stage_modules())
 def test_every_imported_project_file_is_a_declared_dep(module):
-    deps = [d.relative_to(ROOT).as_posix() for d in cache.stage_code_deps(module, ROOT / "dvc.yaml")]
+    deps = [d.relative_to(ROOT).as_posix() for d in cache.stage_deps(module, ROOT / "dvc.yaml", code_only=True)]
     missing = sorted(f for f in import_closure(module) - NOT_A_DEP
                      if not any(f == d or f.startswith(d + "/") for d in deps))
     assert not missing, f"dvc.yaml: stage running {module} imports but does not list: {', '.join(missing)}"
@@ -101,7 +101,7 @@ def test_resume_key_changes_with_the_stage_code_only(tmp_path):
     dvc_yaml = tmp_path / "dvc.yaml"
 
     def key(module: str) -> str:
-        return cache.code_fingerprint(cache.stage_code_deps(module, dvc_yaml), tmp_path)
+        return cache.content_fingerprint(cache.stage_deps(module, dvc_yaml, code_only=True), tmp_path)
 
     phase1, evaluate = key("stages.phase1"), key("stages.evaluate")
     losses = tmp_path / "brain3d/training/losses.py"
@@ -115,7 +115,7 @@ def test_resume_key_changes_with_the_stage_code_only(tmp_path):
 
 def test_cache_dir_follows_the_bound_stage_code(tmp_path, monkeypatch):
     _copy_code(tmp_path)
-    monkeypatch.setattr(cache, "_stage_code", None)
+    monkeypatch.setattr(cache, "_stage_key", None)
     outside = cache.cache_dir("phase1", "k")
     cache.bind_stage("stages.phase1", tmp_path / "dvc.yaml")
     bound = cache.cache_dir("phase1", "k")
@@ -125,10 +125,32 @@ def test_cache_dir_follows_the_bound_stage_code(tmp_path, monkeypatch):
     cache.bind_stage("stages.phase1", tmp_path / "dvc.yaml")
     assert cache.cache_dir("phase1", "k") != bound, "new code must not find the old state"
     assert cache.cache_dir("phase1", "other") != cache.cache_dir("phase1", "k")
-    monkeypatch.setattr(cache, "_stage_code", None)
+    monkeypatch.setattr(cache, "_stage_key", None)
     assert cache.cache_dir("phase1", "k") == outside
 
 
 def test_an_unknown_stage_module_is_an_error():
     with pytest.raises(ValueError, match="no stage runs"):
-        cache.stage_code_deps("stages.nothing", ROOT / "dvc.yaml")
+        cache.stage_deps("stages.nothing", ROOT / "dvc.yaml")
+
+
+def test_resume_key_follows_the_stage_data_too(tmp_path, monkeypatch):
+    """A stage's resume state is keyed on its data deps as well as its code: new preprocessed volumes (same
+    manifest, same params) must not resume a training made on the old ones."""
+    _copy_code(tmp_path)
+    for rel in ("data/preprocessed/volumes/s1.npy", "data/splits.csv", "models/foundation/backbones.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"v1")
+    monkeypatch.setattr(cache, "_stage_key", None)
+    cache.bind_stage("stages.phase1", tmp_path / "dvc.yaml")
+    before = cache.cache_dir("phase1", "k")
+    (tmp_path / "data/preprocessed/volumes/s1.npy").write_bytes(b"v2")
+    cache.bind_stage("stages.phase1", tmp_path / "dvc.yaml")
+    assert cache.cache_dir("phase1", "k") != before
+    monkeypatch.setattr(cache, "_stage_key", None)
+
+
+def test_foreach_stages_contribute_each_entrys_deps():
+    generate = {d.relative_to(ROOT).as_posix() for d in cache.stage_deps("stages.generate", ROOT / "dvc.yaml")}
+    assert {"models/phase1", "models/phase2a", "models/phase2b"} <= generate
+    assert not any("${" in d for d in generate)

@@ -53,6 +53,19 @@ def test_repro_writes_reports_and_one_mlflow_run_per_stage(tiny_pipeline):
         assert r["mlflow.runName"] == f"{r['stage']}@workspace"
 
 
+def test_timings_table_has_every_stage_of_the_last_run(tiny_pipeline):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stages.timings", tiny_pipeline.repo.path / "stages" / "timings.py")
+    timings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timings)
+    runs = timings.last_runs(tiny_pipeline.repo.path / "mlflow.db", exp="workspace").set_index("stage")
+    assert set(runs.index) == set(STAGES)
+    assert (runs["stage_seconds"] > 0).all()
+    table = timings.markdown(runs.reset_index())
+    assert table.count("\n| ") == len(STAGES) + 1 and "**total**" in table  # a row per stage, then the total
+
+
 def test_second_repro_reruns_nothing(tiny_pipeline):
     out = tiny_pipeline.repro_again
     assert ran(out) == []

@@ -230,8 +230,41 @@ def test_loss_backpropagates_into_projector_only_when_lm_frozen(brain3d):
 def test_batched_generation_equals_one_at_a_time(brain3d):
     z = torch.randn(3, 32, 16)
     greedy = Decoding(temperature=1.0, top_p=1.0, repetition_penalty=1.2, no_repeat_ngram_size=3, max_new_tokens=12,
-                      min_new_tokens=2, do_sample=False)
+                      min_new_tokens=2, repetition_exempt=("left", "right"), do_sample=False)
     batched = brain3d.generate(z, greedy)
     single = [brain3d.generate(z[i : i + 1], greedy)[0] for i in range(3)]
     assert batched == single
     assert brain3d.log_likelihood(z, batched).shape == (3,)
+
+
+def test_exempt_repetition_penalty_is_transformers_penalty_except_for_exempt_ids():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from brain3d.models.model import ExemptRepetitionPenalty
+
+    torch.manual_seed(0)
+    ids, scores = torch.tensor([[3, 5, 5, 7], [1, 2, 3, 4]]), torch.randn(2, 10)
+    reference = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())
+    assert torch.equal(ExemptRepetitionPenalty(1.3, [])(ids, scores.clone()), reference)
+    spared = ExemptRepetitionPenalty(1.3, [5, 2])(ids, scores.clone())
+    for row, token in ((0, 5), (1, 2)):
+        assert spared[row, token] == scores[row, token] != reference[row, token]
+    unspared = torch.ones_like(scores, dtype=torch.bool)
+    unspared[0, 5] = unspared[1, 2] = False
+    assert torch.equal(spared[unspared], reference[unspared])
+
+
+def test_repetition_exempt_spares_every_spelling_of_the_side_words(brain3d):
+    from brain3d.models.model import word_token_ids
+
+    tok = brain3d.lm_ref.tokenizer
+    ids = word_token_ids(tok, ["left", "right"])
+    assert ids and {tok.decode([i]).strip().lower() for i in ids} <= {"left", "right"}
+    for i in range(len(tok)):  # every entry that is exactly the word, however the vocabulary spells it
+        assert (i in ids) == (tok.decode([i]).strip().lower() in ("left", "right"))
+    decoding = Decoding(temperature=1.0, top_p=1.0, repetition_penalty=1.2, no_repeat_ngram_size=3, max_new_tokens=4,
+                        min_new_tokens=1, repetition_exempt=("left",), do_sample=False)
+    kwargs = decoding.kwargs(tok)
+    assert "repetition_penalty" not in kwargs and len(kwargs["logits_processor"]) == 1
+    with pytest.raises(ValueError, match="tokenizer"):
+        decoding.kwargs()

@@ -91,6 +91,25 @@ def test_threshold_skull_strip_recovers_the_brain():
     assert dice > 0.9, dice
 
 
+def test_registration_skull_strip_is_the_same_in_every_process(tmp_path):
+    """ANTs samples its metric at random points: two fresh processes must give the same mask (random seed 0
+    would seed from the clock), and seed 0 is refused."""
+    import subprocess
+    import sys
+
+    from brain3d.data.skullstrip import registration_mask
+
+    img, _ = head(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56), skull=True)
+    path = _save(img, tmp_path / "head.nii.gz")
+    code = ("import hashlib, sys, nibabel as nib; from brain3d.data.skullstrip import registration_mask; "
+            "print(hashlib.md5(registration_mask(nib.load(sys.argv[1])).tobytes()).hexdigest())")
+    masks = {subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert len(masks) == 1, masks
+    with pytest.raises(ValueError, match="seed"):
+        registration_mask(img, seed=0)
+
+
 # ----------------------------------------------------------------------------- bad input
 def _save(img, path):
     nib.save(img, str(path))

@@ -74,6 +74,38 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     assert resumed_result.best_val == pytest.approx(full_result.best_val, rel=1e-5)
 
 
+def test_sample_weights_set_how_often_each_sample_is_drawn_at_the_same_number_of_steps(tmp_path):
+    """Weights 0 for half the samples: they are never drawn; the epoch still has len(train) samples."""
+    train = TensorDataset(torch.arange(40, dtype=torch.float32)[:, None], torch.zeros(40, 1))
+    seen: list[int] = []
+
+    def loss_fn(m, batch):
+        if m.training:
+            seen.extend(int(v) for v in batch[0][:, 0])
+        return nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, grad_accum=1, weight_decay=0.0, warmup_frac=0.0, patience=5,
+                      seed=0)
+    weights = [0.0] * 20 + [1.0] * 20
+    fit(nn.Linear(1, 1), [{"params": [], "lr": 0.01}], loss_fn, train, train, _collate, cfg, state_dir=tmp_path / "w",
+        progress=False, sample_weights=weights)
+    assert len(seen) == 2 * 40 and min(seen) >= 20
+    with pytest.raises(ValueError, match="weights"):
+        fit(nn.Linear(1, 1), [{"params": [], "lr": 0.01}], loss_fn, train, train, _collate, cfg,
+            state_dir=tmp_path / "bad", progress=False, sample_weights=[1.0] * 3)
+
+
+def test_normal_reports_are_weighted_from_the_report_text():
+    from brain3d.training.phases import normal_weights
+
+    reports = ["A lesion is seen in the left frontal lobe with edema.", "No mass lesion, edema or necrosis. Normal study.",
+               "There is no abnormal FLAIR hyperintensity."]
+    assert normal_weights(reports, 3.0) == [1.0, 3.0, 3.0]
+    assert normal_weights(reports, 1.0) is None  # the paper's uniform shuffling
+    with pytest.raises(ValueError):
+        normal_weights(reports, 0.0)
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(4, 1)

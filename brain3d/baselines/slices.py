@@ -121,13 +121,15 @@ class _SliceLoss(torch.nn.Module):
 
 
 def finetune(seq: SliceSequence, train: tuple[list, list[str]], val: tuple[list, list[str]], *, lora_rank: int,
-             lora_alpha: int, lora_dropout: float, lr_projector: float, lr_lora: float, cfg, state_dir: Path,
-             tracker=None):
+             lora_alpha: int, lora_dropout: float, lr_projector: float, lr_lora: float, normal_weight: float, cfg,
+             state_dir: Path, tracker=None):
     """LoRA on the language model's q/k/v/o + the multimodal projector (the slice-model counterpart of
-    phase 2B's LoRA + projector), masked CE on the report. Returns (peft model, FitResult)."""
+    phase 2B's LoRA + projector), masked CE on the report, normal reports drawn as in phase 2B.
+    Returns (peft model, FitResult)."""
     from peft import LoraConfig, get_peft_model
 
     from brain3d.training.loop import fit
+    from brain3d.training.phases import normal_weights
 
     peft_model = get_peft_model(seq.lm.full, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                                         target_modules=seq.lm.lora_target_regex()))
@@ -137,5 +139,6 @@ def finetune(seq: SliceSequence, train: tuple[list, list[str]], val: tuple[list,
     lora = [p for n, p in seq.lm.full.named_parameters() if "lora_" in n]
     groups = [{"params": list(projector.parameters()), "lr": lr_projector}, {"params": lora, "lr": lr_lora}]
     result = fit(_SliceLoss(seq), groups, lambda m, b: m(*b), _VolumeReports(*train), _VolumeReports(*val),
-                 collate_volume_reports, cfg, state_dir=state_dir, tracker=tracker, desc="slices_ft")
+                 collate_volume_reports, cfg, state_dir=state_dir, tracker=tracker, desc="slices_ft",
+                 sample_weights=normal_weights(train[1], normal_weight))
     return peft_model, result

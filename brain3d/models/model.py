@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from brain3d import config
 from brain3d.models.backbones import LanguageModel
@@ -44,7 +45,13 @@ class ModelConfig:
 @dataclass
 class Decoding:
     """Decoding settings: the `generate` params section (SPEC §4: nucleus sampling, repetition penalty,
-    no-repeat n-grams, a length range); no defaults for what params.yaml holds."""
+    no-repeat n-grams, a length range); no defaults for what params.yaml holds.
+
+    `repetition_exempt` lists words the repetition penalty spares (every vocabulary entry that decodes to one of
+    them, any case or spacing). The paper's penalty (exempt: []) divides the score of "left" once a report has
+    said "left", so a later sentence about the same lesion ("compression of the left lateral ventricle") tips to
+    the other side; a report must be free to repeat its side.
+    """
 
     temperature: float
     top_p: float
@@ -52,16 +59,49 @@ class Decoding:
     no_repeat_ngram_size: int
     max_new_tokens: int
     min_new_tokens: int
+    repetition_exempt: tuple[str, ...]
     do_sample: bool = True
     extra: dict = field(default_factory=dict)
 
-    def kwargs(self) -> dict:
+    def kwargs(self, tokenizer=None) -> dict:
+        """`generate()` keyword arguments; with `repetition_exempt` the penalty runs as an ExemptRepetitionPenalty
+        over `tokenizer`'s vocabulary (required then)."""
         out = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                   repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
-                   do_sample=self.do_sample, **self.extra)
+                   no_repeat_ngram_size=self.no_repeat_ngram_size, do_sample=self.do_sample, **self.extra)
+        if self.repetition_exempt and self.repetition_penalty != 1.0:
+            if tokenizer is None:
+                raise ValueError("Decoding.repetition_exempt needs the tokenizer")
+            penalty = ExemptRepetitionPenalty(self.repetition_penalty, word_token_ids(tokenizer, self.repetition_exempt))
+            out["logits_processor"] = LogitsProcessorList([*out.get("logits_processor", []), penalty])
+        else:
+            out["repetition_penalty"] = self.repetition_penalty
         if self.do_sample:
             out.update(temperature=self.temperature, top_p=self.top_p)
         return out
+
+
+def word_token_ids(tokenizer, words) -> list[int]:
+    """Ids of the vocabulary entries that decode to one of `words` (case-insensitive, surrounding spaces and
+    SentencePiece/BPE space marks ignored): "left", " left", "Left ", ..."""
+    wanted = {w.lower() for w in words}
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [i for i, t in enumerate(texts) if t.strip().lower() in wanted]
+
+
+class ExemptRepetitionPenalty(LogitsProcessor):
+    """The CTRL repetition penalty of transformers' RepetitionPenaltyLogitsProcessor (a generated token's score
+    is divided by `penalty` if positive, multiplied if negative, once per token), sparing the `exempt` ids."""
+
+    def __init__(self, penalty: float, exempt: list[int]):
+        if penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
+        self.penalty, self.exempt = penalty, torch.tensor(sorted(exempt), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        seen = torch.gather(scores, 1, input_ids)
+        penalised = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        spared = torch.isin(input_ids, self.exempt.to(input_ids.device))
+        return scores.scatter(1, input_ids, torch.where(spared, seen, penalised))
 
 
 class VisualTokenizer(nn.Module):
@@ -155,5 +195,6 @@ class Brain3D(nn.Module):
         attention = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
         torch.manual_seed(seed)
         out = self.lm.generate(inputs_embeds=prefix, attention_mask=attention, use_cache=True,
-                               pad_token_id=self.pad_id, eos_token_id=self.eos_id, **decoding.kwargs())
+                               pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                               **decoding.kwargs(self.lm_ref.tokenizer))
         return [t.strip() for t in self.lm_ref.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from brain3d import config, io
 from brain3d.tracking import Tracker
@@ -76,11 +76,15 @@ def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float
 
 def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module, object], torch.Tensor],
         train_set: Dataset, val_set: Dataset, collate: Callable, cfg: TrainConfig, *, state_dir: Path,
-        tracker: Tracker | None = None, desc: str = "train", progress: bool = True) -> FitResult:
+        tracker: Tracker | None = None, desc: str = "train", progress: bool = True,
+        sample_weights: list[float] | None = None) -> FitResult:
     """Train `model` (only parameters with requires_grad), keeping the best epoch by validation loss.
 
     `loss_fn` returns the loss, or (loss, parts): a dict of named scalar terms of it, averaged per epoch
     into the history (and MLflow) as train_<name> and val_<name>; early stopping reads the loss itself.
+
+    `sample_weights` (one per training sample): an epoch draws len(train_set) samples with replacement in
+    proportion to them (same number of steps as uniform shuffling); None: every sample once per epoch.
 
     `state_dir` holds last.safetensors, best.safetensors, optimizer.pt and state.json; calling `fit` again
     with the same state_dir resumes after the last completed epoch. On return the model holds the best
@@ -99,8 +103,14 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
     state_dir = Path(state_dir)
     main = accelerator.is_main_process
     g = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                              generator=g, drop_last=len(train_set) > cfg.batch_size)
+    if sample_weights is None:
+        order = {"shuffle": True, "generator": g}
+    else:
+        if len(sample_weights) != len(train_set) or min(sample_weights) < 0 or not sum(sample_weights) > 0:
+            raise ValueError(f"sample_weights: {len(train_set)} non-negative weights with a positive sum needed")
+        order = {"sampler": WeightedRandomSampler(sample_weights, len(train_set), replacement=True, generator=g)}
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, collate_fn=collate,
+                              drop_last=len(train_set) > cfg.batch_size, **order)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
     optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)

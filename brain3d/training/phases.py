@@ -259,15 +259,27 @@ def _collate_phase2(items):
     return torch.stack(tokens), list(reports)
 
 
+def normal_weights(reports: list[str], normal_weight: float) -> list[float] | None:
+    """Per-report sampling weights: `normal_weight` for a report that asserts no finding (the negation-aware
+    extractor, report text only), 1 for one that does; None (uniform shuffling) when normal_weight is 1."""
+    if normal_weight <= 0:
+        raise ValueError(f"normal_weight must be > 0, got {normal_weight}")
+    if normal_weight == 1:
+        return None
+    return [1.0 if findings_targets(r).presence else float(normal_weight) for r in reports]
+
+
 def train_phase2(model: Brain3D, train_tokens: torch.Tensor, train_reports: list[str], val_tokens: torch.Tensor,
                  val_reports: list[str], cfg: TrainConfig, param_groups: list[dict], *, state_dir: Path,
-                 flipped_train_tokens: torch.Tensor | None = None, tracker=None, desc: str = "phase2"
-                 ) -> FitResult:
-    """Masked next-token CE over cached visual tokens; `param_groups` says what trains (2A vs 2B)."""
+                 normal_weight: float, flipped_train_tokens: torch.Tensor | None = None, tracker=None,
+                 desc: str = "phase2") -> FitResult:
+    """Masked next-token CE over cached visual tokens; `param_groups` says what trains (2A vs 2B); normal
+    reports are drawn `normal_weight` times as often as reports with a finding (normal_weights)."""
     train_set = _Phase2Data(train_tokens, train_reports, flipped_train_tokens)
     val_set = _Phase2Data(val_tokens, val_reports)
     return fit(model, param_groups, lambda m, b: m(*b), train_set, val_set, _collate_phase2, cfg,
-               state_dir=state_dir, tracker=tracker, desc=desc)
+               state_dir=state_dir, tracker=tracker, desc=desc,
+               sample_weights=normal_weights(train_reports, normal_weight))
 
 
 
