@@ -3,9 +3,9 @@
     python -m stages.timings [--db mlflow.db] [--exp NAME]
 
 Reads mlflow.db with sqlite directly (no MLflow import): for every stage, its latest finished MLflow run (of
-DVC experiment NAME with --exp; the workspace's runs are tagged `dvc_exp` = "workspace"), with the metrics
-`stage.run` logs: stage_seconds, peak_rss_mb, threads. Prints one Markdown table with each stage's share of
-the total, slowest first.
+DVC experiment NAME with --exp; the workspace's runs are tagged `dvc_exp` = "workspace"), with the cost metrics
+`stage.run` logs: stage_seconds, and peak_rss_mb and threads where a run logged them (blank otherwise). Prints
+one Markdown table with each stage's share of the total, slowest first.
 """
 
 from __future__ import annotations
