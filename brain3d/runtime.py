@@ -41,9 +41,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(threads: int | None = None) -> None:
+def setup(threads: int | None = None) -> int:
+    """Offline env and thread cap; returns the thread count."""
     set_offline_env()
-    set_threads(threads)
+    return set_threads(threads)
 
 
 def is_main_process() -> bool:
