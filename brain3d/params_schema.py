@@ -59,7 +59,7 @@ SCHEMA: dict = {
     "generate": _values("temperature top_p repetition_penalty repetition_exempt no_repeat_ngram_size min_new_tokens "
                         "max_new_tokens batch_size seed"),
     "baselines": {
-        **_values("instruction question n_slices max_new_tokens batch_size"),
+        **_values("instruction question n_slices batch_size"),
         "med3dvlm": _values("path revision allow_remote_code question max_new_tokens"),
     },
     "evaluate": _values("n_resamples seed bertscore_model bertscore_layers"),

@@ -12,7 +12,6 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
 
 
@@ -41,9 +40,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(threads: int | None = None) -> None:
+def setup(threads: int | None = None) -> int:
+    """Offline env and thread cap; returns the thread count."""
     set_offline_env()
-    set_threads(threads)
+    return set_threads(threads)
 
 
 def is_main_process() -> bool:

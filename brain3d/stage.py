@@ -4,6 +4,7 @@ one-paragraph error (no traceback) for bad input or bad params."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -19,16 +20,17 @@ def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
         ) -> Iterator[tuple[dict, Tracker]]:
     """`with stage.run("split", ("split",)) as (cfg, tracker): ...` -> effective params and the tracker.
 
-    The MLflow run logs the sections the stage reads, the profile, and the stage's wall time.
+    The MLflow run logs the sections the stage reads, the profile, and what the stage cost: its wall time,
+    the process's start-up before it (imports), peak memory (RSS, worker processes included) and threads.
     """
-    runtime.setup()
-    cache.bind_stage(f"stages.{name.split('@')[0]}")  # resume state follows this stage's code
+    t0, startup = time.perf_counter(), _process_age()
+    threads = runtime.setup()
+    cache.bind_stage(f"stages.{name.split('@')[0]}")  # resume state follows this stage's deps
     try:
         cfg = config.load(params_file)  # before any work: a typo in params fails here, in one line
     except config.ParamsError as exc:
         _fail(name, exc)
     logged = {s: cfg.get(s) for s in sections if s in cfg}
-    t0 = time.perf_counter()
     try:
         if not runtime.is_main_process():  # other DDP ranks compute, rank 0 logs and writes
             yield cfg, Tracker()
@@ -36,10 +38,31 @@ def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
         with mlflow_run(name, params={"profile": cfg.get("profile"), **logged},
                         tags={"profile": str(cfg.get("profile"))}) as tracker:
             yield cfg, tracker
-            tracker.log_metrics({"stage_seconds": time.perf_counter() - t0})
+            cost = {"stage_seconds": time.perf_counter() - t0, "startup_seconds": startup,
+                    "peak_rss_mb": _peak_rss_mb(), "threads": threads}
+            tracker.log_metrics(cost)
     except (InputError, CohortError, config.ParamsError) as exc:
         _fail(name, exc)
-    print(f"{name}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"{name}: done in {time.perf_counter() - t0:.1f} s (start-up {startup:.1f} s, peak RSS "
+          f"{_peak_rss_mb():.0f} MB, {threads} threads)", file=sys.stderr)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux /proc; NaN elsewhere): the imports before the stage's work."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])  # starttime, field 22
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process or of its largest finished child (workers), in MB."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return kib / 1024  # Linux reports KiB
 
 
 def _fail(name: str, exc: Exception) -> NoReturn:

@@ -15,6 +15,7 @@ from brain3d.baselines import NotRunnable, med3dvlm
 from brain3d.baselines.slices import SlicePrompt, SliceSequence, finetune, load_processor
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
+from brain3d.generation import decoding_from_params
 from brain3d.models.backbones import load_language_model, read_backbones, torch_dtype
 from brain3d.runtime import seed_everything
 from brain3d.training.loop import TrainConfig
@@ -33,13 +34,13 @@ def slice_model(cfg: dict) -> SliceSequence:
                              keep_vision=True)
     lm.full.to("cuda" if torch.cuda.is_available() else "cpu")
     prompt = SlicePrompt(b["instruction"], b["question"], b["n_slices"])
-    return SliceSequence(lm, load_processor(bb["lm"]), prompt, max_new_tokens=b["max_new_tokens"])
+    return SliceSequence(lm, load_processor(bb["lm"]), prompt, decoding=decoding_from_params(cfg["generate"]))
 
 
 def main() -> None:
     name = sys.argv[1]
     out_dir = paths.MODELS / "baselines" / name
-    with stage.run(f"baseline@{name}", ("baselines",)) as (cfg, tracker):
+    with stage.run(f"baseline@{name}", ("baselines", "generate")) as (cfg, tracker):
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
         test = Cohort.load(splits, df, "test", paths.VOLUMES)
         volumes = [test.volume(i) for i in range(len(test))]
@@ -65,7 +66,7 @@ def main() -> None:
                         cfg=TrainConfig.from_params(p), state_dir=cache_dir("slices_ft", key), tracker=tracker)
                     peft_model.save_pretrained(out_dir / "adapter")
                     io.write_csv(out_dir / "curve.csv", pd.DataFrame(result.history))
-                preds = seq.predict(volumes, batch_size=cfg["baselines"]["batch_size"])
+                preds = seq.predict(volumes, batch_size=cfg["baselines"]["batch_size"], seed=cfg["generate"]["seed"])
         except NotRunnable as exc:
             meta.update(status="not_run", reason=str(exc).removeprefix("not run: "))
             print(f"baseline@{name}: {exc}")

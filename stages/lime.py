@@ -50,7 +50,9 @@ def main() -> None:
         io.write_csv(OUT / "faithfulness.csv", table)
         summary = table.groupby(["model", "target"]).mean(numeric_only=True).round(4)
         metrics = {f"{m}_{t}_{k}": float(v) for (m, t), r in summary.iterrows() for k, v in r.items() if v == v}
-        io.write_json(OUT / "faithfulness.json", metrics)
+        trained = table[table["model"] == "trained"]
+        stability = {sid: dict(zip(g["target"], g["stability"].round(4))) for sid, g in trained.groupby("subject")}
+        io.write_json(OUT / "faithfulness.json", {**metrics, "stability_per_case": stability})
         tracker.log_metrics(metrics)
         for name in ("faithfulness.csv", "contact_sheet.png", "figures"):
             tracker.log_artifact(OUT / name, "lime" if name != "figures" else "lime/figures")

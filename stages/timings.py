@@ -4,8 +4,8 @@
 
 Reads mlflow.db with sqlite directly (no MLflow import): for every stage, its latest finished MLflow run (of
 DVC experiment NAME with --exp; the workspace's runs are tagged `dvc_exp` = "workspace"), with the cost metrics
-`stage.run` logs: stage_seconds, and peak_rss_mb and threads where a run logged them (blank otherwise). Prints
-one Markdown table with each stage's share of the total, slowest first.
+`stage.run` logs: stage_seconds, startup_seconds (imports before the work), peak_rss_mb and threads (blank where
+a run did not log them). Prints one Markdown table with each stage's share of the total, slowest first.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-METRICS = ("stage_seconds", "peak_rss_mb", "threads")
+METRICS = ("stage_seconds", "startup_seconds", "peak_rss_mb", "threads")
 
 
 def last_runs(db: str | Path, exp: str | None = None) -> pd.DataFrame:
@@ -43,13 +43,17 @@ def last_runs(db: str | Path, exp: str | None = None) -> pd.DataFrame:
 
 def markdown(runs: pd.DataFrame) -> str:
     total = runs["stage_seconds"].sum()
-    lines = ["| stage | seconds | share | peak RSS (MB) | threads |", "|---|---|---|---|---|"]
+    lines = ["| stage | seconds | share | start-up (s) | peak RSS (MB) | threads |", "|---|---|---|---|---|---|"]
+
+    def num(x: float, fmt: str) -> str:
+        return "" if pd.isna(x) else format(x, fmt)
+
     for r in runs.itertuples():
         share = r.stage_seconds / total if total else float("nan")
-        rss = "" if pd.isna(r.peak_rss_mb) else f"{r.peak_rss_mb:.0f}"
-        threads = "" if pd.isna(r.threads) else f"{r.threads:.0f}"
-        lines.append(f"| {r.stage} | {r.stage_seconds:.1f} | {share:.1%} | {rss} | {threads} |")
-    lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | 100% | | |")
+        lines.append(f"| {r.stage} | {r.stage_seconds:.1f} | {share:.1%} | {num(r.startup_seconds, '.1f')} | "
+                     f"{num(r.peak_rss_mb, '.0f')} | {num(r.threads, '.0f')} |")
+    startup = runs["startup_seconds"].sum()
+    lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | 100% | {num(startup, '.1f')} | | |")
     return "\n".join(lines)
 
 

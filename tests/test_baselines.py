@@ -1,5 +1,7 @@
 """Baselines: the slice-sequence prompt on a tiny Gemma 3 of the real class, Med3DVLM's input and gate."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,11 +20,20 @@ def volume_with_left_lesion(shape=(8, 32, 32)):
     return v
 
 
+def decoding(max_new_tokens: int = 6):
+    """The project's `generate` settings (params.yaml), shortened: what every system decodes with."""
+    from brain3d import config
+    from brain3d.generation import decoding_from_params
+
+    g = config.load(Path(__file__).resolve().parents[1] / "params.yaml")["generate"]
+    return decoding_from_params({**g, "max_new_tokens": max_new_tokens, "min_new_tokens": 1})
+
+
 @pytest.fixture(scope="module")
 def seq(tiny_gemma3_dir):
     torch.manual_seed(0)
     lm = load_language_model(tiny_gemma3_dir, keep_vision=True)
-    return SliceSequence(lm, load_processor(tiny_gemma3_dir), PROMPT, max_new_tokens=6)
+    return SliceSequence(lm, load_processor(tiny_gemma3_dir), PROMPT, decoding=decoding())
 
 
 def test_slice_prompt_layout(seq):
@@ -50,10 +61,34 @@ def test_slices_are_spread_from_inferior_to_superior_in_the_radiological_view():
 
 
 def test_prediction_and_masked_loss(seq):
-    out = seq.predict([volume_with_left_lesion()] * 2, batch_size=2, progress=False)
+    out = seq.predict([volume_with_left_lesion()] * 2, batch_size=2, seed=0, progress=False)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
     loss = seq.loss([volume_with_left_lesion()], ["Left frontal lesion."])
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_the_slice_model_decodes_with_the_generate_settings_penalising_only_its_report(seq, monkeypatch):
+    """Every system decodes alike: sampling, no-repeat n-grams, length and the side-sparing repetition penalty
+    of the `generate` section; the penalty skips the chat prompt (which names "lesion", "edema" ...)."""
+    from brain3d.models.model import ExemptRepetitionPenalty
+
+    seen = {}
+
+    def fake_generate(**kwargs):
+        seen.update(kwargs)
+        return torch.cat([kwargs["input_ids"], kwargs["input_ids"][:, -2:]], dim=1)
+
+    monkeypatch.setattr(seq.lm.full, "generate", fake_generate)
+    seq.predict([volume_with_left_lesion()], batch_size=1, seed=0, progress=False)
+    d = seq.decoding
+    assert (seen["temperature"], seen["top_p"], seen["no_repeat_ngram_size"], seen["do_sample"]) == \
+        (d.temperature, d.top_p, d.no_repeat_ngram_size, True)
+    assert "repetition_penalty" not in seen
+    (penalty,) = seen["logits_processor"]
+    assert isinstance(penalty, ExemptRepetitionPenalty) and penalty.penalty == d.repetition_penalty
+    assert penalty.prompt_length == seen["input_ids"].shape[1] and len(penalty.exempt) > 0
+    scores = torch.zeros(1, 10)
+    assert torch.equal(penalty(seen["input_ids"], scores), scores), "prompt tokens are not penalised"
 
 
 def test_med3dvlm_input_shape_range_and_orientation():

@@ -61,7 +61,7 @@ def test_timings_table_has_every_stage_of_the_last_run(tiny_pipeline):
     spec.loader.exec_module(timings)
     runs = timings.last_runs(tiny_pipeline.repo.path / "mlflow.db", exp="workspace").set_index("stage")
     assert set(runs.index) == set(STAGES)
-    assert (runs["stage_seconds"] > 0).all()
+    assert (runs["stage_seconds"] > 0).all() and (runs["peak_rss_mb"] > 0).all() and (runs["threads"] == 1).all()
     table = timings.markdown(runs.reset_index())
     assert table.count("\n| ") == len(STAGES) + 1 and "**total**" in table  # a row per stage, then the total
 

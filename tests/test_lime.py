@@ -216,6 +216,30 @@ def test_explain_case_faithfulness_rows_on_a_case_with_a_known_answer(monkeypatc
     assert rows[("randomised", "report")]["lesion_rank"] > 1
     assert rows[("trained", "side")]["deletion_drop"] == pytest.approx(0.0, abs=1e-9)  # constant score
     assert np.abs(result.explanations["side"].weights).max() < 1e-9
+    # the trained model's rows say how two LIME seeds agree (here one supervoxel carries all the signal, so the
+    # others' order is noise); the randomised model's rows carry none
+    assert -1 <= trained["stability"] <= 1 and "stability" not in rows[("randomised", "report")]
+
+
+def test_stability_is_the_rank_correlation_of_two_seeds_and_grows_with_samples():
+    """Every supervoxel matters, each by a different amount: two seeds agree on the order, better with more
+    samples."""
+    from brain3d.interpretability.lime3d import explain, stability, supervoxels
+
+    a = np.array([0.1, 0.5, -0.2, 0.9])
+    assert stability(a, 2 * a + 1) == pytest.approx(1.0) and stability(a, -a) == pytest.approx(-1.0)
+    volume, _ = brain_like()
+    labels = supervoxels(volume, 12, 0.05)
+    k = int(labels.max())
+    means = lambda v: np.stack([v[:, labels == j + 1].mean(1) for j in range(k)], 1)  # noqa: E731
+    score = lambda v: (means(v) @ np.linspace(-1, 1, k))[:, None]  # noqa: E731
+
+    def agree(n):
+        runs = [explain(volume, labels, score, n_samples=n, batch_size=16, seed=s)[0].weights for s in (1, 2)]
+        return stability(*runs)
+
+    few, many = agree(16), agree(128)
+    assert many > 0.95 and many >= few
 
 
 def test_pick_cases_is_deterministic_per_laterality_class():

@@ -98,7 +98,9 @@ def test_rest_api_lists_runs_with_tags_params_metrics(tiny_pipeline, mlflow_serv
     for stage, items in by_stage.items():
         for item in items:
             assert item["params"].get("profile") == "demo", stage
-            assert "stage_seconds" in item["metrics"], stage
+            m = item["metrics"]
+            assert {"stage_seconds", "startup_seconds", "peak_rss_mb", "threads"} <= set(m), stage
+            assert m["threads"] == 1 and 50 < m["peak_rss_mb"] < 20_000 and 0 < m["startup_seconds"] < 300, (stage, m)
     exp_runs = [i for items in by_stage.values() for i in items if i["tags"]["dvc_exp"] == EXPERIMENT]
     assert {i["tags"]["git_sha"] for i in exp_runs} == {tiny_pipeline.sha_exp}
     phase2b = [i for i in by_stage["phase2b"] if i["tags"]["dvc_exp"] == EXPERIMENT]

@@ -62,9 +62,10 @@ def tiny_params(params: dict) -> dict:
     for phase in ("phase1", "phase2a", "phase2b"):  # slices_ft follows phase2b's budget
         demo[phase].update(epochs=1, batch_size=4, patience=1)
     demo["generate"].update(max_new_tokens=16, batch_size=16)
-    demo["baselines"].update(n_slices=4, max_new_tokens=16)
+    demo["baselines"].update(n_slices=4)
     p["evaluate"]["n_resamples"] = 50
-    p["lime"].update(per_class=1, n_segments=6, n_samples=8, batch_size=8, deletion_steps=3)
+    p["lime"].update(per_class=1, batch_size=8, deletion_steps=3)
+    demo["lime"].update(n_segments=6, n_samples=8)
     p["lime"]["cnn"].update(epochs=1)
     return p
 

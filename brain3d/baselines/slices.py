@@ -1,7 +1,8 @@
 """MedGemma slice-sequence baseline (SPEC §6) on the Gemma 3 processor path, and its LoRA fine-tune.
 
 The prompt follows MedGemma's volumetric recipe: the instruction first, then each slice as an image
-preceded by its label "SLICE n" (inferior to superior), the question last; greedy decoding.
+preceded by its label "SLICE n" (inferior to superior), the question last. Reports are decoded as every
+system's are: the `generate` settings (brain3d.models.model.Decoding), penalties on the report tokens only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from brain3d.data.views import radiological
 from brain3d.models.backbones import LanguageModel
+from brain3d.models.model import Decoding
 
 
 @dataclass
@@ -42,13 +44,13 @@ class SlicePrompt:
 
 
 class SliceSequence:
-    """Gemma 3 / MedGemma reading a volume as a sequence of axial slices (zero-shot or fine-tuned).
-    `max_new_tokens` (and `predict`'s `batch_size`) are the `baselines` params; no defaults."""
+    """Gemma 3 / MedGemma reading a volume as a sequence of axial slices (zero-shot or fine-tuned), decoding
+    with `decoding` (the `generate` params, as every system)."""
 
-    def __init__(self, lm: LanguageModel, processor, prompt: SlicePrompt, *, max_new_tokens: int):
+    def __init__(self, lm: LanguageModel, processor, prompt: SlicePrompt, *, decoding: Decoding):
         if getattr(lm.full.model, "vision_tower", None) is None:
             raise ValueError("the slice baseline needs the multimodal checkpoint with its vision tower")
-        self.lm, self.processor, self.prompt, self.max_new_tokens = lm, processor, prompt, max_new_tokens
+        self.lm, self.processor, self.prompt, self.decoding = lm, processor, prompt, decoding
 
     @property
     def device(self) -> torch.device:
@@ -61,15 +63,17 @@ class SliceSequence:
                                                   return_dict=True, return_tensors="pt", padding=True)
 
     @torch.no_grad()
-    def predict(self, volumes: list[np.ndarray], *, batch_size: int, progress: bool = True) -> list[str]:
+    def predict(self, volumes: list[np.ndarray], *, batch_size: int, seed: int, progress: bool = True) -> list[str]:
+        """Reports in batches (left padding), each batch seeded seed + its index as Brain3D's generation is."""
         self.lm.full.eval()
         out: list[str] = []
-        for start in tqdm(range(0, len(volumes), batch_size), desc="slices", disable=not progress):
+        tok = self.processor.tokenizer
+        stop = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+        for b, start in enumerate(tqdm(range(0, len(volumes), batch_size), desc="slices", disable=not progress)):
             enc = self.encode(volumes[start : start + batch_size]).to(self.device)
-            tok = self.processor.tokenizer
-            stop = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
-            ids = self.lm.full.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                        pad_token_id=tok.pad_token_id, eos_token_id=stop)
+            torch.manual_seed(seed + b)
+            ids = self.lm.full.generate(**enc, pad_token_id=tok.pad_token_id, eos_token_id=stop,
+                                        **self.decoding.kwargs(tok, prompt_length=enc["input_ids"].shape[1]))
             new = ids[:, enc["input_ids"].shape[1] :]
             out.extend(t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True))
         return out

@@ -16,6 +16,7 @@ from brain3d.interpretability.lime3d import (
     explain,
     lesion_rank,
     lesion_share,
+    stability,
     supervoxels,
 )
 from brain3d.interpretability.targets import case_scores
@@ -66,14 +67,19 @@ def explain_case(model: Brain3D, volume: np.ndarray, report: str, settings: Lime
                  seg: np.ndarray | None = None, with_side: bool = False,
                  randomised: Brain3D | None = None) -> CaseResult:
     """LIME for the report (and side) targets; faithfulness vs the true lesion and, optionally, the same
-    numbers for a randomised model."""
+    numbers for a randomised model. The trained model's explanations are also drawn with the next seed: the
+    rank correlation of the two (`stability`) says whether `n_samples` is enough for this case."""
     labels = supervoxels(volume, settings.n_segments, settings.compactness)
     lesion = seg > 0 if seg is not None else None
     names, score_fn = case_scores(model, report, with_side)
     kwargs = dict(n_samples=settings.n_samples, batch_size=settings.batch_size, seed=settings.seed)
     exps = explain(volume, labels, score_fn, **kwargs)
+    again = explain(volume, labels, score_fn, **{**kwargs, "seed": settings.seed + 1})
     result = CaseResult(labels, dict(zip(names, exps)))
-    result.rows += _faithfulness(volume, labels, names, score_fn, exps, lesion, settings, "trained")
+    rows = _faithfulness(volume, labels, names, score_fn, exps, lesion, settings, "trained")
+    for row, a, b in zip(rows, exps, again):
+        row["stability"] = stability(a.weights, b.weights)
+    result.rows += rows
     if randomised is not None:
         names_r, score_r = case_scores(randomised, report, with_side)
         exps_r = explain(volume, labels, score_r, **kwargs)

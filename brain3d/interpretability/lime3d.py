@@ -73,6 +73,13 @@ def explain(volume: np.ndarray, labels: np.ndarray, score_fn: ScoreFn, *, n_samp
     return out
 
 
+def stability(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two attributions of the same case (e.g. two LIME seeds): 1 = same order."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
 def _as_matrix(scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     return scores[:, None] if scores.ndim == 1 else scores

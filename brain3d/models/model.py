@@ -63,18 +63,18 @@ class Decoding:
     do_sample: bool = True
     extra: dict = field(default_factory=dict)
 
-    def kwargs(self, tokenizer=None) -> dict:
-        """`generate()` keyword arguments; with `repetition_exempt` the penalty runs as an ExemptRepetitionPenalty
-        over `tokenizer`'s vocabulary (required then)."""
+    def kwargs(self, tokenizer=None, prompt_length: int = 0) -> dict:
+        """`generate()` keyword arguments. The repetition penalty runs as an ExemptRepetitionPenalty over the
+        generated tokens only (the first `prompt_length` ids are the prompt: a chat prompt that names "lesion"
+        must not make the report avoid it), sparing `repetition_exempt` (which needs the `tokenizer`)."""
         out = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
                    no_repeat_ngram_size=self.no_repeat_ngram_size, do_sample=self.do_sample, **self.extra)
-        if self.repetition_exempt and self.repetition_penalty != 1.0:
-            if tokenizer is None:
+        if self.repetition_penalty != 1.0:
+            if self.repetition_exempt and tokenizer is None:
                 raise ValueError("Decoding.repetition_exempt needs the tokenizer")
-            penalty = ExemptRepetitionPenalty(self.repetition_penalty, word_token_ids(tokenizer, self.repetition_exempt))
+            exempt = word_token_ids(tokenizer, self.repetition_exempt) if self.repetition_exempt else []
+            penalty = ExemptRepetitionPenalty(self.repetition_penalty, exempt, prompt_length)
             out["logits_processor"] = LogitsProcessorList([*out.get("logits_processor", []), penalty])
-        else:
-            out["repetition_penalty"] = self.repetition_penalty
         if self.do_sample:
             out.update(temperature=self.temperature, top_p=self.top_p)
         return out
@@ -90,14 +90,19 @@ def word_token_ids(tokenizer, words) -> list[int]:
 
 class ExemptRepetitionPenalty(LogitsProcessor):
     """The CTRL repetition penalty of transformers' RepetitionPenaltyLogitsProcessor (a generated token's score
-    is divided by `penalty` if positive, multiplied if negative, once per token), sparing the `exempt` ids."""
+    is divided by `penalty` if positive, multiplied if negative, once per token), sparing the `exempt` ids and
+    the first `prompt_length` positions of the input ids (the prompt)."""
 
-    def __init__(self, penalty: float, exempt: list[int]):
+    def __init__(self, penalty: float, exempt: list[int], prompt_length: int = 0):
         if penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
         self.penalty, self.exempt = penalty, torch.tensor(sorted(exempt), dtype=torch.long)
+        self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        input_ids = input_ids[:, self.prompt_length :]
+        if input_ids.shape[1] == 0:
+            return scores
         seen = torch.gather(scores, 1, input_ids)
         penalised = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
         spared = torch.isin(input_ids, self.exempt.to(input_ids.device))
