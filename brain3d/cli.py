@@ -1,11 +1,14 @@
-"""`brain3d` command: a report for one scan with a trained model.
+"""`brain3d` command: reports for FLAIR scans with a trained model.
 
-    brain3d report SCAN.nii.gz [--model models/phase2b] [--explain OUT.png [--lime-samples N]] [--json]
+    brain3d report SCAN... | DIR... [--model DIR] [--out results.jsonl|.csv] [--explain OUT] [--json]
 
-Decoding and LIME settings are params.yaml's `generate` and `lime` sections (`--params`), as in the stages.
+The model loads once; scans are preprocessed in parallel worker processes. Decoding and LIME settings are
+params.yaml's `generate` and `lime` sections (`--params`), as in the stages. Every result names the model
+that wrote it (directory, profile, training data, revision) and says "research use only".
 
-Bad input (missing file, not a NIfTI, 4D, NaN, not a brain) prints one line on stderr and exits 2;
-never a traceback.
+A scan that cannot be read (missing, not a NIfTI, 4D, NaN, not a brain, not FLAIR-like) gets one line on
+stderr at the end, naming it and the reason, while the other scans go on; the exit status is then 2.
+Never a traceback.
 """
 
 from __future__ import annotations
@@ -19,28 +22,55 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 
 
+REPO = Path(__file__).resolve().parents[1]  # the Brain3D checkout, when the package is installed from one
+
+
+def _default_model() -> Path:
+    """BRAIN3D_MODEL, else the `models/phase2b` of the repository this package lives in (not the working
+    directory's)."""
+    import os
+
+    return Path(os.environ.get("BRAIN3D_MODEL") or REPO / "models" / "phase2b")
+
+
+def _default_params() -> Path:
+    return REPO / "params.yaml" if (REPO / "params.yaml").exists() else Path("params.yaml")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="brain3d", description="Brain3D: radiology reports for 3D brain FLAIR MRI.")
     sub = ap.add_subparsers(dest="command", required=True)
-    rp = sub.add_parser("report", help="write the radiology report of one FLAIR NIfTI scan",
-                        description="Preprocess one FLAIR scan exactly as in training (skull strip, RAS, "
-                                    "percentile scaling, resampling) and generate its report.")
-    rp.add_argument("scan", type=Path, help="FLAIR volume (.nii or .nii.gz), any orientation")
-    rp.add_argument("--model", type=Path, default=Path("models/phase2b"),
-                    help="a trained model directory holding brain3d.json (default: models/phase2b)")
+    rp = sub.add_parser("report", help="write the radiology reports of FLAIR NIfTI scans",
+                        description="Preprocess FLAIR scans exactly as in training (skull strip, RAS, "
+                                    "percentile scaling, resampling) and generate their reports, loading the "
+                                    "model once. Research use only.")
+    rp.add_argument("scans", type=Path, nargs="+", metavar="SCAN",
+                    help="FLAIR volumes (.nii or .nii.gz, any orientation) or folders of them")
+    rp.add_argument("--model", type=Path, default=None,
+                    help="a trained model directory holding brain3d.json (default: BRAIN3D_MODEL, else "
+                         "models/phase2b of the Brain3D repository)")
+    rp.add_argument("--out", type=Path, metavar="FILE",
+                    help="also write one row per scan (report, findings, model, timings, or why it failed) "
+                         "to FILE: .jsonl or .csv")
+    rp.add_argument("--workers", type=int, default=None,
+                    help="preprocessing processes (default: up to 4, at most the number of scans and cores)")
     rp.add_argument("--skull-stripped", action="store_true",
-                    help="the scan is already brain-extracted (e.g. BraTS); skip skull stripping")
+                    help="the scans are already brain-extracted (e.g. BraTS); skip skull stripping")
     rp.add_argument("--skull-strip", choices=("registration", "threshold"),
                     help="skull-stripping method for unstripped scans (default: preprocess.skull_strip)")
-    rp.add_argument("--explain", type=Path, metavar="OUT.png",
-                    help="also write a 3D LIME figure (axial/coronal/sagittal; red supports the report)")
+    rp.add_argument("--allow-any-sequence", action="store_true",
+                    help="report on scans whose tissue contrast does not look like FLAIR (refused by default)")
+    rp.add_argument("--explain", type=Path, metavar="OUT",
+                    help="also write a 3D LIME figure (red supports the report): OUT.png for one scan, a "
+                         "folder of <scan>.png for several")
     rp.add_argument("--lime-samples", type=int, metavar="N",
                     help="perturbed volumes scored for --explain (default: lime.n_samples, as the lime stage)")
-    rp.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    rp.add_argument("--json", action="store_true", help="print JSON (an object; a list for several scans)")
     rp.add_argument("--max-new-tokens", type=int, help="report length limit (default: generate.max_new_tokens)")
     rp.add_argument("--seed", type=int, help="sampling seed (default: generate.seed)")
-    rp.add_argument("--params", type=Path, default=Path("params.yaml"),
-                    help="params file of the decoding (`generate`) and LIME (`lime`) settings (default: params.yaml)")
+    rp.add_argument("--params", type=Path, default=None,
+                    help="params file of the preprocessing, decoding and LIME settings (default: the Brain3D "
+                         "repository's params.yaml, else ./params.yaml)")
     rp.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     return ap
 
@@ -105,7 +135,111 @@ def settings(cfg: dict, args: argparse.Namespace):
     return decoding_from_params(g), LimeSettings.from_params(lime)
 
 
+def expand(paths: list[Path]) -> list[Path]:
+    """The scans named: files as given (a missing one fails later, with its reason), folders searched for
+    .nii / .nii.gz files (recursively, sorted); each scan once."""
+    out: list[Path] = []
+    for path in paths:
+        found = sorted(p for p in path.rglob("*") if p.name.endswith((".nii", ".nii.gz"))) if path.is_dir() else [path]
+        out += [p for p in found if p not in out]
+    return out
+
+
+def model_info(model_dir: Path, card: dict) -> dict:
+    """What a report must say about the model that wrote it: where it is, what it was trained on (demo:
+    stand-in backbones trained by the pipeline on the synthetic phantom cohort; paper: MedSigLIP + MedGemma on
+    BraTS 2020 + TextBraTS + ds000221), the git revision and `dvc.lock` hash of the run that made it when the
+    directory is a DVC output of a Brain3D checkout, and its intended use."""
+    import subprocess
+
+    import yaml
+
+    model_dir = model_dir.resolve()
+    profile, trained_on = {  # the foundation stage records where the backbones came from
+        "standins": ("demo", "synthetic phantom cohort (stand-in backbones trained by the pipeline)"),
+        "local": ("paper", "BraTS 2020 + TextBraTS + ds000221 (MedSigLIP-448, MedGemma-1.5-4B-IT)"),
+    }.get(card["backbones"].get("source"), ("unknown", "unknown (the model card does not say)"))
+    info = {"dir": str(model_dir), "phase": card.get("phase"), "profile": profile, "trained_on": trained_on,
+            "revision": None, "dvc_lock_md5": None, "use": "research use only, not for clinical decisions"}
+    git = subprocess.run(["git", "-C", str(model_dir), "rev-parse", "--show-toplevel", "HEAD"],
+                         capture_output=True, text=True)
+    if git.returncode == 0:
+        root, sha = git.stdout.split()
+        info["revision"] = sha
+        lock = Path(root) / "dvc.lock"
+        if lock.exists():
+            rel = model_dir.relative_to(Path(root).resolve()).as_posix() if model_dir.is_relative_to(
+                Path(root).resolve()) else None
+            for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+                for out in stage.get("outs", []):
+                    if out.get("path") == rel:
+                        info["dvc_lock_md5"] = out.get("md5")
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line naming the model, for text output."""
+    rev = f", revision {info['revision'][:8]}" if info["revision"] else ""
+    md5 = f", dvc.lock md5 {info['dvc_lock_md5']}" if info["dvc_lock_md5"] else ""
+    return f"model: {info['dir']} ({info['profile']} profile, {info['phase']}{rev}{md5}); {info['use']}"
+
+
+DEMO_WARNING = ("brain3d: warning: {dir} is a demo model: stand-in backbones trained on a synthetic phantom "
+                "cohort. Its reports of real scans are not meaningful; research use only.")
+
+
+def _prepare(job: tuple) -> tuple:
+    """Worker: (scan, Preprocessed or None, reason, seconds). Preprocessing, then the FLAIR check."""
+    scan, shape, kwargs, allow_any = job
+    from brain3d.data.manifest import InputError
+    from brain3d.data.preprocess import preprocess_subject
+    from brain3d.data.sequence import check_sequence
+
+    t0 = time.perf_counter()
+    try:
+        pre = preprocess_subject(scan.name, scan, shape, **kwargs)
+        check = check_sequence(pre.volume, kwargs["fov_mm"])
+    except InputError as exc:
+        return scan, None, exc.reason, time.perf_counter() - t0
+    except ValueError as exc:
+        return scan, None, f"sequence check failed: {exc}", time.perf_counter() - t0
+    pre.qc.update(check.qc())
+    if not check.is_flair and not allow_any:
+        return scan, None, f"{check.reason}; Brain3D reads FLAIR (--allow-any-sequence to override)", \
+            time.perf_counter() - t0
+    return scan, pre, "", time.perf_counter() - t0
+
+
+def _preprocessed(scans: list[Path], shape, kwargs: dict, allow_any: bool, workers: int):
+    """(scan, Preprocessed | None, reason, seconds) in the order of `scans`, preprocessed `workers` at a time
+    in worker processes (as the `preprocess` stage does)."""
+    from joblib import Parallel, delayed
+
+    jobs = (delayed(_prepare)((scan, shape, kwargs, allow_any)) for scan in scans)
+    yield from Parallel(n_jobs=workers, return_as="generator")(jobs)
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """--out: JSON lines, or a CSV with findings and model flattened into columns."""
+    from brain3d import io
+
+    if path.suffix == ".jsonl":
+        io.write_jsonl(path, rows)
+    elif path.suffix == ".csv":
+        import pandas as pd
+
+        flat = [{**{k: v for k, v in r.items() if k not in ("findings", "model", "seconds")},
+                 **{f"findings_{k}": ";".join(v) if isinstance(v, list) else v for k, v in r.get("findings", {}).items()},
+                 **{f"model_{k}": v for k, v in r["model"].items()},
+                 **{f"seconds_{k}": v for k, v in r["seconds"].items()}} for r in rows]
+        io.write_csv(path, pd.DataFrame(flat))
+    else:
+        raise ValueError(f"--out {path}: use a .jsonl or .csv file name")
+
+
 def report(args: argparse.Namespace) -> int:
+    import os
+
     from brain3d import config, runtime
 
     runtime.set_offline_env()  # before any hub library reads its environment
@@ -114,68 +248,83 @@ def report(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from brain3d.data.manifest import InputError
-    from brain3d.data.preprocess import preprocess_subject
     from brain3d.models import checkpoint
 
-    t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    params = args.params or _default_params()
     try:
-        cfg = config.load(args.params)
+        cfg = config.load(params)
     except (OSError, config.ParamsError) as exc:
-        return _fail(f"{args.params}: {exc}")
+        return _fail(f"{params}: {exc}")
     decoding, lime = settings(cfg, args)
     if args.explain and lime.n_samples < 2:
         return _fail(f"--lime-samples must be at least 2, got {lime.n_samples}")
-    # progress only on a terminal: piped stderr carries nothing but the one-line error of bad input
-    steps = tqdm(total=4 if args.explain else 3, desc="brain3d", unit="step", file=sys.stderr, leave=False,
-                 disable=not sys.stderr.isatty())
-    try:
-        card = checkpoint.read_card(args.model)
-        steps.set_postfix_str("preprocess")
-        p = cfg["preprocess"]
-        pre = preprocess_subject(args.scan.name, args.scan, card["model_config"].volume_shape,
-                                 skull_stripped=args.skull_stripped, skull_strip=args.skull_strip or p["skull_strip"],
-                                 fov_mm=p["fov_mm"], min_similarity=p["min_brain_similarity"])
-    except InputError as exc:
-        steps.close()
-        return _fail(f"{args.scan}: {exc.reason}")
-    steps.update()
-    steps.set_postfix_str("load model")
-    model = checkpoint.load(args.model, device)
-    steps.update()
-    steps.set_postfix_str("generate")
-    with torch.no_grad():
-        z = model.visual(torch.from_numpy(pre.volume)[None, None].to(device))
+    if args.out and args.out.suffix not in (".jsonl", ".csv"):
+        return _fail(f"--out {args.out}: use a .jsonl or .csv file name")
+    model_dir = args.model or _default_model()
+    card = checkpoint.read_card(model_dir)  # FileNotFoundError: main() prints it as one line
+    info = model_info(model_dir, card)
+    scans = expand(args.scans)
+    if not scans:
+        return _fail(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
+    p = cfg["preprocess"]
+    kwargs = dict(skull_stripped=args.skull_stripped, skull_strip=args.skull_strip or p["skull_strip"],
+                  fov_mm=p["fov_mm"], min_similarity=p["min_brain_similarity"])
+    workers = args.workers or min(4, len(scans), os.cpu_count() or 1)
+    model = None
     seed = cfg["generate"]["seed"] if args.seed is None else args.seed
-    text = model.generate(z, decoding, seed=seed)[0]
-    steps.update()
-    result = {"scan": str(args.scan), "model": str(args.model), "report": text, "findings": findings(text)}
-    if args.explain:
-        from brain3d.interpretability.cases import explain_case
-        from brain3d.interpretability.figures import save_case_figure
-
-        steps.set_postfix_str("explain")
-        case = explain_case(model, pre.volume, text, lime,
-                            with_side=result["findings"]["side"] in ("left", "right"))
-        exp = case.explanations["report"]
-        save_case_figure(args.explain, pre.volume, exp.voxel_map(case.labels), None, args.scan.name)
-        result["explanation"] = str(args.explain)
-        steps.update()
-    steps.close()
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        f = result["findings"]
-        print(text)
-        print(f"\nfindings: side={f['side']}; anatomy={', '.join(f['anatomy']) or '-'}; "
-              f"pathology={', '.join(f['pathology']) or '-'}")
+    rows, failed = [], []
+    # progress only on a terminal: piped stderr carries nothing but warnings and failures
+    bar = tqdm(total=len(scans), desc="brain3d", unit="scan", file=sys.stderr, leave=False,
+               disable=not sys.stderr.isatty())
+    for scan, pre, reason, prep_s in _preprocessed(scans, card["model_config"].volume_shape, kwargs,
+                                                   args.allow_any_sequence, workers):
+        bar.update()
+        if pre is None:
+            failed.append((scan, reason))
+            rows.append({"scan": str(scan), "status": "failed", "reason": reason, "model": info,
+                         "seconds": {"preprocess": round(prep_s, 2)}})
+            continue
+        if model is None:
+            model = checkpoint.load(model_dir, device)
+            if info["profile"] == "demo":
+                print(DEMO_WARNING.format(dir=model_dir), file=sys.stderr)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            z = model.visual(torch.from_numpy(pre.volume)[None, None].to(device))
+        text = model.generate(z, decoding, seed=seed)[0]
+        row = {"scan": str(scan), "status": "ok", "reason": "", "report": text, "findings": findings(text),
+               "sequence": pre.qc["sequence"], "model": info,
+               "seconds": {"preprocess": round(prep_s, 2), "generate": round(time.perf_counter() - t0, 2)}}
         if args.explain:
-            print(f"explanation: {args.explain}")
-    return 0
+            from brain3d.interpretability.cases import explain_case
+            from brain3d.interpretability.figures import save_case_figure
+
+            png = args.explain if len(scans) == 1 else args.explain / f"{scan.name.split('.nii')[0]}.png"
+            case = explain_case(model, pre.volume, text, lime, with_side=row["findings"]["side"] in ("left", "right"))
+            save_case_figure(png, pre.volume, case.explanations["report"].voxel_map(case.labels), None, scan.name)
+            row["explanation"] = str(png)
+        rows.append(row)
+        if not args.json:
+            f = row["findings"]
+            head = f"== {scan}\n" if len(scans) > 1 else ""
+            print(f"{head}{text}\n\nfindings: side={f['side']}; anatomy={', '.join(f['anatomy']) or '-'}; "
+                  f"pathology={', '.join(f['pathology']) or '-'}")
+            if args.explain:
+                print(f"explanation: {row['explanation']}")
+            print(describe(info) + ("\n" if len(scans) > 1 else ""))
+    bar.close()
+    if args.json:
+        ok = [r for r in rows if r["status"] == "ok"]
+        if ok:
+            print(json.dumps(ok[0] if len(scans) == 1 else ok, indent=2))
+    if args.out:
+        write_rows(args.out, rows)
+    for scan, reason in failed:
+        _fail(f"{scan}: {reason}")
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

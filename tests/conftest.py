@@ -105,8 +105,8 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     io.save_safetensors(out / "projector.safetensors", model.projector.state_dict())
     lora.save_pretrained(out / "adapter")
     write_card(out, phase="phase2b", model_cfg=cfg,
-               backbones={"vision": str(tiny_siglip_dir), "lm": str(tiny_gemma3_dir), "dtype": "float32",
-                          "load_in_4bit": False},
+               backbones={"source": "standins", "vision": str(tiny_siglip_dir), "lm": str(tiny_gemma3_dir),
+                          "dtype": "float32", "load_in_4bit": False},
                visual=out / "visual.safetensors", projector=out / "projector.safetensors", adapter=out / "adapter")
     return out
 

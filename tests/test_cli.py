@@ -1,6 +1,7 @@
 """The `brain3d` command, run as a user runs it (a subprocess) on a tiny model directory laid out like
-models/phase2b: help, a report for a good scan (text and JSON), a LIME figure, and one clear line on
-stderr with exit status 2 for every kind of bad input."""
+models/phase2b: help, a report for a good scan (text and JSON), a LIME figure, many scans in one call with
+--out, the FLAIR check, the model named in every result, and one clear line on stderr with exit status 2 for
+every kind of bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brain3d.cli import _parser, findings, settings
+from brain3d.cli import DEMO_WARNING, _parser, findings, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "brain3d"  # the console script (pyproject [project.scripts])
@@ -61,6 +62,9 @@ def scans(tmp_path_factory) -> dict[str, Path]:
     data = good.read_bytes()
     (out.setdefault("truncated", d / "truncated.nii.gz")).write_bytes(data[: len(data) // 2])
     out["4d"] = save(d / "series.nii.gz", rng.random((20, 20, 20, 3)).astype(np.float32))
+    for name, contrast in (("t1", (0.55, 0.85, 0.1)), ("t2", (0.6, 0.45, 1.0))):  # (GM, WM, CSF)
+        other = flair_like(atlas.gm, atlas.wm, atlas.csf, contrast) * atlas.brain
+        out[name] = save(d / f"{name}.nii.gz", (1000 * other).astype(np.int16), atlas.affine)
     nan = (1000 * flair).astype(np.float32)
     nan[40, 50, 40] = np.nan
     out["nan"] = save(d / "nan.nii.gz", nan, atlas.affine)
@@ -123,13 +127,16 @@ def json_run(scans, tiny_model_dir, tmp_path_factory):
     return report(scans["good"], tiny_model_dir, "--json", "--explain", str(png), "--lime-samples", "6"), png
 
 
-def test_a_good_scan_prints_a_report_and_its_findings(text_run):
+def test_a_good_scan_prints_a_report_and_its_findings(text_run, tiny_model_dir):
     assert text_run.returncode == 0, text_run.stderr
     assert "Traceback" not in text_run.stderr
-    assert text_run.stderr == "", f"piped stderr should stay clean, got:\n{text_run.stderr}"
+    # piped stderr holds nothing but the demo model's warning (the tiny model's card says "standins")
+    assert text_run.stderr.splitlines() == [DEMO_WARNING.format(dir=tiny_model_dir)], text_run.stderr
     body, _, tail = text_run.stdout.rstrip("\n").rpartition("\n\n")
     assert body.strip(), "no report text"
-    assert tail.startswith("findings: side=") and "; anatomy=" in tail and "; pathology=" in tail
+    found, model = tail.splitlines()
+    assert found.startswith("findings: side=") and "; anatomy=" in found and "; pathology=" in found
+    assert model.startswith(f"model: {tiny_model_dir.resolve()} (demo profile, phase2b") and "research use only" in model
 
 
 def test_json_output_and_explanation_figure(json_run, text_run):
@@ -144,6 +151,9 @@ def test_json_output_and_explanation_figure(json_run, text_run):
     assert f["side"] in ("none", "left", "right", "bilateral", "undefined")
     assert isinstance(f["anatomy"], list) and isinstance(f["pathology"], list)
     assert f == findings(result["report"])
+    assert result["sequence"] == "FLAIR" and result["status"] == "ok"
+    assert result["model"]["profile"] == "demo" and "phantom" in result["model"]["trained_on"]
+    assert result["model"]["use"].startswith("research use only")
     assert result["explanation"] == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     import matplotlib.image as mpimg
@@ -200,6 +210,8 @@ BAD = {  # case -> what its one line must say
     "zero": "empty volume",
     "noise": "does not look like a brain",
     "cube": "does not look like a brain",
+    "t1": "looks T1-weighted (white matter brighter than grey matter); Brain3D reads FLAIR",
+    "t2": "does not look like a brain FLAIR",  # its contrast fails the template correlation first
     "no_model": "brain3d.json missing",
 }
 
@@ -232,3 +244,80 @@ def test_cuda_without_a_gpu_is_one_line(scans, tiny_model_dir):
     run = brain3d("report", str(scans["good"]), "--model", str(tiny_model_dir), "--skull-stripped",
                   "--device", "cuda")
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1 and "CUDA is not available" in run.stderr
+
+
+# ------------------------------------------------------------------------------------ many scans at once
+
+
+def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tiny_model_dir, tmp_path):
+    """A folder (two good scans, one T1) plus a missing file: the model loads once, every good scan gets its
+    report, the bad ones are listed at the end, exit status 2, and --out holds one row per scan."""
+    import shutil
+
+    import pandas as pd
+
+    folder = tmp_path / "cohort"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(scans["good"], folder / "a.nii.gz")
+    shutil.copy(scans["good"], folder / "sub" / "b.nii.gz")
+    shutil.copy(scans["t1"], folder / "c.nii.gz")
+    missing = tmp_path / "absent.nii.gz"
+    out = tmp_path / "results.jsonl"
+    run = brain3d("report", str(folder), str(missing), "--model", str(tiny_model_dir), "--skull-stripped",
+                  "--device", "cpu", "--max-new-tokens", "12", "--out", str(out), "--workers", "2")
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert lines[0] == DEMO_WARNING.format(dir=tiny_model_dir)
+    assert [line.split(": ")[1] for line in lines[1:]] == [str(folder / "c.nii.gz"), str(missing)], lines
+    assert "looks T1-weighted" in lines[1] and "file not found" in lines[2]
+    assert run.stdout.count("findings: side=") == 2 and run.stdout.count("== ") == 2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(r["scan"]).name, r["status"]) for r in rows] == [
+        ("a.nii.gz", "ok"), ("c.nii.gz", "failed"), ("b.nii.gz", "ok"), ("absent.nii.gz", "failed")]
+    a, c, b, _ = rows
+    assert a["report"] == b["report"], "the same scan, the same seed: the same report"
+    assert a["model"]["dir"] == str(tiny_model_dir.resolve()) and set(a["seconds"]) == {"preprocess", "generate"}
+    assert "looks T1-weighted" in c["reason"] and "report" not in c
+    csv = tmp_path / "results.csv"
+    assert report(folder / "a.nii.gz", tiny_model_dir, "--out", str(csv)).returncode == 0
+    table = pd.read_csv(csv)
+    assert list(table["status"]) == ["ok"] and table.loc[0, "model_profile"] == "demo"
+    assert table.loc[0, "report"] == a["report"] and "findings_side" in table
+
+
+def test_any_sequence_is_read_when_the_user_says_so(scans, tiny_model_dir):
+    run = report(scans["t1"], tiny_model_dir, "--allow-any-sequence", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["sequence"] == "T1"
+
+
+def test_model_info_names_revision_and_dvc_lock_hash(tmp_path, tiny_model_dir):
+    """A model that is a DVC output of a git checkout: its revision and dvc.lock hash; elsewhere: none."""
+    import shutil
+
+    from brain3d.cli import model_info
+    from brain3d.models.checkpoint import read_card
+
+    card = read_card(tiny_model_dir)
+    info = model_info(tiny_model_dir, card)
+    assert (info["profile"], info["revision"], info["dvc_lock_md5"]) == ("demo", None, None)
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_model_dir, repo / "models" / "phase2b")
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages:\n  phase2b:\n    cmd: python -m stages.phase2b\n"
+                                   "    outs:\n    - path: models/phase2b\n      md5: abc123.dir\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    info = model_info(repo / "models" / "phase2b", card)
+    assert info["dvc_lock_md5"] == "abc123.dir" and len(info["revision"]) == 40
+    assert model_info(tiny_model_dir, {**card, "backbones": {}})["profile"] == "unknown"
+
+
+def test_the_default_model_is_the_repositorys_not_the_working_directorys(monkeypatch):
+    from brain3d import cli
+
+    monkeypatch.delenv("BRAIN3D_MODEL", raising=False)
+    assert cli._default_model() == ROOT / "models" / "phase2b"
+    monkeypatch.setenv("BRAIN3D_MODEL", "/somewhere/else")
+    assert cli._default_model() == Path("/somewhere/else")

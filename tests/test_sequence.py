@@ -1,0 +1,66 @@
+"""The FLAIR check: tissue contrast, read after an affine registration of the MNI tissue maps."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from brain3d.data.atlas import flair_like, mni
+from brain3d.data.preprocess import standardize
+from brain3d.data.sequence import check_sequence
+
+SHAPE = (32, 64, 64)
+CONTRASTS = {  # (GM, WM, CSF) weights, as the phantom's FLAIR_CONTRAST
+    "FLAIR": (0.78, 0.58, 0.06),
+    "T1": (0.55, 0.85, 0.10),
+    "T2": (0.60, 0.45, 1.00),
+    "unclear": (0.70, 0.68, 0.70),  # no usable contrast: CSF as bright as tissue, GM ~ WM
+}
+
+
+def scan(contrast, lesion: bool = False, shift_mm: float = 0.0) -> np.ndarray:
+    atlas = mni(2)
+    image = flair_like(atlas.gm, atlas.wm, atlas.csf, contrast) * atlas.brain
+    if lesion:  # a large bright lesion in the left hemisphere's white matter (about 5 % of the brain)
+        x, y, z = atlas.world_axes()
+        ball = (x[:, None, None] + 28) ** 2 + (y[None, :, None] - 5) ** 2 + (z[None, None, :] - 15) ** 2 < 24**2
+        image[ball & atlas.brain] = 1.0
+    affine = atlas.affine.copy()
+    affine[:3, 3] += shift_mm
+    brain = atlas.brain
+    if shift_mm:  # the head sits elsewhere in its field of view and is slightly rotated
+        image = ndimage.rotate(image, 6, axes=(0, 1), reshape=False, order=1)
+        brain = ndimage.rotate(brain.astype(np.float32), 6, axes=(0, 1), reshape=False, order=1) > 0.5
+    return standardize(nib.Nifti1Image(image.astype(np.float32), affine), SHAPE, brain)
+
+
+@pytest.mark.parametrize("truth", CONTRASTS)
+def test_each_contrast_is_recognised(truth):
+    check = check_sequence(scan(CONTRASTS[truth]))
+    assert check.looks_like == truth, check
+    assert check.is_flair == (truth == "FLAIR")
+
+
+def test_a_lesioned_and_rotated_flair_is_still_flair():
+    check = check_sequence(scan(CONTRASTS["FLAIR"], lesion=True, shift_mm=7.0))
+    assert check.looks_like == "FLAIR" and check.gm > check.wm > check.csf, check
+    assert check_sequence(scan(CONTRASTS["T1"], lesion=True, shift_mm=7.0)).looks_like == "T1"
+
+
+def test_reasons_and_qc_columns():
+    t1 = check_sequence(scan(CONTRASTS["T1"]))
+    assert t1.reason == "looks T1-weighted (white matter brighter than grey matter)"
+    assert set(t1.qc()) == {"sequence", "tissue_gm", "tissue_wm", "tissue_csf"} and t1.qc()["sequence"] == "T1"
+    assert "CSF not darker" in check_sequence(scan(CONTRASTS["unclear"])).reason
+
+
+def test_the_check_is_deterministic():
+    volume = scan(CONTRASTS["FLAIR"], lesion=True)
+    assert check_sequence(volume) == check_sequence(volume)
+
+
+def test_too_little_brain_is_an_error():
+    with pytest.raises(ValueError, match="too little brain"):
+        check_sequence(np.zeros(SHAPE, np.float32))
