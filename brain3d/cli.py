@@ -1,6 +1,6 @@
 """`brain3d` command: reports for FLAIR scans with a trained model.
 
-    brain3d report SCAN... | DIR... [--model DIR] [--out results.jsonl|.csv] [--explain OUT] [--json]
+    brain3d report SCAN... | DICOM_DIR... | DIR... [--model DIR] [--out results.jsonl|.csv] [--explain OUT] [--json]
 
 The model loads once; scans are preprocessed in parallel worker processes. Decoding and LIME settings are
 params.yaml's `generate` and `lime` sections (`--params`), as in the stages. Every result names the model
@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "percentile scaling, resampling) and generate their reports, loading the "
                                     "model once. Research use only.")
     rp.add_argument("scans", type=Path, nargs="+", metavar="SCAN",
-                    help="FLAIR volumes (.nii or .nii.gz, any orientation) or folders of them")
+                    help="FLAIR volumes (.nii or .nii.gz, any orientation), folders holding one DICOM series, or "
+                         "folders of either")
     rp.add_argument("--model", type=Path, default=None,
                     help="a trained model directory holding brain3d.json (default: BRAIN3D_MODEL, else "
                          "models/phase2b of the Brain3D repository)")
@@ -136,11 +137,16 @@ def settings(cfg: dict, args: argparse.Namespace):
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """The scans named: files as given (a missing one fails later, with its reason), folders searched for
-    .nii / .nii.gz files (recursively, sorted); each scan once."""
+    """The scans named: files and DICOM series folders as given (a missing file fails later, with its reason),
+    other folders searched for .nii / .nii.gz files and DICOM series folders (recursively, sorted); each once."""
+    from brain3d.data.dicom import is_dicom_folder
+
+    def is_scan(p: Path) -> bool:
+        return p.name.endswith((".nii", ".nii.gz")) or is_dicom_folder(p)
+
     out: list[Path] = []
     for path in paths:
-        found = sorted(p for p in path.rglob("*") if p.name.endswith((".nii", ".nii.gz"))) if path.is_dir() else [path]
+        found = sorted(filter(is_scan, path.rglob("*"))) if path.is_dir() and not is_dicom_folder(path) else [path]
         out += [p for p in found if p not in out]
     return out
 
@@ -197,7 +203,18 @@ def _prepare(job: tuple) -> tuple:
 
     t0 = time.perf_counter()
     try:
-        pre = preprocess_subject(scan.name, scan, shape, **kwargs)
+        if scan.is_dir():  # a DICOM series, converted to NIfTI on the way in
+            import tempfile
+
+            import nibabel as nib
+
+            from brain3d.data.dicom import read_series
+
+            with tempfile.TemporaryDirectory() as tmp:
+                nib.save(read_series(scan), Path(tmp) / "series.nii.gz")
+                pre = preprocess_subject(scan.name, Path(tmp) / "series.nii.gz", shape, **kwargs)
+        else:
+            pre = preprocess_subject(scan.name, scan, shape, **kwargs)
         check = check_sequence(pre.volume, kwargs["fov_mm"])
     except InputError as exc:
         return scan, None, exc.reason, time.perf_counter() - t0

@@ -272,7 +272,7 @@ def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tin
     assert [line.split(": ")[1] for line in lines[1:]] == [str(folder / "c.nii.gz"), str(missing)], lines
     assert "looks T1-weighted" in lines[1] and "file not found" in lines[2]
     assert run.stdout.count("findings: side=") == 2 and run.stdout.count("== ") == 2
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(Path(r["scan"]).name, r["status"]) for r in rows] == [
         ("a.nii.gz", "ok"), ("c.nii.gz", "failed"), ("b.nii.gz", "ok"), ("absent.nii.gz", "failed")]
     a, c, b, _ = rows

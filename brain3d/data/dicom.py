@@ -1,0 +1,98 @@
+"""DICOM in: a folder holding one FLAIR series, read into a NIfTI image with SimpleITK.
+
+SimpleITK (ITK + GDCM) groups the files by series, orders the slices along the slice normal from their
+ImagePositionPatient (not their file names or instance numbers) and builds the direction cosines from
+ImageOrientationPatient: the steps where hand-rolled readers go wrong with oblique or reversed series. It is
+also what Med3DVLM's loaders use. pydicom + dicom2nifti would need two packages for the same result.
+
+ITK's physical space is LPS; NIfTI's world is RAS, so the affine flips the first two world axes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from brain3d.data.manifest import InputError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def is_dicom_folder(path: Path) -> bool:
+    """A folder with at least one file carrying the DICOM preamble ("DICM" at byte 128)."""
+    if not path.is_dir():
+        return False
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    return True
+    return False
+
+
+def read_series(folder: Path) -> nib.Nifti1Image:
+    """The one DICOM series in `folder` as a float32 NIfTI (RAS world). InputError for no series, several
+    series, or a series ITK cannot read."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(folder.name, folder, "no DICOM series in the folder")
+    if len(ids) > 1:
+        raise InputError(folder.name, folder, f"{len(ids)} DICOM series in one folder; give a folder holding one")
+    files = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    if len(files) < 2:
+        raise InputError(folder.name, folder, "a DICOM series of one slice is not a 3D volume")
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(folder.name, folder, f"unreadable DICOM series ({str(exc).splitlines()[0]})") from exc
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)  # (z, y, x) -> voxel (i, j, k)
+    affine = np.eye(4)
+    cosines = np.array(image.GetDirection()).reshape(3, 3)
+    affine[:3, :3] = LPS_TO_RAS @ cosines @ np.diag(image.GetSpacing())
+    affine[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin())
+    return nib.Nifti1Image(data, affine)
+
+
+def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAIR") -> list[Path]:
+    """One axial DICOM series (MR, int16, one file per slice along the image's third axis) from a NIfTI image:
+    for tests and for people who want to check a reader. Returns the files in slice order."""
+    import time
+
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    scale = 4000.0 / max(float(data.max()), 1e-6)
+    image = sitk.GetImageFromArray(np.round(data * scale).astype(np.int16).transpose(2, 1, 0))
+    ras = img.affine[:3, :3]
+    spacing = np.linalg.norm(ras, axis=0)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple((LPS_TO_RAS @ ras / spacing).ravel().tolist()))
+    image.SetOrigin(tuple((LPS_TO_RAS @ img.affine[:3, 3]).tolist()))
+    uid = "1.2.826.0.1.3680043.2.1125." + time.strftime("%Y%m%d%H%M%S")
+    direction = image.GetDirection()
+    series_tags = [("0008|0060", "MR"), ("0008|103e", description), ("0020|000d", uid + ".1"),
+                   ("0020|000e", uid + ".2"), ("0008|0008", "ORIGINAL\\PRIMARY\\AXIAL"),
+                   ("0020|0037", "\\".join(f"{v:.6f}" for v in (*direction[0::3], *direction[1::3]))),
+                   ("0018|0050", f"{spacing[2]:.6f}")]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        for tag, value in series_tags:
+            plane.SetMetaData(tag, value)
+        plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        plane.SetMetaData("0020|0013", str(k + 1))
+        plane.SetMetaData("0008|0018", f"{uid}.3.{k + 1}")
+        files.append(folder / f"slice{k + 1:04d}.dcm")
+        writer.SetFileName(str(files[-1]))
+        writer.Execute(plane)
+    return files
