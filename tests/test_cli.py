@@ -151,6 +151,8 @@ def test_json_output_and_explanation_figure(json_run, text_run):
     assert f["side"] in ("none", "left", "right", "bilateral", "undefined")
     assert isinstance(f["anatomy"], list) and isinstance(f["pathology"], list)
     assert f == findings(result["report"])
+    p = result["side_probability"]
+    assert p is None if f["side"] not in ("left", "right") else sum(p.values()) == pytest.approx(1.0, abs=1e-3)
     assert result["sequence"] == "FLAIR" and result["status"] == "ok"
     assert result["model"]["profile"] == "demo" and "phantom" in result["model"]["trained_on"]
     assert result["model"]["use"].startswith("research use only")
@@ -321,3 +323,28 @@ def test_the_default_model_is_the_repositorys_not_the_working_directorys(monkeyp
     assert cli._default_model() == ROOT / "models" / "phase2b"
     monkeypatch.setenv("BRAIN3D_MODEL", "/somewhere/else")
     assert cli._default_model() == Path("/somewhere/else")
+
+
+def test_side_probability_is_the_models_and_follows_the_side(tiny_model_dir):
+    """p(left) + p(right) = 1; a report and its mirror get the same answer (the same two candidates, labelled
+    by side); the odds are the model's summed token log-likelihoods of the report and its mirror."""
+    import torch
+
+    from brain3d.cli import side_probabilities
+    from brain3d.data.reports import swap_laterality
+    from brain3d.models import checkpoint
+
+    model = checkpoint.load(tiny_model_dir, "cpu")
+    torch.manual_seed(0)
+    z = model.visual(torch.rand(1, 1, *model.visual.encoder.volume_shape))
+    text = "A lesion is seen in the left frontal lobe with surrounding edema."
+    p = side_probabilities(model, z, text)
+    q = side_probabilities(model, z, swap_laterality(text))
+    assert set(p) == {"left", "right"} and sum(p.values()) == pytest.approx(1.0, abs=1e-9)
+    assert q == p
+    tok = model.lm_ref.tokenizer
+    mirror = swap_laterality(text)
+    ll = model.log_likelihood(z.expand(2, -1, -1), [text, mirror]).double()
+    n = [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in (text, mirror)]
+    assert np.log(p["left"] / p["right"]) == pytest.approx(float(ll[0] * n[0] - ll[1] * n[1]), abs=1e-3)
+    assert side_probabilities(model, z, "No lesion. Normal study.") is None
