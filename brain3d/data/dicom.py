@@ -63,7 +63,7 @@ def read_series(folder: Path) -> nib.Nifti1Image:
 def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAIR") -> list[Path]:
     """One axial DICOM series (MR, int16, one file per slice along the image's third axis) from a NIfTI image:
     for tests and for people who want to check a reader. Returns the files in slice order."""
-    import time
+    import uuid
 
     import SimpleITK as sitk
 
@@ -76,7 +76,7 @@ def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAI
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetDirection(tuple((LPS_TO_RAS @ ras / spacing).ravel().tolist()))
     image.SetOrigin(tuple((LPS_TO_RAS @ img.affine[:3, 3]).tolist()))
-    uid = "1.2.826.0.1.3680043.2.1125." + time.strftime("%Y%m%d%H%M%S")
+    uid = f"2.25.{uuid.uuid4().int}"  # a UUID-derived UID (DICOM PS3.5 B.2; at most 44 characters), new per call
     direction = image.GetDirection()
     series_tags = [("0008|0060", "MR"), ("0008|103e", description), ("0020|000d", uid + ".1"),
                    ("0020|000e", uid + ".2"), ("0008|0008", "ORIGINAL\\PRIMARY\\AXIAL"),
