@@ -54,6 +54,17 @@ def test_a_series_reads_back_as_the_same_head(left_lesion, series):
     assert a.shape == b.shape and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9999  # int16 storage, rescaled
 
 
+def test_reading_and_writing_leave_the_process_locale_alone(left_lesion, tmp_path):
+    """GDCM sets the C locale to "C" when it writes; left there, Python's default text encoding turns ASCII and
+    every later `subprocess.run(text=True)` of the session fails on non-ASCII output."""
+    import locale
+
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    write_series(nib.load(str(left_lesion)), tmp_path / "s")
+    read_series(tmp_path / "s")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
+
+
 def test_slice_order_comes_from_positions_not_file_names(left_lesion, series, tmp_path):
     """Files renamed in reverse order still give the same volume: ITK sorts by ImagePositionPatient."""
     shuffled = tmp_path / "shuffled"

@@ -6,10 +6,16 @@ ImageOrientationPatient: the steps where hand-rolled readers go wrong with obliq
 also what Med3DVLM's loaders use. pydicom + dicom2nifti would need two packages for the same result.
 
 ITK's physical space is LPS; NIfTI's world is RAS, so the affine flips the first two world axes.
+
+GDCM sets the C library's locale to "C" while it writes (for its number formatting) and leaves it there, which
+turns Python's default text encoding into ASCII for the rest of the process (every `subprocess.run(text=True)`
+after it then fails on non-ASCII output). Every SimpleITK call here restores the locale it found.
 """
 
 from __future__ import annotations
 
+import contextlib
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +24,15 @@ import numpy as np
 from brain3d.data.manifest import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    saved = locale.setlocale(locale.LC_ALL)  # a query: every category, as one string
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def is_dicom_folder(path: Path) -> bool:
@@ -36,6 +51,11 @@ def is_dicom_folder(path: Path) -> bool:
 def read_series(folder: Path) -> nib.Nifti1Image:
     """The one DICOM series in `folder` as a float32 NIfTI (RAS world). InputError for no series, several
     series, or a series ITK cannot read."""
+    with _locale_kept():
+        return _read_series(folder)
+
+
+def _read_series(folder: Path) -> nib.Nifti1Image:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -63,6 +83,11 @@ def read_series(folder: Path) -> nib.Nifti1Image:
 def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAIR") -> list[Path]:
     """One axial DICOM series (MR, int16, one file per slice along the image's third axis) from a NIfTI image:
     for tests and for people who want to check a reader. Returns the files in slice order."""
+    with _locale_kept():
+        return _write_series(img, folder, description)
+
+
+def _write_series(img: nib.Nifti1Image, folder: Path, description: str) -> list[Path]:
     import uuid
 
     import SimpleITK as sitk
