@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,6 @@ REPO = Path(__file__).resolve().parents[1]  # the Brain3D checkout, when the pac
 def _default_model() -> Path:
     """BRAIN3D_MODEL, else the `models/phase2b` of the repository this package lives in (not the working
     directory's)."""
-    import os
-
     return Path(os.environ.get("BRAIN3D_MODEL") or REPO / "models" / "phase2b")
 
 
@@ -125,7 +124,6 @@ def _quiet_libraries() -> None:
     warnings and their progress bars are dropped; brain3d's own logging and warnings are left as they are.
     Called before the libraries are imported, so that what they say on import is dropped too."""
     import logging
-    import os
     import warnings
 
     for key, value in QUIET_ENV.items():
@@ -179,9 +177,9 @@ def model_info(model_dir: Path, card: dict) -> dict:
     stand-in backbones trained by the pipeline on the synthetic phantom cohort; paper: MedSigLIP + MedGemma on
     BraTS 2020 + TextBraTS + ds000221), the git revision and `dvc.lock` hash of the run that made it when the
     directory is a DVC output of a Brain3D checkout, and its intended use."""
-    import subprocess
-
     import yaml
+
+    from brain3d.tracking import git_sha, repo_root
 
     model_dir = model_dir.resolve()
     profile, trained_on = {  # the foundation stage records where the backbones came from
@@ -190,15 +188,13 @@ def model_info(model_dir: Path, card: dict) -> dict:
     }.get(card["backbones"].get("source"), ("unknown", "unknown (the model card does not say)"))
     info = {"dir": str(model_dir), "phase": card.get("phase"), "profile": profile, "trained_on": trained_on,
             "revision": None, "dvc_lock_md5": None, "use": "research use only, not for clinical decisions"}
-    git = subprocess.run(["git", "-C", str(model_dir), "rev-parse", "--show-toplevel", "HEAD"],
-                         capture_output=True, text=True)
-    if git.returncode == 0:
-        root, sha = git.stdout.split()
+    sha = git_sha(model_dir)
+    if sha != "unknown":
         info["revision"] = sha
-        lock = Path(root) / "dvc.lock"
-        if lock.exists():
-            rel = model_dir.relative_to(Path(root).resolve()).as_posix() if model_dir.is_relative_to(
-                Path(root).resolve()) else None
+        root = repo_root(model_dir).resolve()
+        lock = root / "dvc.lock"
+        if lock.exists() and model_dir.is_relative_to(root):
+            rel = model_dir.relative_to(root).as_posix()
             for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
                 for out in stage.get("outs", []):
                     if out.get("path") == rel:
@@ -280,8 +276,6 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def report(args: argparse.Namespace) -> int:
-    import os
-
     from brain3d import config, runtime
 
     runtime.set_offline_env()  # before any hub library reads its environment

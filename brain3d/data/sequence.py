@@ -4,9 +4,9 @@ The MNI152 grey-matter, white-matter and CSF probability maps are framed as `sta
 brain's bounding box scaled to the volume shape), then moved onto the scan by an affine ANTs registration with
 mutual information (any contrast; deterministic seed; about a second at 32 x 64 x 64). Framing alone left the
 maps a few voxels off, enough to read 13 of 500 phantom FLAIRs as T1; registered, all 200 subjects of the demo
-cohort read as FLAIR (GM/WM at least 1.13, CSF/GM at most .54). The scan's intensity is then fitted, by least squares over the brain, as a mixture of the three
-tissues (one intensity each, so partial volume is part of the model); the 10 % of voxels that fit worst (a
-lesion, the edges) are dropped before a second fit.
+cohort read as FLAIR (GM/WM at least 1.13, CSF/GM at most .54). The scan's intensity is then fitted, by least
+squares over the brain, as a mixture of the three tissues (one intensity each, so partial volume is part of the
+model); the 10 % of voxels that fit worst (a lesion, the edges) are dropped before a second fit.
 
     T2:      CSF brighter than grey and white matter
     T1:      white matter brighter than grey matter
@@ -51,7 +51,8 @@ class SequenceCheck:
         return f"looks {name} ({why})"
 
     def qc(self) -> dict:
-        """The columns `preprocess` records in qc.csv."""
+        """QC columns of the check (`brain3d report` adds them to a scan's QC record; the `preprocess` stage
+        does not run the check yet)."""
         return {"sequence": self.looks_like, "tissue_gm": round(self.gm, 4), "tissue_wm": round(self.wm, 4),
                 "tissue_csf": round(self.csf, 4)}
 
