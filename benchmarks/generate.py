@@ -2,7 +2,7 @@
 one report at a time, on the same random demo-sized model and the same inputs.
 
 Random stand-in backbones of the demo sizes (params.yaml `profiles.demo.foundation`), the project's decoding
-(temperature 0.1, top-p 0.9, repetition penalty 1.2 sparing left/right, no-repeat trigram) with max_new_tokens 64. Every sample
+(temperature 0.1, top-p 0.9, repetition penalty 1.2 sparing left/right, no repeated n-gram: params.yaml `generate`) with max_new_tokens 64. Every sample
 has the same prefix length ([K visual][BOS + prompt]), so a batch needs no padding (were there any, it would be
 on the left). An untrained LM may emit EOS at any point, so min_new_tokens is set to max_new_tokens by default:
 both methods then generate exactly N x 64 tokens and tokens/s compare like for like. The two run in ABBA order

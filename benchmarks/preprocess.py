@@ -79,7 +79,8 @@ def main() -> None:
             t0 = time.perf_counter()
             qc, ok = preprocess_cohort(manifest, root, root / f"out-{run}", shape=tuple(args.shape),
                                        skull_strip="registration", fov_mm=pre["fov_mm"], workers=workers,
-                                       on_error="fail", min_similarity=pre["min_brain_similarity"], progress=False)
+                                       on_error="fail", min_similarity=pre["min_brain_similarity"],
+                                       sequence=pre["sequence"], progress=False)
             wall = time.perf_counter() - t0
             assert len(ok) == n, qc
             walls[workers].append(wall)

@@ -101,10 +101,8 @@ def side_probabilities(model, z, report: str) -> dict[str, float] | None:
     if side not in ("left", "right"):
         return None
     candidates = [report, swap_laterality(report)]
-    mean = model.log_likelihood(z.expand(2, *z.shape[1:]), candidates).double().cpu()
-    tok = model.lm_ref.tokenizer
-    n = torch.tensor([len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for c in candidates])  # + eos
-    p = torch.softmax(mean * n, 0).tolist()
+    ll = model.log_likelihood(z.expand(2, *z.shape[1:]), candidates, reduction="sum").double().cpu()
+    p = torch.softmax(ll, 0).tolist()
     return {side: p[0], "right" if side == "left" else "left": p[1]}
 
 
@@ -214,15 +212,15 @@ DEMO_WARNING = ("brain3d: warning: {dir} is a demo model: stand-in backbones tra
 
 
 def _prepare(job: tuple) -> tuple:
-    """Worker: (scan, Preprocessed or None, reason, seconds). Preprocessing, then the FLAIR check."""
-    scan, shape, kwargs, allow_any = job
+    """Worker: (scan, Preprocessed or None, reason, seconds); a DICOM folder is converted to NIfTI first."""
+    scan, shape, kwargs = job
     from brain3d.data.manifest import InputError
     from brain3d.data.preprocess import preprocess_subject
-    from brain3d.data.sequence import check_sequence
+    from brain3d.data.sequence import SequenceError
 
     t0 = time.perf_counter()
     try:
-        if scan.is_dir():  # a DICOM series, converted to NIfTI on the way in
+        if scan.is_dir():
             import tempfile
 
             import nibabel as nib
@@ -234,24 +232,19 @@ def _prepare(job: tuple) -> tuple:
                 pre = preprocess_subject(scan.name, Path(tmp) / "series.nii.gz", shape, **kwargs)
         else:
             pre = preprocess_subject(scan.name, scan, shape, **kwargs)
-        check = check_sequence(pre.volume, kwargs["fov_mm"])
+    except SequenceError as exc:
+        return scan, None, f"{exc.reason} (--allow-any-sequence to override)", time.perf_counter() - t0
     except InputError as exc:
         return scan, None, exc.reason, time.perf_counter() - t0
-    except ValueError as exc:
-        return scan, None, f"sequence check failed: {exc}", time.perf_counter() - t0
-    pre.qc.update(check.qc())
-    if not check.is_flair and not allow_any:
-        return scan, None, f"{check.reason}; Brain3D reads FLAIR (--allow-any-sequence to override)", \
-            time.perf_counter() - t0
     return scan, pre, "", time.perf_counter() - t0
 
 
-def _preprocessed(scans: list[Path], shape, kwargs: dict, allow_any: bool, workers: int):
+def _preprocessed(scans: list[Path], shape, kwargs: dict, workers: int):
     """(scan, Preprocessed | None, reason, seconds) in the order of `scans`, preprocessed `workers` at a time
     in worker processes (as the `preprocess` stage does)."""
     from joblib import Parallel, delayed
 
-    jobs = (delayed(_prepare)((scan, shape, kwargs, allow_any)) for scan in scans)
+    jobs = (delayed(_prepare)((scan, shape, kwargs)) for scan in scans)
     yield from Parallel(n_jobs=workers, return_as="generator")(jobs)
 
 
@@ -307,7 +300,8 @@ def report(args: argparse.Namespace) -> int:
         return _fail(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
     p = cfg["preprocess"]
     kwargs = dict(skull_stripped=args.skull_stripped, skull_strip=args.skull_strip or p["skull_strip"],
-                  fov_mm=p["fov_mm"], min_similarity=p["min_brain_similarity"])
+                  fov_mm=p["fov_mm"], min_similarity=p["min_brain_similarity"],
+                  sequence="any" if args.allow_any_sequence else p["sequence"])
     workers = args.workers or min(4, len(scans), os.cpu_count() or 1)
     model = None
     seed = cfg["generate"]["seed"] if args.seed is None else args.seed
@@ -315,8 +309,7 @@ def report(args: argparse.Namespace) -> int:
     # progress only on a terminal: piped stderr carries nothing but warnings and failures
     bar = tqdm(total=len(scans), desc="brain3d", unit="scan", file=sys.stderr, leave=False,
                disable=not sys.stderr.isatty())
-    for scan, pre, reason, prep_s in _preprocessed(scans, card["model_config"].volume_shape, kwargs,
-                                                   args.allow_any_sequence, workers):
+    for scan, pre, reason, prep_s in _preprocessed(scans, card["model_config"].volume_shape, kwargs, workers):
         bar.update()
         if pre is None:
             failed.append((scan, reason))

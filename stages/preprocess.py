@@ -1,5 +1,6 @@
 """DVC stage `preprocess`: skull strip, canonical RAS, percentile clip/scale, resample to
-`preprocess.shape`; per-subject QC (data/preprocessed/qc.csv) and a QC montage (qc.png)."""
+`preprocess.shape`, FLAIR check (brain3d/data/sequence.py); per-subject QC (data/preprocessed/qc.csv, with the
+sequence each scan looks like and its fitted tissue intensities) and a QC montage (qc.png)."""
 
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def main() -> None:
         df = manifest.read("data/raw/manifest.csv")
         qc, ok = preprocess_cohort(df, Path.cwd(), OUT, shape=tuple(p["shape"]), skull_strip=p["skull_strip"],
                                    fov_mm=p["fov_mm"], workers=p["workers"], on_error=p["on_error"],
-                                   min_similarity=p["min_brain_similarity"])
+                                   min_similarity=p["min_brain_similarity"], sequence=p["sequence"])
         montage(OUT, ok, OUT / "qc.png")
         n_bad = int((qc["status"] != "ok").sum())
         seconds = qc.loc[qc["status"] == "ok", "seconds"].astype(float) if "seconds" in qc else None

@@ -100,7 +100,7 @@ def test_statistics_match_simulate_and_preprocess(tmp_path):
         simulate_subject(spec, tmp_path)
         folder = tmp_path / spec.subject
         normal = preprocess_subject(spec.subject, folder / "flair.nii.gz", SHAPE, skull_stripped=False,
-                                    skull_strip="registration", fov_mm=None, min_similarity=0.15,
+                                    skull_strip="registration", fov_mm=None, min_similarity=0.15, sequence="FLAIR",
                                     seg_path=folder / "seg.nii.gz")
         ours = standardised_subject(spec, SHAPE, None)
         a, b = stats(normal.volume, normal.seg), stats(*ours)

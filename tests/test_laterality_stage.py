@@ -45,8 +45,10 @@ def stage_output(tmp_path_factory):
         mp.setenv("BRAIN3D_CACHE", str(root / "cache"))
         qc, ok = preprocess_cohort(manifest, root, out, shape=SHAPE, skull_strip="registration",
                                    fov_mm=PREPROCESS["fov_mm"], workers=1, on_error="fail",
-                                   min_similarity=PREPROCESS["min_brain_similarity"], progress=False)
+                                   min_similarity=PREPROCESS["min_brain_similarity"],
+                                   sequence=PREPROCESS["sequence"], progress=False)
     assert (root / "cache" / "preprocess").is_dir()
+    assert set(qc["sequence"]) == {"FLAIR"}, qc[["subject", "sequence"]]  # the phantom's FLAIR, in any pose
     return root, out, qc.set_index("subject"), truths
 
 

@@ -237,6 +237,16 @@ def test_batched_generation_equals_one_at_a_time(brain3d):
     assert brain3d.log_likelihood(z, batched).shape == (3,)
 
 
+def test_summed_log_likelihood_is_the_mean_times_the_report_tokens_and_eos(brain3d):
+    z = torch.randn(2, 32, 16)
+    reports = ["No lesion.", "A lesion is seen in the left frontal lobe with marked edema."]
+    mean, total = brain3d.log_likelihood(z, reports), brain3d.log_likelihood(z, reports, reduction="sum")
+    n = torch.tensor([len(brain3d.lm_ref.tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in reports])
+    assert torch.allclose(total, mean * n, atol=1e-4) and n[1] > n[0]
+    with pytest.raises(ValueError, match="reduction"):
+        brain3d.log_likelihood(z, reports, reduction="max")
+
+
 def test_exempt_repetition_penalty_is_transformers_penalty_except_for_exempt_ids():
     from transformers import RepetitionPenaltyLogitsProcessor
 

@@ -18,7 +18,8 @@ SHAPE = (24, 48, 48)
 ROOT = Path(__file__).resolve().parents[1]
 # preprocess_cohort's settings for the cohort tests (their subjects are skull-stripped already, so skull_strip
 # is not used; min_similarity -1 turns the brain-similarity check off for the synthetic ellipsoid head)
-COHORT = dict(shape=SHAPE, skull_strip="registration", fov_mm=None, workers=1, progress=False, min_similarity=-1.0)
+COHORT = dict(shape=SHAPE, skull_strip="registration", fov_mm=None, workers=1, progress=False, min_similarity=-1.0,
+              sequence="any")
 LESION_MM = np.array([-35.0, 20.0, 15.0])  # subject's LEFT (x < 0), anterior (y > 0), superior (z > 0)
 
 

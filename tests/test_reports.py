@@ -205,3 +205,29 @@ def test_tumour_report_example_reads_like_textbrats():
     ), text
     assert "extensive" in text.lower() or "marked" in text.lower(), text  # edema 4x the core
     check_tumour_report(truth, text)
+
+
+def repeats_an_ngram(text: str, n: int) -> bool:
+    """Whether a word n-gram occurs twice (words and punctuation, as a tokenizer splits them at the least)."""
+    tokens = re.findall(r"\w+|[^\w\s]", text.lower())
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+def test_the_decoding_ban_on_repeated_ngrams_leaves_the_reports_writable():
+    """`generate.no_repeat_ngram_size` forbids a decoder to repeat any n-gram. At the paper's 3 it forbids most
+    of the cohort's own reports, every two-lesion one ('one in the left ..., one in the right ...') included,
+    so the model cannot write them; at the project's value (4) few are out of reach."""
+    from pathlib import Path
+
+    from brain3d import config
+
+    n = config.load(Path(__file__).resolve().parents[1] / "params.yaml")["generate"]["no_repeat_ngram_size"]
+    rng = np.random.default_rng(0)
+    reports = [tumour_report(truth, rng) for truth in (random_truth(rng) for _ in range(1200))]
+    two = [r for r in reports if "one in the" in r]
+    assert len(two) > 20
+    assert np.mean([repeats_an_ngram(r, 3) for r in reports]) > 0.3
+    assert np.mean([repeats_an_ngram(r, 3) for r in two]) == 1.0
+    assert np.mean([repeats_an_ngram(r, n) for r in reports]) < 0.15
+    assert np.mean([repeats_an_ngram(r, n) for r in two]) < 0.1

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
+from brain3d import config, io
 from brain3d.data.atlas import flair_like, mni
-from brain3d.data.preprocess import standardize
+from brain3d.data.preprocess import preprocess_cohort, standardize
 from brain3d.data.sequence import check_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHAPE = (32, 64, 64)
 CONTRASTS = {  # (GM, WM, CSF) weights, as the phantom's FLAIR_CONTRAST
@@ -64,3 +70,33 @@ def test_the_check_is_deterministic():
 def test_too_little_brain_is_an_error():
     with pytest.raises(ValueError, match="too little brain"):
         check_sequence(np.zeros(SHAPE, np.float32))
+
+
+def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_scan_looks_like(tmp_path):
+    """`preprocess.sequence: FLAIR` (the project's) refuses the T1 and T2 brains with the reason in qc.csv;
+    `any` keeps the T1 and records it; a FLAIR passes both ways with its tissue intensities in qc.csv."""
+    atlas = mni(2)
+    rows = []
+    for name in ("FLAIR", "T1", "T2"):
+        path = tmp_path / f"{name}.nii.gz"
+        image = flair_like(atlas.gm, atlas.wm, atlas.csf, CONTRASTS[name]) * atlas.brain
+        nib.save(nib.Nifti1Image(image.astype(np.float32), atlas.affine), str(path))
+        rows.append(dict(subject=name, cohort="healthy", source="phantom", volume=str(path), seg="",
+                         report="Normal.", laterality="none", sha256=io.sha256_file(path), skull_stripped=True))
+    pre = config.load(ROOT / "params.yaml")["preprocess"]
+    assert pre["sequence"] == "FLAIR"
+    kwargs = dict(shape=SHAPE, skull_strip="threshold", fov_mm=None, workers=1, on_error="skip",
+                  min_similarity=pre["min_brain_similarity"], progress=False)
+
+    qc, ok = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "strict", sequence="FLAIR", **kwargs)
+    assert list(ok["subject"]) == ["FLAIR"]
+    error = dict(zip(qc["subject"], qc["error"]))
+    assert error["T1"] == "looks T1-weighted (white matter brighter than grey matter); Brain3D reads FLAIR"
+    assert "looks T2-weighted (CSF brighter than grey and white matter)" in error["T2"]
+    written = pd.read_csv(tmp_path / "strict" / "qc.csv").set_index("subject")
+    assert written.loc["FLAIR", "sequence"] == "FLAIR"
+    assert written.loc["FLAIR", "tissue_gm"] > written.loc["FLAIR", "tissue_wm"] > written.loc["FLAIR", "tissue_csf"]
+
+    qc, ok = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "any", sequence="any", **kwargs)
+    assert {"FLAIR", "T1"} <= set(ok["subject"])
+    assert qc.set_index("subject").loc["T1", "sequence"] == "T1"

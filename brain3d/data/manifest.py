@@ -33,7 +33,7 @@ class InputError(ValueError):
         super().__init__(f"{subject}{where}: {reason}")
 
     def __reduce__(self):  # picklable across worker processes
-        return (InputError, (self.subject, self.path, self.reason))
+        return (type(self), (self.subject, self.path, self.reason))
 
 
 class CohortError(ValueError):

@@ -157,13 +157,20 @@ class Preprocessed:
 
 def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, int, int], *,
                        skull_stripped: bool, skull_strip: str, fov_mm: tuple | None, min_similarity: float,
-                       seg_path: str | Path | None = None) -> Preprocessed:
-    """Load, validate, skull strip (unless already stripped), standardise; returns volume, labels, QC.
+                       sequence: str, seg_path: str | Path | None = None) -> Preprocessed:
+    """Load, validate, skull strip (unless already stripped), standardise, check the sequence; returns volume,
+    labels, QC (with the sequence check's columns).
 
-    `skull_strip`, `fov_mm` and `min_similarity` are the `preprocess` params (`skull_strip`, `fov_mm`,
-    `min_brain_similarity`); no defaults, so a caller cannot preprocess differently from the pipeline by omission.
+    `skull_strip`, `fov_mm`, `min_similarity` and `sequence` are the `preprocess` params (`skull_strip`,
+    `fov_mm`, `min_brain_similarity`, `sequence`: "FLAIR" refuses a scan whose tissue contrast is not FLAIR's
+    with a `SequenceError`, "any" records what it looks like); no defaults, so a caller cannot preprocess
+    differently from the pipeline by omission.
     """
+    from brain3d.data.sequence import SequenceError, check_sequence
     from brain3d.data.skullstrip import brain_mask
+
+    if sequence not in ("FLAIR", "any"):
+        raise ValueError(f"preprocess.sequence must be 'FLAIR' or 'any', got '{sequence}'")
 
     t0 = time.perf_counter()
     img = nifti.load(volume_path, subject)
@@ -180,9 +187,18 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
         raise InputError(subject, volume_path, f"brain mask of {brain_ml:.0f} ml is implausible: not a brain "
                          "volume, or skull stripping failed")
     similarity = brain_similarity(volume)
-    if similarity < min_similarity:
+    try:
+        check = check_sequence(volume, fov_mm)
+    except ValueError as exc:
+        if similarity >= min_similarity:
+            raise InputError(subject, volume_path, f"sequence check failed: {exc}") from exc
+        check = None
+    if similarity < min_similarity:  # a brain of another sequence correlates poorly too: say which, if it shows
+        seen = f"; {check.reason}" if check is not None and check.looks_like in ("T1", "T2") else ""
         raise InputError(subject, volume_path, f"does not look like a brain FLAIR (correlation {similarity:.2f} "
-                         f"with the MNI template after preprocessing, minimum {min_similarity})")
+                         f"with the MNI template after preprocessing, minimum {min_similarity}){seen}")
+    if sequence == "FLAIR" and not check.is_flair:
+        raise SequenceError(subject, volume_path, f"{check.reason}; Brain3D reads FLAIR")
     seg = None
     if seg_path:
         seg_img = nifti.load(seg_path, subject, label_map=True) if Path(seg_path).exists() else None
@@ -208,6 +224,7 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
         "out_mean": float(volume[volume > 0].mean()) if (volume > 0).any() else 0.0,
         "brain_similarity": round(similarity, 3),
         "lesion_ml": float((seg > 0).sum() * np.prod(grid.spacing) / 1000.0) if seg is not None else float("nan"),
+        **check.qc(),
         "seconds": round(time.perf_counter() - t0, 3),
         "error": "",
     }
@@ -223,7 +240,8 @@ RUN_SPECIFIC = ["seconds"]  # QC columns that differ between identical runs: kep
 
 
 def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, int, int], skull_strip: str,
-                      fov_mm: tuple | None, workers: int, on_error: str, min_similarity: float, progress: bool = True):
+                      fov_mm: tuple | None, workers: int, on_error: str, min_similarity: float, sequence: str,
+                      progress: bool = True):
     """Preprocess every manifest row in parallel, resumably, collecting every bad subject. Every keyword but
     `progress` is a `preprocess` param (`min_similarity` is `min_brain_similarity`); none has a default.
 
@@ -248,7 +266,7 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
     problems = mf.validate(manifest, root)
     bad = {e.subject for e in problems}
     key = io.fingerprint({"shape": list(shape), "skull_strip": skull_strip, "fov_mm": fov_mm,
-                          "min_similarity": min_similarity})  # cache_dir adds the code
+                          "min_similarity": min_similarity, "sequence": sequence})  # cache_dir adds the code
     cache = cache_dir("preprocess", key)
 
     def stem(row) -> Path:
@@ -257,7 +275,7 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
     todo = [r for r in manifest.itertuples(index=False)
             if r.subject not in bad and not stem(r).with_suffix(".json").exists()]
     jobs = (delayed(_preprocess_to_cache)(r, str(root), str(stem(r)), tuple(shape), skull_strip, fov_mm,
-                                          min_similarity) for r in todo)
+                                          min_similarity, sequence) for r in todo)
     results = Parallel(n_jobs=workers, return_as="generator_unordered")(jobs)
     for err in tqdm(results, total=len(todo), desc="preprocess", disable=not progress, unit="subject"):
         if err is not None:
@@ -285,7 +303,8 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
     return qc, ok
 
 
-def _preprocess_to_cache(row, root: str, stem: str, shape, skull_strip: str, fov_mm, min_similarity: float):
+def _preprocess_to_cache(row, root: str, stem: str, shape, skull_strip: str, fov_mm, min_similarity: float,
+                         sequence: str):
     """Worker: preprocess one subject into the cache; returns an InputError instead of raising."""
     from brain3d import io
     from brain3d.data.manifest import resolve_path
@@ -296,7 +315,7 @@ def _preprocess_to_cache(row, root: str, stem: str, shape, skull_strip: str, fov
         seg = resolve_path(row.seg, root) if row.seg else None
         out = preprocess_subject(row.subject, resolve_path(row.volume, root), shape,
                                  skull_stripped=bool(row.skull_stripped), skull_strip=skull_strip,
-                                 seg_path=seg, fov_mm=fov_mm, min_similarity=min_similarity)
+                                 seg_path=seg, fov_mm=fov_mm, min_similarity=min_similarity, sequence=sequence)
     except InputError as exc:
         return exc
     except Exception as exc:  # an unexpected failure of one subject must not hide the others

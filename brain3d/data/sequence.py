@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brain3d.data.manifest import InputError
+
 SEQUENCES = ("FLAIR", "T1", "T2", "unclear")
 CSF_DARK = 0.6  # FLAIR: CSF below this fraction of grey matter (phantom cohort: at most .54; T1 files: ~1)
 
@@ -51,10 +53,13 @@ class SequenceCheck:
         return f"looks {name} ({why})"
 
     def qc(self) -> dict:
-        """QC columns of the check (`brain3d report` adds them to a scan's QC record; the `preprocess` stage
-        does not run the check yet)."""
+        """QC columns of the check (qc.csv of the `preprocess` stage, a scan's record in `brain3d report`)."""
         return {"sequence": self.looks_like, "tissue_gm": round(self.gm, 4), "tissue_wm": round(self.wm, 4),
                 "tissue_csf": round(self.csf, 4)}
+
+
+class SequenceError(InputError):
+    """A scan refused because its tissue contrast is not FLAIR's (`preprocess.sequence: FLAIR`)."""
 
 
 @functools.cache

@@ -184,14 +184,18 @@ class Brain3D(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
-    def log_likelihood(self, z: torch.Tensor, reports: list[str]) -> torch.Tensor:
-        """(B,) mean per-token log-likelihood of each report given its visual tokens (teacher forcing)."""
+    def log_likelihood(self, z: torch.Tensor, reports: list[str], reduction: str = "mean") -> torch.Tensor:
+        """(B,) log-likelihood of each report (its tokens and EOS) given its visual tokens, teacher forced:
+        per token ("mean") or of the whole text ("sum": comparable across texts of different lengths)."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got '{reduction}'")
         embeds, attention, labels = self._teacher_forcing(z, reports)
         logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
         valid = target != -100
-        return (logp * valid).sum(1) / valid.sum(1).clamp(min=1)
+        total = (logp * valid).sum(1)
+        return total if reduction == "sum" else total / valid.sum(1).clamp(min=1)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, decoding: Decoding, seed: int = 0) -> list[str]:
