@@ -316,8 +316,11 @@ def report(args: argparse.Namespace) -> int:
             rows.append({"scan": str(scan), "status": "failed", "reason": reason, "model": info,
                          "seconds": {"preprocess": round(prep_s, 2)}})
             continue
+        load_s = 0.0
         if model is None:
+            t0 = time.perf_counter()
             model = checkpoint.load(model_dir, device)
+            load_s = time.perf_counter() - t0
             if info["profile"] == "demo":
                 print(DEMO_WARNING.format(dir=model_dir), file=sys.stderr)
         t0 = time.perf_counter()
@@ -327,7 +330,8 @@ def report(args: argparse.Namespace) -> int:
         row = {"scan": str(scan), "status": "ok", "reason": "", "report": text, "findings": findings(text),
                "side_probability": side_probabilities(model, z, text),
                "sequence": pre.qc["sequence"], "model": info,
-               "seconds": {"preprocess": round(prep_s, 2), "generate": round(time.perf_counter() - t0, 2)}}
+               "seconds": {"preprocess": round(prep_s, 2), "model_load": round(load_s, 2),  # once, first scan
+                           "generate": round(time.perf_counter() - t0, 2)}}
         if args.explain:
             from brain3d.interpretability.cases import explain_case
             from brain3d.interpretability.figures import save_case_figure

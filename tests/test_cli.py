@@ -279,7 +279,8 @@ def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tin
         ("a.nii.gz", "ok"), ("c.nii.gz", "failed"), ("b.nii.gz", "ok"), ("absent.nii.gz", "failed")]
     a, c, b, _ = rows
     assert a["report"] == b["report"], "the same scan, the same seed: the same report"
-    assert a["model"]["dir"] == str(tiny_model_dir.resolve()) and set(a["seconds"]) == {"preprocess", "generate"}
+    assert a["model"]["dir"] == str(tiny_model_dir.resolve()) and set(a["seconds"]) == {"preprocess", "model_load", "generate"}
+    assert a["seconds"]["model_load"] > 0 and b["seconds"]["model_load"] == 0  # loaded once, for the first scan
     assert "looks T1-weighted" in c["reason"] and "report" not in c
     csv = tmp_path / "results.csv"
     assert report(folder / "a.nii.gz", tiny_model_dir, "--out", str(csv)).returncode == 0
