@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from brain3d import config, io
 from brain3d.data.atlas import flair_like, mni
-from brain3d.data.preprocess import preprocess_cohort, standardize
+from brain3d.data.preprocess import preprocess_cohort, standardize, tissue_maps
 from brain3d.data.sequence import check_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +24,11 @@ CONTRASTS = {  # (GM, WM, CSF) weights, as the phantom's FLAIR_CONTRAST
     "T2": (0.60, 0.45, 1.00),
     "unclear": (0.70, 0.68, 0.70),  # no usable contrast: CSF as bright as tissue, GM ~ WM
 }
+
+
+def read(volume: np.ndarray):
+    """The check as the preprocess stage runs it on the demo grid (fov_mm null)."""
+    return check_sequence(volume, tissue_maps(SHAPE, None))
 
 
 def scan(contrast, lesion: bool = False, shift_mm: float = 0.0) -> np.ndarray:
@@ -44,32 +49,32 @@ def scan(contrast, lesion: bool = False, shift_mm: float = 0.0) -> np.ndarray:
 
 @pytest.mark.parametrize("truth", CONTRASTS)
 def test_each_contrast_is_recognised(truth):
-    check = check_sequence(scan(CONTRASTS[truth]))
+    check = read(scan(CONTRASTS[truth]))
     assert check.looks_like == truth, check
     assert check.is_flair == (truth == "FLAIR")
 
 
 def test_a_lesioned_and_rotated_flair_is_still_flair():
-    check = check_sequence(scan(CONTRASTS["FLAIR"], lesion=True, shift_mm=7.0))
+    check = read(scan(CONTRASTS["FLAIR"], lesion=True, shift_mm=7.0))
     assert check.looks_like == "FLAIR" and check.gm > check.wm > check.csf, check
-    assert check_sequence(scan(CONTRASTS["T1"], lesion=True, shift_mm=7.0)).looks_like == "T1"
+    assert read(scan(CONTRASTS["T1"], lesion=True, shift_mm=7.0)).looks_like == "T1"
 
 
 def test_reasons_and_qc_columns():
-    t1 = check_sequence(scan(CONTRASTS["T1"]))
+    t1 = read(scan(CONTRASTS["T1"]))
     assert t1.reason == "looks T1-weighted (white matter brighter than grey matter)"
     assert set(t1.qc()) == {"sequence", "tissue_gm", "tissue_wm", "tissue_csf"} and t1.qc()["sequence"] == "T1"
-    assert "CSF not darker" in check_sequence(scan(CONTRASTS["unclear"])).reason
+    assert "CSF not darker" in read(scan(CONTRASTS["unclear"])).reason
 
 
 def test_the_check_is_deterministic():
     volume = scan(CONTRASTS["FLAIR"], lesion=True)
-    assert check_sequence(volume) == check_sequence(volume)
+    assert read(volume) == read(volume)
 
 
 def test_too_little_brain_is_an_error():
     with pytest.raises(ValueError, match="too little brain"):
-        check_sequence(np.zeros(SHAPE, np.float32))
+        read(np.zeros(SHAPE, np.float32))
 
 
 def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_scan_looks_like(tmp_path):

@@ -132,6 +132,20 @@ def _template(shape: tuple[int, int, int]) -> np.ndarray:
     return standardize(image, shape, atlas.brain)
 
 
+@functools.cache
+def tissue_maps(shape: tuple[int, int, int], fov_mm: tuple | None) -> np.ndarray:
+    """(3, D, H, W): the MNI GM, WM and CSF fractions framed as `standardize` frames the MNI brain (the FLAIR
+    check's starting point, brain3d/data/sequence.py); read-only, cached per grid."""
+    from brain3d.data.atlas import mni
+
+    atlas = mni(2)
+    grid = brain_grid(nib.Nifti1Image(atlas.brain.astype(np.uint8), atlas.affine), shape, fov_mm)
+    out = np.stack([resample(nib.Nifti1Image(np.asarray(m, np.float32), atlas.affine), grid)
+                    for m in (atlas.gm, atlas.wm, atlas.csf)]).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
 def brain_similarity(volume: np.ndarray) -> float:
     """"Is this a brain FLAIR?": correlation of the internal structure of a standardised volume with the
     MNI FLAIR-like template standardised the same way. Both are clipped at their median inside the brain
@@ -188,7 +202,7 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
                          "volume, or skull stripping failed")
     similarity = brain_similarity(volume)
     try:
-        check = check_sequence(volume, fov_mm)
+        check = check_sequence(volume, tissue_maps(tuple(shape), None if fov_mm is None else tuple(fov_mm)))
     except ValueError as exc:
         if similarity >= min_similarity:
             raise InputError(subject, volume_path, f"sequence check failed: {exc}") from exc

@@ -1,12 +1,14 @@
 """Which MRI sequence a standardised brain volume looks like, from its tissue contrast (a fast heuristic).
 
-The MNI152 grey-matter, white-matter and CSF probability maps are framed as `standardize` frames a scan (the
-brain's bounding box scaled to the volume shape), then moved onto the scan by an affine ANTs registration with
-mutual information (any contrast; deterministic seed; about a second at 32 x 64 x 64). Framing alone left the
-maps a few voxels off, enough to read 13 of 500 phantom FLAIRs as T1; registered, all 200 subjects of the demo
-cohort read as FLAIR (GM/WM at least 1.13, CSF/GM at most .54). The scan's intensity is then fitted, by least
-squares over the brain, as a mixture of the three tissues (one intensity each, so partial volume is part of the
-model); the 10 % of voxels that fit worst (a lesion, the edges) are dropped before a second fit.
+The MNI152 grey-matter, white-matter and CSF probability maps, framed as `standardize` frames a scan (the
+brain's bounding box scaled to the volume shape: `preprocess.tissue_maps`, which the caller passes in), are
+moved onto the scan by an affine ANTs registration with mutual information (any contrast; deterministic seed;
+about a second at 32 x 64 x 64), or a similarity transform where the affine one diverges (`_registered`).
+Framing alone left the maps a few voxels off, enough to read 13 of 500 phantom FLAIRs as T1; registered, all 200
+subjects of the demo cohort and 396 of 398 held-out phantoms read as FLAIR (GM/WM at least 1.12, CSF/GM at most
+.54). The scan's intensity is then fitted, by least squares over the brain, as a mixture of the three tissues
+(one intensity each, so partial volume is part of the model); the 10 % of voxels that fit worst (a lesion, the
+edges) are dropped before a second fit.
 
     T2:      CSF brighter than grey and white matter
     T1:      white matter brighter than grey matter
@@ -19,7 +21,6 @@ tests/test_sequence.py checks each contrast, a lesion, and a shifted, rotated he
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,23 +63,6 @@ class SequenceError(InputError):
     """A scan refused because its tissue contrast is not FLAIR's (`preprocess.sequence: FLAIR`)."""
 
 
-@functools.cache
-def _tissue_maps(shape: tuple[int, int, int], fov_mm: tuple | None) -> np.ndarray:
-    """(3, D, H, W): the MNI GM, WM and CSF fractions on the grid `standardize` gives the MNI brain."""
-    import nibabel as nib
-
-    from brain3d.data.atlas import mni
-    from brain3d.data.preprocess import brain_grid, resample
-
-    atlas = mni(2)
-    grid = brain_grid(nib.Nifti1Image(atlas.brain.astype(np.uint8), atlas.affine), shape, fov_mm)
-    maps = [resample(nib.Nifti1Image(np.asarray(m, np.float32), atlas.affine), grid) for m in
-            (atlas.gm, atlas.wm, atlas.csf)]
-    out = np.stack(maps).astype(np.float32)
-    out.setflags(write=False)
-    return out
-
-
 GOOD_OVERLAP = 0.9  # Dice of the registered template brain with the scan's brain; below: try a similarity
 
 
@@ -109,12 +93,11 @@ def _registered(maps: np.ndarray, volume: np.ndarray, seed: int = 1) -> np.ndarr
     return out
 
 
-def check_sequence(volume: np.ndarray, fov_mm: tuple | None = None) -> SequenceCheck:
-    """The sequence a standardised (D, H, W) brain volume looks like (zero outside the brain); `fov_mm` is
-    the `preprocess.fov_mm` it was standardised with."""
+def check_sequence(volume: np.ndarray, maps: np.ndarray) -> SequenceCheck:
+    """The sequence a standardised (D, H, W) brain volume looks like (zero outside the brain); `maps` are the
+    MNI GM, WM and CSF fractions (3, D, H, W) framed as the volume was (`preprocess.tissue_maps`)."""
     if (volume > 0).sum() < 50:
         raise ValueError("too little brain to judge the sequence")
-    maps = _tissue_maps(tuple(volume.shape), None if fov_mm is None else tuple(fov_mm))
     maps = _registered(np.array(maps), volume)
     inside = (volume > 0) & (maps.sum(0) > 0.5)
     if inside.sum() < 50:
