@@ -28,6 +28,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 @contextlib.contextmanager
 def _locale_kept():
+    """The process locale as it was, whatever SimpleITK does inside (also a decorator)."""
     saved = locale.setlocale(locale.LC_ALL)  # a query: every category, as one string
     try:
         yield
@@ -48,14 +49,10 @@ def is_dicom_folder(path: Path) -> bool:
     return False
 
 
+@_locale_kept()
 def read_series(folder: Path) -> nib.Nifti1Image:
     """The one DICOM series in `folder` as a float32 NIfTI (RAS world). InputError for no series, several
     series, or a series ITK cannot read."""
-    with _locale_kept():
-        return _read_series(folder)
-
-
-def _read_series(folder: Path) -> nib.Nifti1Image:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -80,14 +77,10 @@ def _read_series(folder: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(data, affine)
 
 
+@_locale_kept()
 def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAIR") -> list[Path]:
     """One axial DICOM series (MR, int16, one file per slice along the image's third axis) from a NIfTI image:
     for tests and for people who want to check a reader. Returns the files in slice order."""
-    with _locale_kept():
-        return _write_series(img, folder, description)
-
-
-def _write_series(img: nib.Nifti1Image, folder: Path, description: str) -> list[Path]:
     import uuid
 
     import SimpleITK as sitk
