@@ -10,8 +10,8 @@
 #   seed-1, seed-2       phases 1, 2A and 2B (and slices_ft, which follows phase 2B's seed) with another seed;
 #                        with the commit itself (seed 42) they make reports/seeds.{md,csv}
 #   findings-off         the paper's phase 1 (InfoNCE only; its flip off, as side cannot follow the text there)
-#   inflation-sum/-center (the default is mean), seq-pool, no-corpus (stand-in SigLIP without its corpus), then
-#   flip-off (2A/2B) and lora-r4
+#   inflation-sum/-center (the default is mean), seq-pool, perceiver (the model card's compressor), no-corpus
+#   (stand-in SigLIP without its corpus), then flip-off (2A/2B) and lora-r4
 # Each experiment runs in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in this
 # repository's mlflow.db, tagged with the experiment's name. Experiments that already exist (by name) are not
 # queued again, so the script can be re-run after an interruption. JOBS (default 1) experiments run at once;
@@ -43,6 +43,7 @@ if [ "${1:-}" != "--table" ]; then
   queue inflation-sum model.inflation=sum
   queue inflation-center model.inflation=center
   queue seq-pool model.compressor=seq_pool
+  queue perceiver model.compressor=perceiver
   queue no-corpus profiles.demo.corpus.n_subjects=0
   queue flip-off phase2a.laterality_flip=false phase2b.laterality_flip=false
   queue lora-r4 phase2b.lora_rank=4

@@ -27,6 +27,10 @@ class ParamsError(ValueError):
     """params.yaml (or a `-S` override) that no stage can run with; one line per problem."""
 
 
+class PrecisionError(ParamsError):
+    """The params ask for a precision (4-bit NF4) this machine cannot run, and allow no fallback."""
+
+
 def _unknown(path: str, key: str, schema: dict, where: str, block: str) -> str:
     in_block = f" in {block}" if block else ""
     prefix = f"{where}." if where else ""

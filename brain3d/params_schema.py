@@ -41,7 +41,7 @@ SCHEMA: dict = {
     "corpus": _values("seed healthy_fraction laterality_mix n_subjects workers"),  # brain3d/data/corpus.py
     "model": _values("kd depth_stride depth_pad inflation n_tokens compressor grid prompt"),
     "foundation": {
-        **_values("source dtype load_in_4bit"),
+        **_values("source dtype load_in_4bit allow_cpu_fallback"),
         # stand-ins (demo): brain3d/models/foundation.py
         "tokenizer_vocab": VALUE,
         "siglip": {**_values("hidden intermediate layers text_layers heads patch"), **_optional("text_max_length")},

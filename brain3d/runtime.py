@@ -46,6 +46,23 @@ def setup(threads: int | None = None) -> int:
     return set_threads(threads)
 
 
+FALLBACKS: list[str] = []  # what this process runs at a lower precision than its params ask, in words
+
+
+def precision_fallback(message: str, allow: bool) -> None:
+    """A precision the params ask for and this machine cannot give: refuse with `message` (PrecisionError)
+    unless `allow` (`foundation.allow_cpu_fallback`); allowed, say it in one line on stderr and keep it in
+    FALLBACKS, which `stage.run` records in the stage's MLflow run (tag `precision_fallback`)."""
+    import sys
+
+    from brain3d.config import PrecisionError
+
+    if not allow:
+        raise PrecisionError(f"{message}; set foundation.allow_cpu_fallback: true to run at full precision instead")
+    print(f"precision fallback: {message}", file=sys.stderr)
+    FALLBACKS.append(message)
+
+
 def is_main_process() -> bool:
     """False in the non-zero ranks of an `accelerate launch` / torchrun job (they must not write outputs)."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -38,6 +38,8 @@ def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
         with mlflow_run(name, params={"profile": cfg.get("profile"), **logged},
                         tags={"profile": str(cfg.get("profile"))}) as tracker:
             yield cfg, tracker
+            if runtime.FALLBACKS:  # said on stderr when it happened; kept with the run
+                tracker.log_params({"precision_fallback": "; ".join(runtime.FALLBACKS)})
             cost = {"stage_seconds": time.perf_counter() - t0, "startup_seconds": startup,
                     "peak_rss_mb": _peak_rss_mb(), "threads": threads}
             tracker.log_metrics(cost)

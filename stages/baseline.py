@@ -16,7 +16,7 @@ from brain3d.baselines.slices import SlicePrompt, SliceSequence, finetune, load_
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
 from brain3d.generation import decoding_from_params
-from brain3d.models.backbones import load_language_model, read_backbones, torch_dtype
+from brain3d.models.backbones import read_backbones, record_language_model
 from brain3d.runtime import seed_everything
 from brain3d.training.loop import TrainConfig
 from brain3d.training.phases import Cohort, run_key
@@ -30,8 +30,7 @@ DESCRIPTIONS = {
 
 def slice_model(cfg: dict) -> SliceSequence:
     b, bb = cfg["baselines"], read_backbones(paths.BACKBONES)
-    lm = load_language_model(bb["lm"], dtype=torch_dtype(bb["dtype"]), load_in_4bit=bb["load_in_4bit"],
-                             keep_vision=True)
+    lm = record_language_model(bb, keep_vision=True)
     lm.full.to("cuda" if torch.cuda.is_available() else "cpu")
     prompt = SlicePrompt(b["instruction"], b["question"], b["n_slices"])
     return SliceSequence(lm, load_processor(bb["lm"]), prompt, decoding=decoding_from_params(cfg["generate"]))

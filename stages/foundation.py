@@ -70,7 +70,8 @@ def main() -> None:
                 tracker.log_metrics({f"{name}_best_val": res.best_val, f"{name}_epochs": len(res.history)})
             weights = [io.sha256_file(OUT / d / "model.safetensors") for d in ("siglip", "gemma3")]
             record = {"source": "standins", "vision": str(OUT / "siglip"), "lm": str(OUT / "gemma3"),
-                      "dtype": f["dtype"], "load_in_4bit": f["load_in_4bit"], "fingerprint": io.fingerprint(weights)}
+                      "dtype": f["dtype"], "load_in_4bit": f["load_in_4bit"],
+                      "allow_cpu_fallback": f["allow_cpu_fallback"], "fingerprint": io.fingerprint(weights)}
         io.write_json(paths.BACKBONES, record)
         tracker.log_artifact(paths.BACKBONES)
 

@@ -47,8 +47,14 @@ class LanguageModel:
         return rf"^{re.escape(self.decoder_prefix)}\.layers\.\d+\.self_attn\.({'|'.join(LORA_PROJECTIONS)})$"
 
 
-def _quantization(load_in_4bit: bool):
-    if not (load_in_4bit and torch.cuda.is_available()):
+def _quantization(load_in_4bit: bool, allow_cpu_fallback: bool) -> dict:
+    if not load_in_4bit:
+        return {}
+    if not torch.cuda.is_available():
+        from brain3d.runtime import precision_fallback
+
+        precision_fallback("4-bit NF4 loading of the LM needs CUDA (bitsandbytes), and this machine has none: "
+                           "the LM loads unquantised", allow_cpu_fallback)
         return {}
     from transformers import BitsAndBytesConfig
 
@@ -59,10 +65,11 @@ def _quantization(load_in_4bit: bool):
 
 
 def load_language_model(path: str | Path, *, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
-                        keep_vision: bool = False) -> LanguageModel:
+                        keep_vision: bool = False, allow_cpu_fallback: bool = False) -> LanguageModel:
     """Load a Gemma 3 checkpoint (multimodal or text-only) from a local directory.
 
-    NF4 4-bit loading (double quantisation, bf16 compute) is used when `load_in_4bit` and CUDA is present.
+    `load_in_4bit`: NF4 (double quantisation, bf16 compute), which needs CUDA; without it a PrecisionError,
+    or with `allow_cpu_fallback` an unquantised load that is said and recorded (runtime.precision_fallback).
     The vision tower of a multimodal checkpoint is dropped unless `keep_vision` (the slice baselines).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
@@ -71,7 +78,7 @@ def load_language_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no Hugging Face checkpoint at {path} (config.json missing)")
     config = AutoConfig.from_pretrained(path)
-    kwargs = {"dtype": dtype, **_quantization(load_in_4bit)}
+    kwargs = {"dtype": dtype, **_quantization(load_in_4bit, allow_cpu_fallback)}
     if hasattr(config, "text_config"):
         full = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         decoder, lm_head = full.model.language_model, full.lm_head
@@ -117,6 +124,13 @@ def read_backbones(path: str | Path = "models/foundation/backbones.json") -> dic
     return json.loads(Path(path).read_text())
 
 
+def record_language_model(bb: dict, *, keep_vision: bool = False) -> LanguageModel:
+    """The LM of a backbones record (data/models/backbones.json, a model card's `backbones`) at the record's
+    dtype and 4-bit setting, with its CPU fallback policy."""
+    return load_language_model(bb["lm"], dtype=torch_dtype(bb["dtype"]), load_in_4bit=bb["load_in_4bit"],
+                               keep_vision=keep_vision, allow_cpu_fallback=bb.get("allow_cpu_fallback", False))
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
@@ -158,6 +172,7 @@ def verify_local(section: dict, root: Path) -> dict:
     from brain3d.io import fingerprint
 
     return {"source": "local", "vision": section["vision"], "lm": section["lm"], "dtype": section["dtype"],
-            "load_in_4bit": section["load_in_4bit"], "revisions": revisions,
+            "load_in_4bit": section["load_in_4bit"], "allow_cpu_fallback": section["allow_cpu_fallback"],
+            "revisions": revisions,
             "repos": {"vision": section["vision_repo"], "lm": section["lm_repo"]},
             "fingerprint": fingerprint(revisions)}

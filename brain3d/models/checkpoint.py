@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from brain3d import io
-from brain3d.models.backbones import load_language_model, load_vision_model, torch_dtype
+from brain3d.models.backbones import load_vision_model, record_language_model, torch_dtype
 from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
 
 CARD = "brain3d.json"
@@ -64,7 +64,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu") -> Brain3D:
     cfg: ModelConfig = card["model_config"]
     visual = VisualTokenizer(load_vision_model(bb["vision"], dtype=dtype), cfg)
     visual.load_state_dict(load_file(card["visual"]))
-    lm = load_language_model(bb["lm"], dtype=dtype, load_in_4bit=bb.get("load_in_4bit", False))
+    lm = record_language_model(bb)
     if card.get("adapter"):
         from peft import PeftModel
 

@@ -116,7 +116,8 @@ class VisualTokenizer(nn.Module):
         super().__init__()
         self.encoder = VolumeEncoder(vision, cfg.volume_shape, kd=cfg.kd, depth_stride=cfg.depth_stride,
                                      depth_pad=cfg.depth_pad, inflation=cfg.inflation)
-        self.compressor = build_compressor(cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid)
+        self.compressor = build_compressor(cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid,
+                                            width=self.encoder.hidden_size)
 
     @property
     def width(self) -> int:

@@ -32,7 +32,6 @@ class TrainConfig:
     patience: int
     seed: int
     max_grad_norm: float = 1.0
-    bf16: bool = True  # only where CUDA is present
 
     @classmethod
     def from_params(cls, section: dict) -> TrainConfig:
@@ -95,8 +94,11 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
     from tqdm.auto import tqdm
 
     tracker = tracker or Tracker()
+    # bf16 autocast exactly when the model holds bf16 weights (foundation.dtype bfloat16, or a 4-bit LM with
+    # bf16 compute), on any device: what the params ask for, with no silent fallback
+    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     accelerator = Accelerator(
-        mixed_precision="bf16" if (cfg.bf16 and torch.cuda.is_available()) else "no",
+        mixed_precision="bf16" if bf16 else "no",
         gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )

@@ -289,13 +289,13 @@ def load_backbones(bb: dict, model_cfg: ModelConfig, *, visual_weights: str | Pa
     """The visual tokenizer (optionally with phase-1 weights) and the frozen LM from a backbone record."""
     from safetensors.torch import load_file
 
-    from brain3d.models.backbones import load_language_model, load_vision_model, torch_dtype
+    from brain3d.models.backbones import load_vision_model, record_language_model, torch_dtype
 
     dtype = torch_dtype(bb["dtype"])
     visual = VisualTokenizer(load_vision_model(bb["vision"], dtype=dtype), model_cfg)
     if visual_weights is not None:
         visual.load_state_dict(load_file(str(visual_weights)))
-    lm = load_language_model(bb["lm"], dtype=dtype, load_in_4bit=bb["load_in_4bit"])
+    lm = record_language_model(bb)
     return visual, lm
 
 
