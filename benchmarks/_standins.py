@@ -50,16 +50,29 @@ def build(out: Path, cfg: dict, seed: int = 0) -> tuple[Path, Path]:
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(reports(400, seed) + [cfg["model"]["prompt"]], f["tokenizer_vocab"])
     image_size = int(cfg["preprocess"]["shape"][-1])
-    siglip = SiglipModel(SiglipConfig(
-        text_config=dict(hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-                         num_hidden_layers=s["text_layers"], num_attention_heads=s["heads"],
-                         vocab_size=len(tokenizer), max_position_embeddings=32,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-                           num_hidden_layers=s["layers"], num_attention_heads=s["heads"], image_size=image_size,
-                           patch_size=s["patch"]),
-    ))
+    siglip = SiglipModel(
+        SiglipConfig(
+            text_config=dict(
+                hidden_size=s["hidden"],
+                intermediate_size=s["intermediate"],
+                num_hidden_layers=s["text_layers"],
+                num_attention_heads=s["heads"],
+                vocab_size=len(tokenizer),
+                max_position_embeddings=32,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            ),
+            vision_config=dict(
+                hidden_size=s["hidden"],
+                intermediate_size=s["intermediate"],
+                num_hidden_layers=s["layers"],
+                num_attention_heads=s["heads"],
+                image_size=image_size,
+                patch_size=s["patch"],
+            ),
+        )
+    )
     save_siglip(siglip, tokenizer, out / "siglip")
     gemma = build_gemma3(tokenizer, siglip.config.vision_config.to_dict(), g)
     gemma.model.vision_tower.load_state_dict(siglip.vision_model.state_dict())

@@ -16,9 +16,11 @@ import time
 
 LOBES = ("frontal", "parietal", "temporal", "occipital")
 SIGNALS = ("hyperintense", "heterogeneous", "mixed", "high")
-HEALTHY = ("No acute intracranial abnormality. Ventricles and sulci are normal for age.",
-           "Normal brain MRI. No mass, edema or midline shift.",
-           "Unremarkable FLAIR study without focal lesion.")
+HEALTHY = (
+    "No acute intracranial abnormality. Ventricles and sulci are normal for age.",
+    "Normal brain MRI. No mass, edema or midline shift.",
+    "Unremarkable FLAIR study without focal lesion.",
+)
 
 
 def report(rng: random.Random) -> str:
@@ -27,11 +29,13 @@ def report(rng: random.Random) -> str:
         return rng.choice(HEALTHY)
     side = rng.choice(("left", "right", "bilateral"))
     lobes = " and ".join(rng.sample(LOBES, rng.randint(1, 2)))
-    parts = [f"A {rng.choice(SIGNALS)} signal lesion is seen in the {side} {lobes} lobe.",
-             rng.choice(("Surrounding edema is extensive.", "Mild peritumoral edema is present.")),
-             rng.choice(("Central necrosis is noted.", "No necrosis.")),
-             rng.choice(("Ring enhancement suggests a high grade tumor.", "Patchy enhancement of the mass.")),
-             rng.choice(("There is compression of the lateral ventricle.", "Midline structures are preserved."))]
+    parts = [
+        f"A {rng.choice(SIGNALS)} signal lesion is seen in the {side} {lobes} lobe.",
+        rng.choice(("Surrounding edema is extensive.", "Mild peritumoral edema is present.")),
+        rng.choice(("Central necrosis is noted.", "No necrosis.")),
+        rng.choice(("Ring enhancement suggests a high grade tumor.", "Patchy enhancement of the mass.")),
+        rng.choice(("There is compression of the lateral ventricle.", "Midline structures are preserved.")),
+    ]
     return " ".join(parts[: rng.randint(3, 5)])
 
 
@@ -70,8 +74,10 @@ def main() -> None:
     first = next(iter(systems.values()))
     score(first, refs)
     cold = time.perf_counter() - t0
-    print(f"full metric suite, {args.subjects} pairs, first call in a fresh process "
-          f"(imports + BERTScore encoder + WordNet load included): {cold:.1f} s")
+    print(
+        f"full metric suite, {args.subjects} pairs, first call in a fresh process "
+        f"(imports + BERTScore encoder + WordNet load included): {cold:.1f} s"
+    )
 
     t0 = time.perf_counter()
     per_sample = {name: score(preds, refs) for name, preds in systems.items()}
@@ -81,9 +87,11 @@ def main() -> None:
     cis = {name: bootstrap(df, indices=indices) for name, df in per_sample.items()}
     t_boot = time.perf_counter() - t0
     fast = t_score + t_boot
-    print(f"per-sample + shared indices: scoring {args.systems} systems once {t_score:.2f} s, "
-          f"{args.resamples} resamples x {len(next(iter(cis.values())))} metrics x {args.systems} systems "
-          f"{t_boot:.3f} s, total {fast:.2f} s")
+    print(
+        f"per-sample + shared indices: scoring {args.systems} systems once {t_score:.2f} s, "
+        f"{args.resamples} resamples x {len(next(iter(cis.values())))} metrics x {args.systems} systems "
+        f"{t_boot:.3f} s, total {fast:.2f} s"
+    )
 
     k = min(args.recompute_resamples, args.resamples)
     t0 = time.perf_counter()
@@ -92,10 +100,14 @@ def main() -> None:
             score([preds[i] for i in row], [refs[i] for i in row]).mean()
     per_resample = (time.perf_counter() - t0) / k
     slow = per_resample * args.resamples
-    print(f"recompute every resample: timed {k} resamples ({per_resample:.2f} s each for {args.systems} systems), "
-          f"EXTRAPOLATED to {args.resamples}: {slow:.0f} s")
-    print(f"speed-up: {slow / fast:.0f}x including the one-off scoring, "
-          f"{slow / t_boot:.0f}x for the resampling step alone")
+    print(
+        f"recompute every resample: timed {k} resamples ({per_resample:.2f} s each for {args.systems} systems), "
+        f"EXTRAPOLATED to {args.resamples}: {slow:.0f} s"
+    )
+    print(
+        f"speed-up: {slow / fast:.0f}x including the one-off scoring, "
+        f"{slow / t_boot:.0f}x for the resampling step alone"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ def call(scans: list[Path], out: Path) -> tuple[float, list[dict]]:
     """One `brain3d report` process over `scans`: (wall seconds, its --out rows)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     t0 = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "brain3d.cli", "report", *map(str, scans), "--out", str(out)],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "brain3d.cli", "report", *map(str, scans), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] if out.exists() else []
     if run.returncode != 0 or any(r["status"] != "ok" for r in rows):
@@ -53,13 +58,21 @@ def main() -> None:
         single = [call([scan], Path(tmp) / f"single-{i}.jsonl") for i, scan in enumerate(scans[:singles])]
     per_batch = batch_wall / n
     per_single = sum(w for w, _ in single) / singles
-    print(f"one call, {n} scans: {batch_wall:.1f} s = {per_batch:.2f} s/scan "
-          f"(model load {rows[0]['seconds']['model_load']:.1f} s once)")
+    print(
+        f"one call, {n} scans: {batch_wall:.1f} s = {per_batch:.2f} s/scan "
+        f"(model load {rows[0]['seconds']['model_load']:.1f} s once)"
+    )
     print(f"{singles} single calls: {per_single:.2f} s/scan")
-    parts = {k: sum(r[0]["seconds"][k] for _, r in single) / singles for k in ("preprocess", "model_load", "generate")}
+    parts = {
+        k: sum(r[0]["seconds"][k] for _, r in single) / singles
+        for k in ("preprocess", "model_load", "generate")
+    }
     rest = per_single - sum(parts.values())
-    print("one single call: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
-          + f", start-up + imports + I/O {rest:.1f} s (of {per_single:.1f} s)")
+    print(
+        "one single call: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+        + f", start-up + imports + I/O {rest:.1f} s (of {per_single:.1f} s)"
+    )
     print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
     print(f"ratio: {per_single / per_batch:.1f}x (seconds per scan, single calls / one call)")
 

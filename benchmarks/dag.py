@@ -34,7 +34,9 @@ def _timings():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the temporary repository (its path is printed)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary repository (its path is printed)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="brain3d-dag-"))
     try:
@@ -46,9 +48,11 @@ def main() -> None:
         runs = timings.last_runs(repo.path / "mlflow.db", exp="workspace")
         print(timings.markdown(runs))
         stages = runs["stage_seconds"].sum()
-        print(f"\n`dvc repro` wall time {wall:.1f} s; the stages' own time {stages:.1f} s "
-              f"({stages / wall:.0%}); DVC and process start-up {wall - stages:.1f} s "
-              f"({(wall - stages) / len(runs):.1f} s per stage)")
+        print(
+            f"\n`dvc repro` wall time {wall:.1f} s; the stages' own time {stages:.1f} s "
+            f"({stages / wall:.0%}); DVC and process start-up {wall - stages:.1f} s "
+            f"({(wall - stages) / len(runs):.1f} s per stage)"
+        )
     finally:
         if args.keep:
             print(f"kept {tmp}")

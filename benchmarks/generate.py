@@ -59,34 +59,45 @@ def main() -> None:
     model = Brain3D(lm, visual.width, model_cfg.prompt).eval()
     g = torch.Generator().manual_seed(args.seed)
     tokens = visual_tokens(visual, list(torch.rand(n, *model_cfg.volume_shape, generator=g).numpy()))
-    decoding = decoding_from_params({**cfg["generate"], "max_new_tokens": args.max_new_tokens,
-                                     "min_new_tokens": min_new})
+    decoding = decoding_from_params(
+        {**cfg["generate"], "max_new_tokens": args.max_new_tokens, "min_new_tokens": min_new}
+    )
 
     def timed(batch_size: int) -> tuple[float, list[str]]:
         t0 = time.perf_counter()
-        reports = generate_reports(model, tokens, decoding, batch_size=batch_size, seed=args.seed, progress=False)
+        reports = generate_reports(
+            model, tokens, decoding, batch_size=batch_size, seed=args.seed, progress=False
+        )
         return time.perf_counter() - t0, reports
 
     generate_reports(model, tokens[:2], decoding, batch_size=2, seed=args.seed, progress=False)  # warm-up
     seconds: dict[int, list[float]] = {args.batch_size: [], 1: []}
-    order = [b for r in range(repeats) for b in ((args.batch_size, 1) if r % 2 == 0 else (1, args.batch_size))]
+    order = [
+        b for r in range(repeats) for b in ((args.batch_size, 1) if r % 2 == 0 else (1, args.batch_size))
+    ]
     outputs = {}
     for batch_size in order:
         s, outputs[batch_size] = timed(batch_size)
         seconds[batch_size].append(s)
     n_tokens = n * args.max_new_tokens if min_new == args.max_new_tokens else None
     prefix = model_cfg.n_tokens + len(model.prompt_ids)
-    print(f"{n} inputs, prefix {prefix} tokens, max_new_tokens {args.max_new_tokens}, min_new_tokens {min_new}, "
-          f"{n_threads} threads")
+    print(
+        f"{n} inputs, prefix {prefix} tokens, max_new_tokens {args.max_new_tokens}, min_new_tokens {min_new}, "
+        f"{n_threads} threads"
+    )
     for batch_size, name in ((args.batch_size, f"batched (batch {args.batch_size})"), (1, "one at a time")):
         best = min(seconds[batch_size])
         runs = ", ".join(f"{s:.1f}" for s in seconds[batch_size])
         rate = f", {n_tokens / best:.0f} tokens/s" if n_tokens else ""
         print(f"{name}: {n / best:.2f} reports/s{rate} (best of {runs} s)")
     assert all(len(out) == n for out in outputs.values())
-    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads "
-          "spin at barriers, so a busy machine slows multi-threaded runs far more than single-threaded ones")
-    print(f"ratio: {min(seconds[1]) / min(seconds[args.batch_size]):.1f}x (batched / one-at-a-time reports per second)")
+    print(
+        f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads "
+        "spin at barriers, so a busy machine slows multi-threaded runs far more than single-threaded ones"
+    )
+    print(
+        f"ratio: {min(seconds[1]) / min(seconds[args.batch_size]):.1f}x (batched / one-at-a-time reports per second)"
+    )
 
 
 if __name__ == "__main__":

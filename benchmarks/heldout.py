@@ -28,16 +28,36 @@ def cohort(n: int, seed: int, cfg: dict, workers: int) -> tuple[pd.DataFrame, Pa
 
     d, p = cfg["download"], cfg["preprocess"]
     if seed == d["seed"]:
-        raise SystemExit(f"--seed {seed} is download.seed: the held-out cohort would repeat the cohort's subjects")
+        raise SystemExit(
+            f"--seed {seed} is download.seed: the held-out cohort would repeat the cohort's subjects"
+        )
     work = ROOT / ".cache" / "brain3d" / "heldout" / f"seed{seed}-n{n}"
-    raw = generate_cohort(work / "raw", n_subjects=n, seed=seed, healthy_fraction=d["healthy_fraction"],
-                          laterality_mix=d["laterality_mix"], workers=workers, root=work)
-    qc, ok = preprocess_cohort(raw, work, work / "preprocessed", shape=tuple(p["shape"]), skull_strip=p["skull_strip"],
-                               fov_mm=p["fov_mm"], workers=workers, on_error="skip",
-                               min_similarity=p["min_brain_similarity"], sequence=p["sequence"])
+    raw = generate_cohort(
+        work / "raw",
+        n_subjects=n,
+        seed=seed,
+        healthy_fraction=d["healthy_fraction"],
+        laterality_mix=d["laterality_mix"],
+        workers=workers,
+        root=work,
+    )
+    qc, ok = preprocess_cohort(
+        raw,
+        work,
+        work / "preprocessed",
+        shape=tuple(p["shape"]),
+        skull_strip=p["skull_strip"],
+        fov_mm=p["fov_mm"],
+        workers=workers,
+        on_error="skip",
+        min_similarity=p["min_brain_similarity"],
+        sequence=p["sequence"],
+    )
     ok = ok.merge(qc[["subject", "lesion_ml"]], on="subject").sort_values("subject").reset_index(drop=True)
     if len(ok) < len(raw):
-        print(f"{len(raw) - len(ok)} of {len(raw)} subjects refused by preprocessing (see {work}/preprocessed/qc.csv)")
+        print(
+            f"{len(raw) - len(ok)} of {len(raw)} subjects refused by preprocessing (see {work}/preprocessed/qc.csv)"
+        )
     return ok, work / "preprocessed" / "volumes"
 
 
@@ -47,8 +67,10 @@ def score(df: pd.DataFrame, preds: list[str]) -> dict:
     lat = np.asarray(clinical_f1(preds, list(df["report"]))["lat_f1"])
     asserts = np.array([asserts_pathology(p) for p in preds])
     tumour, healthy = (df["cohort"] == "tumour").to_numpy(), (df["cohort"] == "healthy").to_numpy()
-    row = {"healthy spec.": f"{(~asserts[healthy]).sum()}/{healthy.sum()}",
-           "tumour sens.": f"{asserts[tumour].sum()}/{tumour.sum()}"}
+    row = {
+        "healthy spec.": f"{(~asserts[healthy]).sum()}/{healthy.sum()}",
+        "tumour sens.": f"{asserts[tumour].sum()}/{tumour.sum()}",
+    }
     for lo, hi in SIZES:
         sel = tumour & (df["lesion_ml"] >= lo).to_numpy() & (df["lesion_ml"] < hi).to_numpy()
         row[f"sens. {lo}-{hi:g} ml"] = f"{asserts[sel].sum()}/{sel.sum()}"
@@ -83,10 +105,17 @@ def main() -> None:
     rows, written = [], []
     for model_dir in args.models:
         model = checkpoint.load(model_dir, "cpu")
-        preds = generate_reports(model, visual_tokens(model.visual, arrays), decoding_from_params(cfg["generate"]),
-                                 batch_size=16, seed=cfg["generate"]["seed"])
+        preds = generate_reports(
+            model,
+            visual_tokens(model.visual, arrays),
+            decoding_from_params(cfg["generate"]),
+            batch_size=16,
+            seed=cfg["generate"]["seed"],
+        )
         rows.append({"model": str(model_dir), **score(df, preds)})
-        written.append(df[["subject", "cohort", "laterality", "lesion_ml"]].assign(model=str(model_dir), report=preds))
+        written.append(
+            df[["subject", "cohort", "laterality", "lesion_ml"]].assign(model=str(model_dir), report=preds)
+        )
     print(pd.DataFrame(rows).set_index("model").T.to_markdown())
     if args.csv:
         pd.concat(written).to_csv(args.csv, index=False)

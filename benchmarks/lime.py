@@ -45,8 +45,10 @@ def demo_volume(shape: tuple[int, int, int]) -> np.ndarray:
     atlas = mni(2)
     flair = flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain
     x, y, z = atlas.world_axes()
-    flair[atlas.brain & ((x[:, None, None] + 30) ** 2 + (y[None, :, None] - 25) ** 2
-                         + (z[None, None, :] - 20) ** 2 < 15**2)] = 1.0
+    flair[
+        atlas.brain
+        & ((x[:, None, None] + 30) ** 2 + (y[None, :, None] - 25) ** 2 + (z[None, None, :] - 20) ** 2 < 15**2)
+    ] = 1.0
     return standardize(nib.Nifti1Image(flair.astype(np.float32), atlas.affine), shape, atlas.brain)
 
 
@@ -56,10 +58,17 @@ def conv_net_score(seed: int = 0):
     from torch import nn
 
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv3d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
-                        nn.Conv3d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                        nn.Conv3d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 1)).eval()
+    net = nn.Sequential(
+        nn.Conv3d(1, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv3d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv3d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(32, 1),
+    ).eval()
 
     def score(volumes: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -89,9 +98,17 @@ def via_lime_image(volume, labels, score, n_samples, batch_size, seed) -> np.nda
     k = int(labels.max())
     explainer = LimeImageExplainer(kernel_width=0.25, random_state=seed)
     with contextlib.redirect_stderr(io.StringIO()):  # its per-sample tqdm bar
-        exp = explainer.explain_instance(volume, lambda imgs: score(imgs)[:, None], labels=(0,), top_labels=None,
-                                         hide_color=0, num_features=k + 1, num_samples=n_samples,
-                                         batch_size=batch_size, segmentation_fn=lambda _: labels)
+        exp = explainer.explain_instance(
+            volume,
+            lambda imgs: score(imgs)[:, None],
+            labels=(0,),
+            top_labels=None,
+            hide_color=0,
+            num_features=k + 1,
+            num_samples=n_samples,
+            batch_size=batch_size,
+            segmentation_fn=lambda _: labels,
+        )
     weights = np.zeros(k + 1)  # feature 0 is the background (already 0: hiding it changes nothing)
     for index, weight in exp.local_exp[0]:
         weights[index] = weight
@@ -136,22 +153,37 @@ def main() -> None:
     score(volume[None])  # warm-up (first-call allocations)
 
     if args.stability:
-        stability_table(volume, labels, score, score_name, [int(n) for n in args.stability.split(",")], settings)
+        stability_table(
+            volume, labels, score, score_name, [int(n) for n in args.stability.split(",")], settings
+        )
         return
-    print(f"volume {'x'.join(map(str, volume.shape))}, {k} supervoxels (n_segments {settings.n_segments}), "
-          f"{n_samples} samples, batch {settings.batch_size}, {args.threads} thread(s), median of {args.repeats}")
+    print(
+        f"volume {'x'.join(map(str, volume.shape))}, {k} supervoxels (n_segments {settings.n_segments}), "
+        f"{n_samples} samples, batch {settings.batch_size}, {args.threads} thread(s), median of {args.repeats}"
+    )
     rows = []
-    for name, fn in (("score: " + score_name, score), ("score: no-op (pipeline overhead)", lambda v: v[:, 0, 0, 0] * 0)):
+    for name, fn in (
+        ("score: " + score_name, score),
+        ("score: no-op (pipeline overhead)", lambda v: v[:, 0, 0, 0] * 0),
+    ):
         common = (volume, labels, fn, n_samples, settings.batch_size, settings.seed)
         t_lime, w_lime = timed(via_lime_image, args.repeats, *common)
         t_ours, w_ours = timed(ours, args.repeats, *common)
-        t_score, _ = timed(lambda f: [f(np.repeat(volume[None], min(settings.batch_size, n_samples - i), 0))
-                                      for i in range(0, n_samples, settings.batch_size)], args.repeats, fn)
+        t_score, _ = timed(
+            lambda f: [
+                f(np.repeat(volume[None], min(settings.batch_size, n_samples - i), 0))
+                for i in range(0, n_samples, settings.batch_size)
+            ],
+            args.repeats,
+            fn,
+        )
         r = np.corrcoef(w_ours, w_lime)[0, 1] if w_ours.std() > 0 and w_lime.std() > 0 else float("nan")
         rows.append((name, t_ours, t_lime, t_score, r))
     width = max(len(row[0]) for row in rows)
-    print(f"{'':{width}s} {'ours (s)':>9s} {'lime_image (s)':>15s} {'speed-up':>9s} {'scoring alone (s)':>18s} "
-          f"{'weight corr':>12s}")
+    print(
+        f"{'':{width}s} {'ours (s)':>9s} {'lime_image (s)':>15s} {'speed-up':>9s} {'scoring alone (s)':>18s} "
+        f"{'weight corr':>12s}"
+    )
     for name, t_ours, t_lime, t_score, r in rows:
         corr = f"{r:12.3f}" if r == r else f"{'-':>12s}"
         print(f"{name:{width}s} {t_ours:9.3f} {t_lime:15.3f} {t_lime / t_ours:8.2f}x {t_score:18.3f} {corr}")

@@ -57,13 +57,22 @@ def main() -> None:
     visual.eval().requires_grad_(False)  # frozen in phase 2
     runtime.seed_everything(args.seed)
     if args.phase == "2b":
-        get_peft_model(lm.full, LoraConfig(r=section["lora_rank"], lora_alpha=section["lora_alpha"],
-                                           lora_dropout=section["lora_dropout"], target_modules=lm.lora_target_regex()))
+        get_peft_model(
+            lm.full,
+            LoraConfig(
+                r=section["lora_rank"],
+                lora_alpha=section["lora_alpha"],
+                lora_dropout=section["lora_dropout"],
+                target_modules=lm.lora_target_regex(),
+            ),
+        )
     model = Brain3D(lm, visual.width, model_cfg.prompt)
     model.train()
     groups = [{"params": list(model.projector.parameters()), "lr": section["lr"]}]
     if args.phase == "2b":
-        groups.append({"params": [p for n, p in model.lm.named_parameters() if "lora_" in n], "lr": section["lr_lora"]})
+        groups.append(
+            {"params": [p for n, p in model.lm.named_parameters() if "lora_" in n], "lr": section["lr_lora"]}
+        )
     trainable = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=section["weight_decay"])
 
@@ -99,15 +108,21 @@ def main() -> None:
     best = {k: max(v) for k, v in rates.items()}
     n_params = sum(p.numel() for p in trainable)
     grid = visual.encoder.grid
-    print(f"phase {args.phase}, batch {batch}, volume {tuple(model_cfg.volume_shape)}, encoder tokens "
-          f"{grid[0]}x{grid[1]}x{grid[2]}={grid[0] * grid[1] * grid[2]} -> K={cached.shape[1]}, "
-          f"{n_params:,} trainable parameters, {steps} timed steps, {n_threads} threads")
-    print(f"one-off token cache: {cache_s:.2f} s for {batch} volumes ({cache_s / batch * 1000:.0f} ms/volume)")
+    print(
+        f"phase {args.phase}, batch {batch}, volume {tuple(model_cfg.volume_shape)}, encoder tokens "
+        f"{grid[0]}x{grid[1]}x{grid[2]}={grid[0] * grid[1] * grid[2]} -> K={cached.shape[1]}, "
+        f"{n_params:,} trainable parameters, {steps} timed steps, {n_threads} threads"
+    )
+    print(
+        f"one-off token cache: {cache_s:.2f} s for {batch} volumes ({cache_s / batch * 1000:.0f} ms/volume)"
+    )
     for use_cache, name in ((True, "cached tokens"), (False, "encoder every step")):
         runs = ", ".join(f"{r:.2f}" for r in rates[use_cache])
         print(f"{name}: {best[use_cache]:.2f} steps/s (best of {runs})")
-    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads "
-          "spin at barriers, so a busy machine slows multi-threaded runs far more than single-threaded ones")
+    print(
+        f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; torch threads "
+        "spin at barriers, so a busy machine slows multi-threaded runs far more than single-threaded ones"
+    )
     print(f"ratio: {best[True] / best[False]:.1f}x (cached / recomputed steps per second)")
 
 

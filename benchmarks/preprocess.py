@@ -59,35 +59,60 @@ def main() -> None:
         root = Path(tmp)
         t0 = time.perf_counter()
         demo = config.load(ROOT / "params.yaml", profile="demo")
-        mix, pre = demo["download"], demo["preprocess"]  # the demo cohort's mix, the preprocess stage's settings
-        manifest = generate_cohort(root / "phantom", n_subjects=n, seed=args.seed,
-                                   healthy_fraction=mix["healthy_fraction"], laterality_mix=mix["laterality_mix"],
-                                   workers=2, root=root, progress=False)
-        print(f"phantom cohort: {n} subjects in {time.perf_counter() - t0:.1f} s "
-              f"({', '.join(sorted(set(manifest['laterality'])))})")
+        mix, pre = (
+            demo["download"],
+            demo["preprocess"],
+        )  # the demo cohort's mix, the preprocess stage's settings
+        manifest = generate_cohort(
+            root / "phantom",
+            n_subjects=n,
+            seed=args.seed,
+            healthy_fraction=mix["healthy_fraction"],
+            laterality_mix=mix["laterality_mix"],
+            workers=2,
+            root=root,
+            progress=False,
+        )
+        print(
+            f"phantom cohort: {n} subjects in {time.perf_counter() - t0:.1f} s "
+            f"({', '.join(sorted(set(manifest['laterality'])))})"
+        )
         from joblib import Parallel, delayed
 
         _warm(tuple(args.shape))
         t0 = time.perf_counter()
         pids = set(Parallel(n_jobs=2)(delayed(_warm)(tuple(args.shape), 1.0) for _ in range(2)))
-        print(f"one-off start-up of {len(pids)} joblib workers (imports, atlas, template): "
-              f"{time.perf_counter() - t0 - 1.0:.1f} s")
+        print(
+            f"one-off start-up of {len(pids)} joblib workers (imports, atlas, template): "
+            f"{time.perf_counter() - t0 - 1.0:.1f} s"
+        )
         walls: dict[int, list[float]] = {1: [], 2: []}
         order = [w for r in range(repeats) for w in ((1, 2) if r % 2 == 0 else (2, 1))]
         for run, workers in enumerate(order):
             os.environ["BRAIN3D_CACHE"] = str(root / f"cache-{run}")  # an empty cache: nothing is reused
             t0 = time.perf_counter()
-            qc, ok = preprocess_cohort(manifest, root, root / f"out-{run}", shape=tuple(args.shape),
-                                       skull_strip="registration", fov_mm=pre["fov_mm"], workers=workers,
-                                       on_error="fail", min_similarity=pre["min_brain_similarity"],
-                                       sequence=pre["sequence"], progress=False)
+            qc, ok = preprocess_cohort(
+                manifest,
+                root,
+                root / f"out-{run}",
+                shape=tuple(args.shape),
+                skull_strip="registration",
+                fov_mm=pre["fov_mm"],
+                workers=workers,
+                on_error="fail",
+                min_similarity=pre["min_brain_similarity"],
+                sequence=pre["sequence"],
+                progress=False,
+            )
             wall = time.perf_counter() - t0
             assert len(ok) == n, qc
             walls[workers].append(wall)
             inner = qc["seconds"].astype(float)
-            print(f"workers={workers}: {wall:.1f} s wall for {n} volumes = {wall / n:.2f} s/volume "
-                  f"(in-worker {inner.mean():.2f} s/volume, min {inner.min():.2f}, max {inner.max():.2f}; "
-                  f"load average {os.getloadavg()[0]:.2f})")
+            print(
+                f"workers={workers}: {wall:.1f} s wall for {n} volumes = {wall / n:.2f} s/volume "
+                f"(in-worker {inner.mean():.2f} s/volume, min {inner.min():.2f}, max {inner.max():.2f}; "
+                f"load average {os.getloadavg()[0]:.2f})"
+            )
     per_volume = {w: min(v) / n for w, v in walls.items()}
     for workers, seconds in per_volume.items():
         print(f"best of {len(walls[workers])}, workers={workers}: {seconds:.2f} s/volume")

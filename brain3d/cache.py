@@ -31,7 +31,9 @@ def stage_deps(module: str, dvc_yaml: str | Path = "dvc.yaml", *, code_only: boo
     for cmd, stage_deps_ in _expanded(yaml.safe_load(dvc_yaml.read_text())["stages"]):
         if cmd.split()[:3] == ["python", "-m", module]:
             found = True
-            deps += [d for d in stage_deps_ if (not code_only or Path(d).parts[0] in CODE_ROOTS) and d not in deps]
+            deps += [
+                d for d in stage_deps_ if (not code_only or Path(d).parts[0] in CODE_ROOTS) and d not in deps
+            ]
     if not found:
         raise ValueError(f"{dvc_yaml}: no stage runs `python -m {module}`")
     return [dvc_yaml.parent / d for d in deps]
@@ -65,8 +67,11 @@ def content_fingerprint(paths: list[Path], root: Path) -> str:
     bytecode caches left out; a missing path counts as missing)."""
     files: list[Path] = []
     for path in paths:
-        files += sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
-            if path.is_dir() else [path]
+        files += (
+            sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            if path.is_dir()
+            else [path]
+        )
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0")

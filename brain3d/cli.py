@@ -37,40 +37,85 @@ def _default_params() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="brain3d", description="Brain3D: radiology reports for 3D brain FLAIR MRI.")
+    ap = argparse.ArgumentParser(
+        prog="brain3d", description="Brain3D: radiology reports for 3D brain FLAIR MRI."
+    )
     sub = ap.add_subparsers(dest="command", required=True)
-    rp = sub.add_parser("report", help="write the radiology reports of FLAIR NIfTI scans",
-                        description="Preprocess FLAIR scans exactly as in training (skull strip, RAS, "
-                                    "percentile scaling, resampling) and generate their reports, loading the "
-                                    "model once. Research use only.")
-    rp.add_argument("scans", type=Path, nargs="+", metavar="SCAN",
-                    help="FLAIR volumes (.nii or .nii.gz, any orientation), folders holding one DICOM series, or "
-                         "folders of either")
-    rp.add_argument("--model", type=Path, default=None,
-                    help="a trained model directory holding brain3d.json (default: BRAIN3D_MODEL, else "
-                         "models/phase2b of the Brain3D repository)")
-    rp.add_argument("--out", type=Path, metavar="FILE",
-                    help="also write one row per scan (report, findings, model, timings, or why it failed) "
-                         "to FILE: .jsonl or .csv")
-    rp.add_argument("--workers", type=int, default=None,
-                    help="preprocessing processes (default: up to 4, at most the number of scans and cores)")
-    rp.add_argument("--skull-stripped", action="store_true",
-                    help="the scans are already brain-extracted (e.g. BraTS); skip skull stripping")
-    rp.add_argument("--skull-strip", choices=("registration", "threshold"),
-                    help="skull-stripping method for unstripped scans (default: preprocess.skull_strip)")
-    rp.add_argument("--allow-any-sequence", action="store_true",
-                    help="report on scans whose tissue contrast does not look like FLAIR (refused by default)")
-    rp.add_argument("--explain", type=Path, metavar="OUT",
-                    help="also write a 3D LIME figure (red supports the report): OUT.png for one scan, a "
-                         "folder of <scan>.png for several")
-    rp.add_argument("--lime-samples", type=int, metavar="N",
-                    help="perturbed volumes scored for --explain (default: lime.n_samples, as the lime stage)")
+    rp = sub.add_parser(
+        "report",
+        help="write the radiology reports of FLAIR NIfTI scans",
+        description="Preprocess FLAIR scans exactly as in training (skull strip, RAS, "
+        "percentile scaling, resampling) and generate their reports, loading the "
+        "model once. Research use only.",
+    )
+    rp.add_argument(
+        "scans",
+        type=Path,
+        nargs="+",
+        metavar="SCAN",
+        help="FLAIR volumes (.nii or .nii.gz, any orientation), folders holding one DICOM series, or "
+        "folders of either",
+    )
+    rp.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a trained model directory holding brain3d.json (default: BRAIN3D_MODEL, else "
+        "models/phase2b of the Brain3D repository)",
+    )
+    rp.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write one row per scan (report, findings, model, timings, or why it failed) "
+        "to FILE: .jsonl or .csv",
+    )
+    rp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="preprocessing processes (default: up to 4, at most the number of scans and cores)",
+    )
+    rp.add_argument(
+        "--skull-stripped",
+        action="store_true",
+        help="the scans are already brain-extracted (e.g. BraTS); skip skull stripping",
+    )
+    rp.add_argument(
+        "--skull-strip",
+        choices=("registration", "threshold"),
+        help="skull-stripping method for unstripped scans (default: preprocess.skull_strip)",
+    )
+    rp.add_argument(
+        "--allow-any-sequence",
+        action="store_true",
+        help="report on scans whose tissue contrast does not look like FLAIR (refused by default)",
+    )
+    rp.add_argument(
+        "--explain",
+        type=Path,
+        metavar="OUT",
+        help="also write a 3D LIME figure (red supports the report): OUT.png for one scan, a "
+        "folder of <scan>.png for several",
+    )
+    rp.add_argument(
+        "--lime-samples",
+        type=int,
+        metavar="N",
+        help="perturbed volumes scored for --explain (default: lime.n_samples, as the lime stage)",
+    )
     rp.add_argument("--json", action="store_true", help="print JSON (an object; a list for several scans)")
-    rp.add_argument("--max-new-tokens", type=int, help="report length limit (default: generate.max_new_tokens)")
+    rp.add_argument(
+        "--max-new-tokens", type=int, help="report length limit (default: generate.max_new_tokens)"
+    )
     rp.add_argument("--seed", type=int, help="sampling seed (default: generate.seed)")
-    rp.add_argument("--params", type=Path, default=None,
-                    help="params file of the preprocessing, decoding and LIME settings (default: the Brain3D "
-                         "repository's params.yaml, else ./params.yaml)")
+    rp.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="params file of the preprocessing, decoding and LIME settings (default: the Brain3D "
+        "repository's params.yaml, else ./params.yaml)",
+    )
     rp.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     return ap
 
@@ -81,8 +126,11 @@ def findings(report: str) -> dict:
 
     found = extract_negation_aware(report)
     pathology = sorted(found["pathology"])
-    return {"side": asserted_side(report) if pathology else "none", "anatomy": sorted(found["anatomy"]),
-            "pathology": pathology}
+    return {
+        "side": asserted_side(report) if pathology else "none",
+        "anatomy": sorted(found["anatomy"]),
+        "pathology": pathology,
+    }
 
 
 def side_probabilities(model, z, report: str) -> dict[str, float] | None:
@@ -113,8 +161,13 @@ def _fail(message: str) -> int:
 
 
 # read by the Hugging Face libraries when they are first imported (a value the user set is kept)
-QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+    "HF_HUB_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
 
 
 def _quiet_libraries() -> None:
@@ -165,7 +218,11 @@ def expand(paths: list[Path]) -> list[Path]:
 
     out: list[Path] = []
     for path in paths:
-        found = sorted(filter(is_scan, path.rglob("*"))) if path.is_dir() and not is_dicom_folder(path) else [path]
+        found = (
+            sorted(filter(is_scan, path.rglob("*")))
+            if path.is_dir() and not is_dicom_folder(path)
+            else [path]
+        )
         out += [p for p in found if p not in out]
     return out
 
@@ -184,8 +241,15 @@ def model_info(model_dir: Path, card: dict) -> dict:
         "standins": ("demo", "synthetic phantom cohort (stand-in backbones trained by the pipeline)"),
         "local": ("paper", "BraTS 2020 + TextBraTS + ds000221 (MedSigLIP-448, MedGemma-1.5-4B-IT)"),
     }.get(card["backbones"].get("source"), ("unknown", "unknown (the model card does not say)"))
-    info = {"dir": str(model_dir), "phase": card.get("phase"), "profile": profile, "trained_on": trained_on,
-            "revision": None, "dvc_lock_md5": None, "use": "research use only, not for clinical decisions"}
+    info = {
+        "dir": str(model_dir),
+        "phase": card.get("phase"),
+        "profile": profile,
+        "trained_on": trained_on,
+        "revision": None,
+        "dvc_lock_md5": None,
+        "use": "research use only, not for clinical decisions",
+    }
     sha = git_sha(model_dir)
     if sha != "unknown":
         info["revision"] = sha
@@ -207,8 +271,10 @@ def describe(info: dict) -> str:
     return f"model: {info['dir']} ({info['profile']} profile, {info['phase']}{rev}{md5}); {info['use']}"
 
 
-DEMO_WARNING = ("brain3d: warning: {dir} is a demo model: stand-in backbones trained on a synthetic phantom "
-                "cohort. Its reports of real scans are not meaningful; research use only.")
+DEMO_WARNING = (
+    "brain3d: warning: {dir} is a demo model: stand-in backbones trained on a synthetic phantom "
+    "cohort. Its reports of real scans are not meaningful; research use only."
+)
 
 
 def _prepare(job: tuple) -> tuple:
@@ -258,17 +324,25 @@ def write_rows(path: Path, rows: list[dict]) -> None:
         import pandas as pd
 
         nested = ("findings", "side_probability", "model", "seconds")
-        flat = [{**{k: v for k, v in r.items() if k not in nested},
-                 **{f"findings_{k}": ";".join(v) if isinstance(v, list) else v for k, v in r.get("findings", {}).items()},
-                 **{f"p_{k}": v for k, v in (r.get("side_probability") or {}).items()},
-                 **{f"model_{k}": v for k, v in r["model"].items()},
-                 **{f"seconds_{k}": v for k, v in r["seconds"].items()}} for r in rows]
+        flat = [
+            {
+                **{k: v for k, v in r.items() if k not in nested},
+                **{
+                    f"findings_{k}": ";".join(v) if isinstance(v, list) else v
+                    for k, v in r.get("findings", {}).items()
+                },
+                **{f"p_{k}": v for k, v in (r.get("side_probability") or {}).items()},
+                **{f"model_{k}": v for k, v in r["model"].items()},
+                **{f"seconds_{k}": v for k, v in r["seconds"].items()},
+            }
+            for r in rows
+        ]
         io.write_csv(path, pd.DataFrame(flat))
     else:
         raise ValueError(f"--out {path}: use a .jsonl or .csv file name")
 
 
-def report(args: argparse.Namespace) -> int:
+def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; its steps are the helpers above)
     from brain3d import config, runtime
 
     runtime.set_offline_env()  # before any hub library reads its environment
@@ -299,22 +373,39 @@ def report(args: argparse.Namespace) -> int:
     if not scans:
         return _fail(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
     p = cfg["preprocess"]
-    kwargs = dict(skull_stripped=args.skull_stripped, skull_strip=args.skull_strip or p["skull_strip"],
-                  fov_mm=p["fov_mm"], min_similarity=p["min_brain_similarity"],
-                  sequence="any" if args.allow_any_sequence else p["sequence"])
+    kwargs = dict(
+        skull_stripped=args.skull_stripped,
+        skull_strip=args.skull_strip or p["skull_strip"],
+        fov_mm=p["fov_mm"],
+        min_similarity=p["min_brain_similarity"],
+        sequence="any" if args.allow_any_sequence else p["sequence"],
+    )
     workers = args.workers or min(4, len(scans), os.cpu_count() or 1)
     model = None
     seed = cfg["generate"]["seed"] if args.seed is None else args.seed
     rows, failed = [], []
     # progress only on a terminal: piped stderr carries nothing but warnings and failures
-    bar = tqdm(total=len(scans), desc="brain3d", unit="scan", file=sys.stderr, leave=False,
-               disable=not sys.stderr.isatty())
+    bar = tqdm(
+        total=len(scans),
+        desc="brain3d",
+        unit="scan",
+        file=sys.stderr,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+    )
     for scan, pre, reason, prep_s in _preprocessed(scans, card["model_config"].volume_shape, kwargs, workers):
         bar.update()
         if pre is None:
             failed.append((scan, reason))
-            rows.append({"scan": str(scan), "status": "failed", "reason": reason, "model": info,
-                         "seconds": {"preprocess": round(prep_s, 2)}})
+            rows.append(
+                {
+                    "scan": str(scan),
+                    "status": "failed",
+                    "reason": reason,
+                    "model": info,
+                    "seconds": {"preprocess": round(prep_s, 2)},
+                }
+            )
             continue
         load_s = 0.0
         if model is None:
@@ -327,18 +418,32 @@ def report(args: argparse.Namespace) -> int:
         with torch.no_grad():
             z = model.visual(torch.from_numpy(pre.volume)[None, None].to(device))
         text = model.generate(z, decoding, seed=seed)[0]
-        row = {"scan": str(scan), "status": "ok", "reason": "", "report": text, "findings": findings(text),
-               "side_probability": side_probabilities(model, z, text),
-               "sequence": pre.qc["sequence"], "model": info,
-               "seconds": {"preprocess": round(prep_s, 2), "model_load": round(load_s, 2),  # once, first scan
-                           "generate": round(time.perf_counter() - t0, 2)}}
+        row = {
+            "scan": str(scan),
+            "status": "ok",
+            "reason": "",
+            "report": text,
+            "findings": findings(text),
+            "side_probability": side_probabilities(model, z, text),
+            "sequence": pre.qc["sequence"],
+            "model": info,
+            "seconds": {
+                "preprocess": round(prep_s, 2),
+                "model_load": round(load_s, 2),  # once, first scan
+                "generate": round(time.perf_counter() - t0, 2),
+            },
+        }
         if args.explain:
             from brain3d.interpretability.cases import explain_case
             from brain3d.interpretability.figures import save_case_figure
 
             png = args.explain if len(scans) == 1 else args.explain / f"{scan.name.split('.nii')[0]}.png"
-            case = explain_case(model, pre.volume, text, lime, with_side=row["findings"]["side"] in ("left", "right"))
-            save_case_figure(png, pre.volume, case.explanations["report"].voxel_map(case.labels), None, scan.name)
+            case = explain_case(
+                model, pre.volume, text, lime, with_side=row["findings"]["side"] in ("left", "right")
+            )
+            save_case_figure(
+                png, pre.volume, case.explanations["report"].voxel_map(case.labels), None, scan.name
+            )
             row["explanation"] = str(png)
         rows.append(row)
         if not args.json:
@@ -346,8 +451,10 @@ def report(args: argparse.Namespace) -> int:
             head = f"== {scan}\n" if len(scans) > 1 else ""
             p = row["side_probability"]
             side = f"{f['side']} (p={p[f['side']]:.2f})" if p else f["side"]
-            print(f"{head}{text}\n\nfindings: side={side}; anatomy={', '.join(f['anatomy']) or '-'}; "
-                  f"pathology={', '.join(f['pathology']) or '-'}")
+            print(
+                f"{head}{text}\n\nfindings: side={side}; anatomy={', '.join(f['anatomy']) or '-'}; "
+                f"pathology={', '.join(f['pathology']) or '-'}"
+            )
             if args.explain:
                 print(f"explanation: {row['explanation']}")
             print(describe(info) + ("\n" if len(scans) > 1 else ""))

@@ -35,8 +35,11 @@ def _unknown(path: str, key: str, schema: dict, where: str, block: str) -> str:
     in_block = f" in {block}" if block else ""
     prefix = f"{where}." if where else ""
     close = difflib.get_close_matches(str(key), list(schema), n=1)
-    hint = (f"did you mean {prefix}{close[0]}?" if close
-            else f"valid keys{f' of {where}' if where else ''}: {', '.join(sorted(schema))}")
+    hint = (
+        f"did you mean {prefix}{close[0]}?"
+        if close
+        else f"valid keys{f' of {where}' if where else ''}: {', '.join(sorted(schema))}"
+    )
     return f"params: {path}: unknown key{in_block}; {hint}"
 
 
@@ -126,8 +129,13 @@ def from_section(cls, section: dict):
     """An instance of dataclass `cls` from the keys of a params section that it declares (the section's other
     keys belong to other readers). A field without a default that the section lacks is a ParamsError."""
     fields = dataclasses.fields(cls)
-    missing = [f.name for f in fields if f.name not in section
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in section
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ParamsError(f"params: missing {', '.join(missing)} (needed by {cls.__name__})")
     return cls(**{f.name: section[f.name] for f in fields if f.name in section})

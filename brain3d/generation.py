@@ -13,11 +13,21 @@ from brain3d.models.model import Brain3D, Decoding
 
 def decoding_from_params(section: dict) -> Decoding:
     """The decoding settings of the `generate` params section."""
-    return config.from_section(Decoding, {**section, "repetition_exempt": tuple(section["repetition_exempt"])})
+    return config.from_section(
+        Decoding, {**section, "repetition_exempt": tuple(section["repetition_exempt"])}
+    )
 
 
-def generate_reports(model: Brain3D, tokens: torch.Tensor, decoding: Decoding, *, batch_size: int, seed: int,
-                     progress: bool = True, desc: str = "generate") -> list[str]:
+def generate_reports(
+    model: Brain3D,
+    tokens: torch.Tensor,
+    decoding: Decoding,
+    *,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
     """One report per row of `tokens` (N, K, Cv)."""
     out: list[str] = []
     starts = range(0, len(tokens), batch_size)

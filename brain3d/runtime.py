@@ -58,7 +58,9 @@ def precision_fallback(message: str, allow: bool) -> None:
     from brain3d.config import PrecisionError
 
     if not allow:
-        raise PrecisionError(f"{message}; set foundation.allow_cpu_fallback: true to run at full precision instead")
+        raise PrecisionError(
+            f"{message}; set foundation.allow_cpu_fallback: true to run at full precision instead"
+        )
     print(f"precision fallback: {message}", file=sys.stderr)
     FALLBACKS.append(message)
 

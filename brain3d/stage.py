@@ -16,8 +16,9 @@ from brain3d.tracking import Tracker, mlflow_run
 
 
 @contextlib.contextmanager
-def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
-        ) -> Iterator[tuple[dict, Tracker]]:
+def run(
+    name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
+) -> Iterator[tuple[dict, Tracker]]:
     """`with stage.run("split", ("split",)) as (cfg, tracker): ...` -> effective params and the tracker.
 
     The MLflow run logs the sections the stage reads, the profile, and what the stage cost: its wall time,
@@ -35,18 +36,26 @@ def run(name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
         if not runtime.is_main_process():  # other DDP ranks compute, rank 0 logs and writes
             yield cfg, Tracker()
             return
-        with mlflow_run(name, params={"profile": cfg.get("profile"), **logged},
-                        tags={"profile": str(cfg.get("profile"))}) as tracker:
+        with mlflow_run(
+            name, params={"profile": cfg.get("profile"), **logged}, tags={"profile": str(cfg.get("profile"))}
+        ) as tracker:
             yield cfg, tracker
             if runtime.FALLBACKS:  # said on stderr when it happened; kept with the run
                 tracker.log_params({"precision_fallback": "; ".join(runtime.FALLBACKS)})
-            cost = {"stage_seconds": time.perf_counter() - t0, "startup_seconds": startup,
-                    "peak_rss_mb": _peak_rss_mb(), "threads": threads}
+            cost = {
+                "stage_seconds": time.perf_counter() - t0,
+                "startup_seconds": startup,
+                "peak_rss_mb": _peak_rss_mb(),
+                "threads": threads,
+            }
             tracker.log_metrics(cost)
     except (InputError, CohortError, config.ParamsError) as exc:
         _fail(name, exc)
-    print(f"{name}: done in {time.perf_counter() - t0:.1f} s (start-up {startup:.1f} s, peak RSS "
-          f"{_peak_rss_mb():.0f} MB, {threads} threads)", file=sys.stderr)
+    print(
+        f"{name}: done in {time.perf_counter() - t0:.1f} s (start-up {startup:.1f} s, peak RSS "
+        f"{_peak_rss_mb():.0f} MB, {threads} threads)",
+        file=sys.stderr,
+    )
 
 
 def _process_age() -> float:
@@ -63,7 +72,10 @@ def _peak_rss_mb() -> float:
     """Peak resident memory of this process or of its largest finished child (workers), in MB."""
     import resource
 
-    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
     return kib / 1024  # Linux reports KiB
 
 

@@ -64,7 +64,9 @@ def repo_root(start: str | Path | None = None) -> Path:
         if part == ".dvc" and parts[i + 1 : i + 3] == ("tmp", "exps"):
             return Path(*parts[:i])
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True
+        )
         if out.returncode == 0:
             return Path(out.stdout.strip())
     except OSError:
@@ -85,8 +87,9 @@ def git_sha(cwd: str | Path | None = None) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
-               ) -> Iterator[MlflowTracker]:
+def mlflow_run(
+    stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+) -> Iterator[MlflowTracker]:
     """One MLflow run for one stage execution, tagged with stage, git sha, DVC experiment and profile."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import logging

@@ -30,28 +30,69 @@ import pandas as pd
 from brain3d import config, io
 from brain3d.metrics.tables import LABELS, cell, markdown_table
 
-ABLATED = ("phase2b.lora_rank", "model.compressor", "model.inflation", "phase1.findings_weight",
-           "phase1.laterality_flip", "phase2a.laterality_flip", "phase2b.laterality_flip", "corpus.n_subjects",
-           "phase1.seed")
-METRICS = ("bleu1", "bleu4", "rougeL", "meteor", "cider", "bertscore", "lat_f1", "anat_f1", "path_f1",
-           "healthy_specificity", "tumour_sensitivity")
+ABLATED = (
+    "phase2b.lora_rank",
+    "model.compressor",
+    "model.inflation",
+    "phase1.findings_weight",
+    "phase1.laterality_flip",
+    "phase2a.laterality_flip",
+    "phase2b.laterality_flip",
+    "corpus.n_subjects",
+    "phase1.seed",
+)
+METRICS = (
+    "bleu1",
+    "bleu4",
+    "rougeL",
+    "meteor",
+    "cider",
+    "bertscore",
+    "lat_f1",
+    "anat_f1",
+    "path_f1",
+    "healthy_specificity",
+    "tumour_sensitivity",
+)
 METRICS_FILE = "reports/metrics.json"
 PROBE_FILE = "reports/lime/token_probe.json"
 PROBES = {"visual_tokens": "token probe", "cnn_3d": "3D CNN"}  # token_probe.json entries (accuracy)
-SEED_METRICS = ("bleu1", "bertscore", "lat_f1", "anat_f1", "path_f1_neg", "healthy_specificity",
-                "tumour_sensitivity")
+SEED_METRICS = (
+    "bleu1",
+    "bertscore",
+    "lat_f1",
+    "anat_f1",
+    "path_f1_neg",
+    "healthy_specificity",
+    "tumour_sensitivity",
+)
 PARAMS_FILE = "params.yaml"
 OUT = Path("reports/ablations")
-HEADERS = {"phase2b.lora_rank": "LoRA r", "model.compressor": "compressor", "model.inflation": "inflation",
-           "phase1.findings_weight": "findings 1", "phase1.laterality_flip": "flip 1",
-           "phase2a.laterality_flip": "flip 2A", "phase2b.laterality_flip": "flip 2B", "corpus.n_subjects": "corpus",
-           "phase1.seed": "seed"}
+HEADERS = {
+    "phase2b.lora_rank": "LoRA r",
+    "model.compressor": "compressor",
+    "model.inflation": "inflation",
+    "phase1.findings_weight": "findings 1",
+    "phase1.laterality_flip": "flip 1",
+    "phase2a.laterality_flip": "flip 2A",
+    "phase2b.laterality_flip": "flip 2B",
+    "corpus.n_subjects": "corpus",
+    "phase1.seed": "seed",
+}
 
 
 def exp_show(all_commits: bool = False, rev: str | None = None) -> list[dict]:
     """`dvc exp show --json` of the repository in the working directory (experiments of `rev`, default HEAD)."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else []),
-           *(["--rev", rev] if rev else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "exp",
+        "show",
+        "--json",
+        *(["--all-commits"] if all_commits else []),
+        *(["--rev", rev] if rev else []),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"ablations: `dvc exp show --json` failed:\n{out.stderr.strip()}")
@@ -71,7 +112,13 @@ def _revisions(doc: list[dict]) -> Iterator[tuple[dict, str, str, str, bool]]:
             for rev in exp.get("revs") or []:
                 if rev.get("error") and state == "success":
                     state = "failed"
-                yield rev, exp.get("name") or rev.get("name") or rev["rev"][:7], commit["rev"][:7], state, True
+                yield (
+                    rev,
+                    exp.get("name") or rev.get("name") or rev["rev"][:7],
+                    commit["rev"][:7],
+                    state,
+                    True,
+                )
 
 
 def _file_data(rev: dict, kind: str, path: str) -> dict:
@@ -97,8 +144,13 @@ def build_table(doc: list[dict], system: str = "phase2b", metrics: tuple[str, ..
     records = []
     for rev, name, baseline, state, _ in _revisions(doc):
         params = _effective(_file_data(rev, "params", PARAMS_FILE))
-        rec: dict = {"experiment": name, "rev": rev["rev"][:7], "baseline": baseline, "state": state,
-                     "system": system}
+        rec: dict = {
+            "experiment": name,
+            "rev": rev["rev"][:7],
+            "baseline": baseline,
+            "state": state,
+            "system": system,
+        }
         for key in ABLATED:
             value = config.get(params, key, None)
             rec[key] = value if not isinstance(value, (list, dict)) else json.dumps(value)
@@ -133,16 +185,25 @@ def markdown(table: pd.DataFrame, system: str, metrics: tuple[str, ...] = METRIC
             rows.append([r["experiment"], r["rev"], *params, note])
             continue
         cells = [cell(r[m], r[m + "_low"], r[m + "_high"]) for m in metrics]
-        cells = [f"**{c}**" if not math.isnan(r[m]) and r[m] == best[m] else c for c, m in zip(cells, metrics)]
+        cells = [
+            f"**{c}**" if not math.isnan(r[m]) and r[m] == best[m] else c for c, m in zip(cells, metrics)
+        ]
         probes = [_fraction(r[f"probe_{k}"]) for k in PROBES]
         rows.append([r["experiment"], r["rev"], *params, *cells, *probes])
-    header = ["Experiment", "rev", *(HEADERS[k] for k in ABLATED), *(LABELS.get(m, m) for m in metrics),
-              *PROBES.values()]
-    return (f"# Ablations: {system}\n\n"
-            f"One row per DVC experiment (`dvc exp show`) and per baseline commit; metrics of system `{system}` "
-            f"from each experiment's {METRICS_FILE}: mean [95 % percentile bootstrap CI over test subjects]. "
-            "Best mean per column in bold. Regenerate with `python -m stages.ablations`.\n\n"
-            + markdown_table(header, rows))
+    header = [
+        "Experiment",
+        "rev",
+        *(HEADERS[k] for k in ABLATED),
+        *(LABELS.get(m, m) for m in metrics),
+        *PROBES.values(),
+    ]
+    return (
+        f"# Ablations: {system}\n\n"
+        f"One row per DVC experiment (`dvc exp show`) and per baseline commit; metrics of system `{system}` "
+        f"from each experiment's {METRICS_FILE}: mean [95 % percentile bootstrap CI over test subjects]. "
+        "Best mean per column in bold. Regenerate with `python -m stages.ablations`.\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def _fraction(x: float) -> str:
@@ -157,23 +218,48 @@ def seed_runs(doc: list[dict]) -> list[tuple[str, int, dict, dict]]:
         if state != "success" or (experiment and not name.startswith("seed-")):
             continue
         params = _effective(_file_data(rev, "params", PARAMS_FILE))
-        runs.append((name, config.get(params, "phase1.seed", None), _file_data(rev, "metrics", METRICS_FILE),
-                     _file_data(rev, "metrics", PROBE_FILE)))
+        runs.append(
+            (
+                name,
+                config.get(params, "phase1.seed", None),
+                _file_data(rev, "metrics", METRICS_FILE),
+                _file_data(rev, "metrics", PROBE_FILE),
+            )
+        )
     return runs
 
 
-def seed_table(runs: list[tuple[str, int, dict, dict]], metrics: tuple[str, ...] = SEED_METRICS) -> pd.DataFrame:
+def seed_table(
+    runs: list[tuple[str, int, dict, dict]], metrics: tuple[str, ...] = SEED_METRICS
+) -> pd.DataFrame:
     """Long table: one row per (seed, system, metric) with mean, low, high; the probes as system `probe`."""
     rows = []
     for name, seed, values, probes in runs:
         for system, m in values.items():
             for metric in metrics:
-                rows.append({"experiment": name, "seed": seed, "system": system, "metric": metric,
-                             "mean": _number(m.get(metric)), "low": _number(m.get(metric + "_low")),
-                             "high": _number(m.get(metric + "_high"))})
+                rows.append(
+                    {
+                        "experiment": name,
+                        "seed": seed,
+                        "system": system,
+                        "metric": metric,
+                        "mean": _number(m.get(metric)),
+                        "low": _number(m.get(metric + "_low")),
+                        "high": _number(m.get(metric + "_high")),
+                    }
+                )
         for key in PROBES:
-            rows.append({"experiment": name, "seed": seed, "system": "probe", "metric": key,
-                         "mean": _number((probes.get(key) or {}).get("accuracy")), "low": math.nan, "high": math.nan})
+            rows.append(
+                {
+                    "experiment": name,
+                    "seed": seed,
+                    "system": "probe",
+                    "metric": key,
+                    "mean": _number((probes.get(key) or {}).get("accuracy")),
+                    "low": math.nan,
+                    "high": math.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -189,8 +275,14 @@ def seeds_markdown(long: pd.DataFrame, base_seed, metrics: tuple[str, ...] = SEE
                 cells.append("")
                 continue
             base = per_seed.loc[base_seed] if base_seed in per_seed.index else None
-            ci = f"; seed {base_seed}: {cell(base['mean'], base['low'], base['high'])}" if base is not None else ""
-            cells.append(f"{_fraction(per_seed['mean'].mean())} ± {_fraction(per_seed['mean'].std(ddof=1))}{ci}")
+            ci = (
+                f"; seed {base_seed}: {cell(base['mean'], base['low'], base['high'])}"
+                if base is not None
+                else ""
+            )
+            cells.append(
+                f"{_fraction(per_seed['mean'].mean())} ± {_fraction(per_seed['mean'].std(ddof=1))}{ci}"
+            )
         rows.append([system, *cells])
     table = markdown_table(["system", *(LABELS.get(m, m) for m in metrics)], rows)
 
@@ -200,32 +292,73 @@ def seeds_markdown(long: pd.DataFrame, base_seed, metrics: tuple[str, ...] = SEE
 
     checks = []
     for seed in seeds:
-        lat = [value(seed, s, "lat_f1", c) for s in ("phase2b", "phase2b_shuffled") for c in ("mean", "low", "high")]
-        neg = [value(seed, s, "path_f1_neg", c) for s in ("phase2b", "phase2b_shuffled") for c in ("mean", "low", "high")]
+        lat = [
+            value(seed, s, "lat_f1", c)
+            for s in ("phase2b", "phase2b_shuffled")
+            for c in ("mean", "low", "high")
+        ]
+        neg = [
+            value(seed, s, "path_f1_neg", c)
+            for s in ("phase2b", "phase2b_shuffled")
+            for c in ("mean", "low", "high")
+        ]
         probe, cnn = value(seed, "probe", "visual_tokens"), value(seed, "probe", "cnn_3d")
-        checks.append([str(seed), cell(*lat[:3]), cell(*lat[3:]), "yes" if lat[1] > lat[5] else "no",
-                       cell(*neg[:3]), cell(*neg[3:]), "yes" if neg[1] > neg[5] else "no",
-                       _fraction(value(seed, "phase2b", "healthy_specificity")),
-                       _fraction(value(seed, "phase2b", "tumour_sensitivity")), _fraction(probe), _fraction(cnn)])
+        checks.append(
+            [
+                str(seed),
+                cell(*lat[:3]),
+                cell(*lat[3:]),
+                "yes" if lat[1] > lat[5] else "no",
+                cell(*neg[:3]),
+                cell(*neg[3:]),
+                "yes" if neg[1] > neg[5] else "no",
+                _fraction(value(seed, "phase2b", "healthy_specificity")),
+                _fraction(value(seed, "phase2b", "tumour_sensitivity")),
+                _fraction(probe),
+                _fraction(cnn),
+            ]
+        )
     check_table = markdown_table(
-        ["seed", "2B Lat F1", "control Lat F1", "CIs apart", "2B Path F1 (neg.)", "control Path F1 (neg.)",
-         "CIs apart", "healthy spec.", "tumour sens.", "token probe", "3D CNN"], checks)
-    return (f"# Seeds: every system over {len(seeds)} seeds ({', '.join(map(str, seeds))})\n\n"
-            "Phases 1, 2A and 2B (and `slices_ft`, which follows phase 2B's seed) trained with each seed "
-            "(`seed-<n>` experiments of ./ablations.sh; the baseline commit is seed "
-            f"{base_seed}); data, split, backbones and decoding fixed. Mean ± sd over seeds (sd with ddof 1), "
-            f"and seed {base_seed}'s mean [95 % bootstrap CI over test subjects]. "
-            "Regenerate with `python -m stages.ablations`.\n\n" + table
-            + "\n\n## Per seed: phase 2B against the shuffled-token control, and the frozen tokens' probe\n\n"
-            + check_table)
+        [
+            "seed",
+            "2B Lat F1",
+            "control Lat F1",
+            "CIs apart",
+            "2B Path F1 (neg.)",
+            "control Path F1 (neg.)",
+            "CIs apart",
+            "healthy spec.",
+            "tumour sens.",
+            "token probe",
+            "3D CNN",
+        ],
+        checks,
+    )
+    return (
+        f"# Seeds: every system over {len(seeds)} seeds ({', '.join(map(str, seeds))})\n\n"
+        "Phases 1, 2A and 2B (and `slices_ft`, which follows phase 2B's seed) trained with each seed "
+        "(`seed-<n>` experiments of ./ablations.sh; the baseline commit is seed "
+        f"{base_seed}); data, split, backbones and decoding fixed. Mean ± sd over seeds (sd with ddof 1), "
+        f"and seed {base_seed}'s mean [95 % bootstrap CI over test subjects]. "
+        "Regenerate with `python -m stages.ablations`.\n\n"
+        + table
+        + "\n\n## Per seed: phase 2B against the shuffled-token control, and the frozen tokens' probe\n\n"
+        + check_table
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.ablations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--system", default="phase2b", help="system whose metrics fill the table (default: phase2b)")
+    parser.add_argument(
+        "--system", default="phase2b", help="system whose metrics fill the table (default: phase2b)"
+    )
     parser.add_argument("--rev", help="experiments queued on this baseline commit (default: HEAD)")
-    parser.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD")
-    parser.add_argument("--from-json", type=Path, help="a saved `dvc exp show --json` document instead of running dvc")
+    parser.add_argument(
+        "--all-commits", action="store_true", help="experiments of every commit, not only HEAD"
+    )
+    parser.add_argument(
+        "--from-json", type=Path, help="a saved `dvc exp show --json` document instead of running dvc"
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="output stem (default: reports/ablations)")
     args = parser.parse_args(argv)
     doc = json.loads(args.from_json.read_text()) if args.from_json else exp_show(args.all_commits, args.rev)

@@ -43,11 +43,19 @@ def main() -> None:
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
         test = Cohort.load(splits, df, "test", paths.VOLUMES)
         volumes = [test.volume(i) for i in range(len(test))]
-        meta = {"system": name, "status": "ok", "reason": "", "baseline": True, "description": DESCRIPTIONS[name]}
+        meta = {
+            "system": name,
+            "status": "ok",
+            "reason": "",
+            "baseline": True,
+            "description": DESCRIPTIONS[name],
+        }
         preds: list[str] = []
         try:
             if name == "med3dvlm":
-                preds = med3dvlm.predict(med3dvlm.Med3DVLMConfig.from_params(cfg["baselines"]["med3dvlm"]), volumes)
+                preds = med3dvlm.predict(
+                    med3dvlm.Med3DVLMConfig.from_params(cfg["baselines"]["med3dvlm"]), volumes
+                )
             else:
                 seq = slice_model(cfg)
                 if name == "slices_ft":
@@ -55,22 +63,40 @@ def main() -> None:
                     p = {k: v for k, v in cfg["phase2b"].items() if k != "laterality_flip"}
                     seed_everything(p["seed"])
                     train, val = (Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
-                    data = {c: ([x.volume(i) for i in range(len(x))], x.reports) for c, x in (("t", train), ("v", val))}
-                    key = run_key({"baselines": cfg["baselines"], "phase2b": p}, [paths.BACKBONES, paths.SPLITS,
-                                                                                   paths.MANIFEST])
+                    data = {
+                        c: ([x.volume(i) for i in range(len(x))], x.reports)
+                        for c, x in (("t", train), ("v", val))
+                    }
+                    key = run_key(
+                        {"baselines": cfg["baselines"], "phase2b": p},
+                        [paths.BACKBONES, paths.SPLITS, paths.MANIFEST],
+                    )
                     peft_model, result = finetune(
-                        seq, data["t"], data["v"], lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"],
-                        lora_dropout=p["lora_dropout"], lr_projector=p["lr"], lr_lora=p["lr_lora"],
+                        seq,
+                        data["t"],
+                        data["v"],
+                        lora_rank=p["lora_rank"],
+                        lora_alpha=p["lora_alpha"],
+                        lora_dropout=p["lora_dropout"],
+                        lr_projector=p["lr"],
+                        lr_lora=p["lr_lora"],
                         normal_weight=p["normal_weight"],
-                        cfg=TrainConfig.from_params(p), state_dir=cache_dir("slices_ft", key), tracker=tracker)
+                        cfg=TrainConfig.from_params(p),
+                        state_dir=cache_dir("slices_ft", key),
+                        tracker=tracker,
+                    )
                     peft_model.save_pretrained(out_dir / "adapter")
                     io.write_csv(out_dir / "curve.csv", pd.DataFrame(result.history))
-                preds = seq.predict(volumes, batch_size=cfg["baselines"]["batch_size"], seed=cfg["generate"]["seed"])
+                preds = seq.predict(
+                    volumes, batch_size=cfg["baselines"]["batch_size"], seed=cfg["generate"]["seed"]
+                )
         except NotRunnable as exc:
             meta.update(status="not_run", reason=str(exc).removeprefix("not run: "))
             print(f"baseline@{name}: {exc}")
-        rows = [{"subject": s, "split": "test", "reference": r, "prediction": p}
-                for s, r, p in zip(test.subjects, test.reports, preds)]
+        rows = [
+            {"subject": s, "split": "test", "reference": r, "prediction": p}
+            for s, r, p in zip(test.subjects, test.reports, preds)
+        ]
         io.write_jsonl(paths.PREDICTIONS / f"{name}.jsonl", rows)
         io.write_json(paths.PREDICTIONS / f"{name}.json", meta)
         io.write_json(out_dir / "baseline.json", meta)

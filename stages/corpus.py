@@ -14,13 +14,25 @@ def main() -> None:
     with stage.run("corpus", ("corpus",)) as (cfg, tracker):
         c, pre = cfg["corpus"], cfg["preprocess"]
         t0 = time.perf_counter()
-        df = generate_corpus(paths.CORPUS, n_subjects=c["n_subjects"], seed=c["seed"],
-                             cohort_seed=cfg["download"]["seed"], healthy_fraction=c["healthy_fraction"],
-                             laterality_mix=c["laterality_mix"], shape=tuple(pre["shape"]),
-                             fov_mm=pre["fov_mm"], workers=c["workers"])
+        df = generate_corpus(
+            paths.CORPUS,
+            n_subjects=c["n_subjects"],
+            seed=c["seed"],
+            cohort_seed=cfg["download"]["seed"],
+            healthy_fraction=c["healthy_fraction"],
+            laterality_mix=c["laterality_mix"],
+            shape=tuple(pre["shape"]),
+            fov_mm=pre["fov_mm"],
+            workers=c["workers"],
+        )
         counts = df.groupby("laterality").size()
-        tracker.log_metrics({"n_subjects": len(df), "seconds": time.perf_counter() - t0,
-                             **{f"n_{lat}": int(n) for lat, n in counts.items()}})
+        tracker.log_metrics(
+            {
+                "n_subjects": len(df),
+                "seconds": time.perf_counter() - t0,
+                **{f"n_{lat}": int(n) for lat, n in counts.items()},
+            }
+        )
         print(counts.to_string() if len(df) else "empty corpus (corpus.n_subjects: 0)")
 
 

@@ -19,9 +19,15 @@ def main() -> None:
         if params["source"] == "phantom":
             from brain3d.data.phantom import generate_cohort
 
-            df = generate_cohort(OUT / "phantom", n_subjects=params["n_subjects"], seed=params["seed"],
-                                 healthy_fraction=params["healthy_fraction"],
-                                 laterality_mix=params["laterality_mix"], workers=params["workers"], root=root)
+            df = generate_cohort(
+                OUT / "phantom",
+                n_subjects=params["n_subjects"],
+                seed=params["seed"],
+                healthy_fraction=params["healthy_fraction"],
+                laterality_mix=params["laterality_mix"],
+                workers=params["workers"],
+                root=root,
+            )
         elif params["source"] == "real":
             from brain3d.data.sources import build_real_cohort
 
@@ -33,7 +39,9 @@ def main() -> None:
             raise manifest.CohortError(errors)
         df = manifest.write(OUT / "manifest.csv", df)
         counts = df.groupby(["cohort", "laterality"]).size()
-        tracker.log_metrics({"n_subjects": len(df), **{f"n_{c}_{lat}": int(n) for (c, lat), n in counts.items()}})
+        tracker.log_metrics(
+            {"n_subjects": len(df), **{f"n_{c}_{lat}": int(n) for (c, lat), n in counts.items()}}
+        )
         tracker.log_artifact(OUT / "manifest.csv")
         print(counts.to_string())
 

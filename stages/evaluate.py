@@ -12,11 +12,25 @@ def main() -> None:
     with stage.run("evaluate", ("evaluate",)) as (cfg, tracker):
         e = cfg["evaluate"]
         test = pd.read_csv(paths.SPLITS).query("split == 'test'")[["subject", "cohort", "laterality"]]
-        evaluate_systems(paths.PREDICTIONS, test, paths.REPORTS, bertscore_model=e["bertscore_model"],
-                         bertscore_layers=e["bertscore_layers"], n_resamples=e["n_resamples"], seed=e["seed"])
+        evaluate_systems(
+            paths.PREDICTIONS,
+            test,
+            paths.REPORTS,
+            bertscore_model=e["bertscore_model"],
+            bertscore_layers=e["bertscore_layers"],
+            n_resamples=e["n_resamples"],
+            seed=e["seed"],
+        )
         metrics = io.read_json(paths.REPORTS / "metrics.json")
-        tracker.log_metrics({f"{system}.{k}": v for system, values in metrics.items() if isinstance(values, dict)
-                             for k, v in values.items() if isinstance(v, (int, float))})
+        tracker.log_metrics(
+            {
+                f"{system}.{k}": v
+                for system, values in metrics.items()
+                if isinstance(values, dict)
+                for k, v in values.items()
+                if isinstance(v, (int, float))
+            }
+        )
         for name in ("tables", "figures", "per_sample", "metrics.json"):
             tracker.log_artifact(paths.REPORTS / name, name if name != "metrics.json" else None)
         print((paths.REPORTS / "tables" / "main.md").read_text())

@@ -16,9 +16,12 @@ from brain3d.models import foundation as fd
 from brain3d.models.backbones import verify_local
 from brain3d.runtime import seed_everything
 from brain3d.tracking import Prefixed
+from brain3d.training import standins
 from brain3d.training.loop import TrainConfig
 
 OUT = paths.FOUNDATION
+
+
 def _split_items(split: str, splits: pd.DataFrame, df: pd.DataFrame):
     rows = splits[splits["split"] == split].merge(df, on="subject").sort_values("subject")
     items = []
@@ -32,8 +35,13 @@ def _corpus_items() -> list:
     """The pretraining corpus (stages/corpus.py) as (volume, seg) pairs, memory-mapped: empty on the paper
     profile or with corpus.n_subjects 0."""
     subjects = pd.read_csv(paths.CORPUS / "manifest.csv")["subject"]
-    return [(np.load(paths.CORPUS / "volumes" / f"{s}.npy", mmap_mode="r"),
-             np.load(paths.CORPUS / "seg" / f"{s}.npy", mmap_mode="r")) for s in subjects]
+    return [
+        (
+            np.load(paths.CORPUS / "volumes" / f"{s}.npy", mmap_mode="r"),
+            np.load(paths.CORPUS / "seg" / f"{s}.npy", mmap_mode="r"),
+        )
+        for s in subjects
+    ]
 
 
 def main() -> None:
@@ -49,29 +57,53 @@ def main() -> None:
             for split in ("train", "val"):
                 volumes[split], reports[split] = _split_items(split, splits, df)
             seed_everything(f["siglip_train"]["seed"])
-            captions = [c for v, s in volumes["train"] for _, c in fd.slice_captions(v, s)]
-            tokenizer = fd.train_tokenizer(reports["train"] + captions + [cfg["model"]["prompt"]],
-                                           f["tokenizer_vocab"])
-            key = io.fingerprint({"foundation": f, "splits": io.sha256_file(paths.SPLITS),
-                                  "manifest": io.sha256_file(paths.MANIFEST), "preprocess": cfg["preprocess"],
-                                  "corpus": io.sha256_file(paths.CORPUS / "manifest.csv")})  # file hashes
+            captions = [c for v, s in volumes["train"] for _, c in standins.slice_captions(v, s)]
+            tokenizer = fd.train_tokenizer(
+                reports["train"] + captions + [cfg["model"]["prompt"]], f["tokenizer_vocab"]
+            )
+            key = io.fingerprint(
+                {
+                    "foundation": f,
+                    "splits": io.sha256_file(paths.SPLITS),
+                    "manifest": io.sha256_file(paths.MANIFEST),
+                    "preprocess": cfg["preprocess"],
+                    "corpus": io.sha256_file(paths.CORPUS / "manifest.csv"),
+                }
+            )  # file hashes
             pretrain = {"train": volumes["train"] + _corpus_items(), "val": volumes["val"]}
-            siglip, res_s = fd.train_siglip(pretrain, tokenizer, f["siglip"],
-                                            TrainConfig.from_params(f["siglip_train"]),
-                                            cache_dir("foundation-siglip", key), Prefixed(tracker, "siglip_"))
+            siglip, res_s = standins.train_siglip(
+                pretrain,
+                tokenizer,
+                f["siglip"],
+                TrainConfig.from_params(f["siglip_train"]),
+                cache_dir("foundation-siglip", key),
+                Prefixed(tracker, "siglip_"),
+            )
             fd.save_siglip(siglip, tokenizer, OUT / "siglip")
             seed_everything(f["gemma_train"]["seed"])
-            gemma, res_g = fd.train_gemma3(siglip, tokenizer, reports, f["gemma"],
-                                           TrainConfig.from_params(f["gemma_train"]), cache_dir("foundation-gemma3", key),
-                                           Prefixed(tracker, "gemma3_"))
+            gemma, res_g = standins.train_gemma3(
+                siglip,
+                tokenizer,
+                reports,
+                f["gemma"],
+                TrainConfig.from_params(f["gemma_train"]),
+                cache_dir("foundation-gemma3", key),
+                Prefixed(tracker, "gemma3_"),
+            )
             fd.save_gemma3(gemma, tokenizer, OUT / "gemma3")
             for name, res in (("siglip", res_s), ("gemma3", res_g)):
                 io.write_csv(paths.CURVES / f"foundation_{name}.csv", pd.DataFrame(res.history))
                 tracker.log_metrics({f"{name}_best_val": res.best_val, f"{name}_epochs": len(res.history)})
             weights = [io.sha256_file(OUT / d / "model.safetensors") for d in ("siglip", "gemma3")]
-            record = {"source": "standins", "vision": str(OUT / "siglip"), "lm": str(OUT / "gemma3"),
-                      "dtype": f["dtype"], "load_in_4bit": f["load_in_4bit"],
-                      "allow_cpu_fallback": f["allow_cpu_fallback"], "fingerprint": io.fingerprint(weights)}
+            record = {
+                "source": "standins",
+                "vision": str(OUT / "siglip"),
+                "lm": str(OUT / "gemma3"),
+                "dtype": f["dtype"],
+                "load_in_4bit": f["load_in_4bit"],
+                "allow_cpu_fallback": f["allow_cpu_fallback"],
+                "fingerprint": io.fingerprint(weights),
+            }
         io.write_json(paths.BACKBONES, record)
         tracker.log_artifact(paths.BACKBONES)
 

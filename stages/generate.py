@@ -36,14 +36,26 @@ def main() -> None:
         tokens = visual_tokens(model.visual, [test.volume(i) for i in range(len(test))])
         if shuffled:
             tokens = tokens[torch.from_numpy(derangement(len(test), g["seed"]))]
-        preds = generate_reports(model, tokens, decoding_from_params(g), batch_size=g["batch_size"],
-                                 seed=g["seed"], desc=system)
-        rows = [{"subject": s, "split": "test", "reference": r, "prediction": p}
-                for s, r, p in zip(test.subjects, test.reports, preds)]
+        preds = generate_reports(
+            model, tokens, decoding_from_params(g), batch_size=g["batch_size"], seed=g["seed"], desc=system
+        )
+        rows = [
+            {"subject": s, "split": "test", "reference": r, "prediction": p}
+            for s, r, p in zip(test.subjects, test.reports, preds)
+        ]
         io.write_jsonl(paths.PREDICTIONS / f"{system}.jsonl", rows)
-        io.write_json(paths.PREDICTIONS / f"{system}.json", {
-            "system": system, "status": "ok", "reason": "", "baseline": False,
-            "description": DESCRIPTIONS.get(system, f"{model_name}{' (shuffled control)' if shuffled else ''}")})
+        io.write_json(
+            paths.PREDICTIONS / f"{system}.json",
+            {
+                "system": system,
+                "status": "ok",
+                "reason": "",
+                "baseline": False,
+                "description": DESCRIPTIONS.get(
+                    system, f"{model_name}{' (shuffled control)' if shuffled else ''}"
+                ),
+            },
+        )
         tracker.log_metrics({"n_test": len(test)})
         tracker.log_artifact(paths.PREDICTIONS / f"{system}.jsonl", "predictions")
 

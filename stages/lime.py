@@ -37,21 +37,38 @@ def main() -> None:
             seg_path = paths.SEGS / f"{sid}.npy"
             seg = np.load(seg_path) if seg_path.exists() else None
             with_side = case["laterality"] in ("left", "right")
-            result = explain_case(model, volume, case["report"], settings, seg=seg, with_side=with_side,
-                                  randomised=randomised)
+            result = explain_case(
+                model, volume, case["report"], settings, seg=seg, with_side=with_side, randomised=randomised
+            )
             rows += [{"subject": sid, "laterality": case["laterality"], **r} for r in result.rows]
-            io.write_json(OUT / "weights" / f"{sid}.json", {t: e.weights.tolist() for t, e in result.explanations.items()})
+            io.write_json(
+                OUT / "weights" / f"{sid}.json",
+                {t: e.weights.tolist() for t, e in result.explanations.items()},
+            )
             for target, exp in result.explanations.items():
                 title = f"{sid} ({case['laterality']}) · {target}"
-                save_case_figure(OUT / "figures" / f"{sid}_{target}.png", volume, exp.voxel_map(result.labels), seg, title)
-            sheet.append((f"{sid} ({case['laterality']})", volume, result.explanations["report"].voxel_map(result.labels), seg))
+                save_case_figure(
+                    OUT / "figures" / f"{sid}_{target}.png", volume, exp.voxel_map(result.labels), seg, title
+                )
+            sheet.append(
+                (
+                    f"{sid} ({case['laterality']})",
+                    volume,
+                    result.explanations["report"].voxel_map(result.labels),
+                    seg,
+                )
+            )
         save_contact_sheet(OUT / "contact_sheet.png", sheet)
         table = pd.DataFrame(rows)
         io.write_csv(OUT / "faithfulness.csv", table)
         summary = table.groupby(["model", "target"]).mean(numeric_only=True).round(4)
-        metrics = {f"{m}_{t}_{k}": float(v) for (m, t), r in summary.iterrows() for k, v in r.items() if v == v}
+        metrics = {
+            f"{m}_{t}_{k}": float(v) for (m, t), r in summary.iterrows() for k, v in r.items() if v == v
+        }
         trained = table[table["model"] == "trained"]
-        stability = {sid: dict(zip(g["target"], g["stability"].round(4))) for sid, g in trained.groupby("subject")}
+        stability = {
+            sid: dict(zip(g["target"], g["stability"].round(4))) for sid, g in trained.groupby("subject")
+        }
         io.write_json(OUT / "faithfulness.json", {**metrics, "stability_per_case": stability})
         tracker.log_metrics(metrics)
         for name in ("faithfulness.csv", "contact_sheet.png", "figures"):
@@ -59,12 +76,23 @@ def main() -> None:
         print(summary.to_string())
 
         # side information in the frozen visual tokens vs plain hemisphere asymmetry and a trained 3D CNN
-        probe = laterality_probes(model.visual, splits, paths.VOLUMES, settings.seed,
-                                  CnnSettings.from_params(cfg["lime"]["cnn"]), device, tracker.log_metrics)
+        probe = laterality_probes(
+            model.visual,
+            splits,
+            paths.VOLUMES,
+            settings.seed,
+            CnnSettings.from_params(cfg["lime"]["cnn"]),
+            device,
+            tracker.log_metrics,
+        )
         io.write_json(OUT / "token_probe.json", probe)
         tracker.log_metrics({f"probe_{k}_accuracy": v["accuracy"] for k, v in probe.items()})
-        print("laterality probe (test accuracy):", {k: round(v["accuracy"], 3) for k, v in probe.items()},
-              "chance", round(probe["visual_tokens"]["chance"], 3))
+        print(
+            "laterality probe (test accuracy):",
+            {k: round(v["accuracy"], 3) for k, v in probe.items()},
+            "chance",
+            round(probe["visual_tokens"]["chance"], 3),
+        )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,22 @@ def main() -> None:
         visual, lm = phases.load_backbones(bb, model_cfg)
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
         train, val = (phases.Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
-        key = phases.run_key({"model": cfg["model"], "phase1": p, "shape": cfg["preprocess"]["shape"]},
-                             [paths.BACKBONES, paths.SPLITS, paths.MANIFEST])
-        model, result = phases.train_phase1(visual, lm, train, val, TrainConfig.from_params(p),
-                                            temperature=p["temperature"], laterality_flip=p["laterality_flip"],
-                                            findings_weight=p["findings_weight"],
-                                            state_dir=cache_dir("phase1", key), tracker=tracker)
+        key = phases.run_key(
+            {"model": cfg["model"], "phase1": p, "shape": cfg["preprocess"]["shape"]},
+            [paths.BACKBONES, paths.SPLITS, paths.MANIFEST],
+        )
+        model, result = phases.train_phase1(
+            visual,
+            lm,
+            train,
+            val,
+            TrainConfig.from_params(p),
+            temperature=p["temperature"],
+            laterality_flip=p["laterality_flip"],
+            findings_weight=p["findings_weight"],
+            state_dir=cache_dir("phase1", key),
+            tracker=tracker,
+        )
         if not is_main_process():
             return
         torch.manual_seed(p["seed"])
@@ -45,8 +55,14 @@ def main() -> None:
         if model.findings is not None:  # (B, K, Cv) tokens -> presence, side, anatomy, pathology logits
             io.save_safetensors(OUT / "findings.safetensors", model.findings.state_dict())
         io.save_safetensors(OUT / "projector.safetensors", brain3d.projector.state_dict())
-        write_card(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb, visual=OUT / "visual.safetensors",
-                   projector=OUT / "projector.safetensors")
+        write_card(
+            OUT,
+            phase="phase1",
+            model_cfg=model_cfg,
+            backbones=bb,
+            visual=OUT / "visual.safetensors",
+            projector=OUT / "projector.safetensors",
+        )
         phases.write_training_record("phase1", result, paths.CURVES, paths.TRAINING, tracker)
 
 

@@ -23,15 +23,31 @@ def main() -> None:
         model.projector.load_state_dict(load_file(INIT))
         groups = [{"params": list(model.projector.parameters()), "lr": p["lr"]}]
         key = phases.run_key({"phase2a": p}, [*x.inputs, INIT])
-        result = phases.train_phase2(model, x.train_tokens, x.train.reports, x.val_tokens, x.val.reports,
-                                     TrainConfig.from_params(p), groups, state_dir=cache_dir("phase2a", key),
-                                     normal_weight=p["normal_weight"],
-                                     flipped_train_tokens=x.flipped_train_tokens, tracker=tracker, desc="phase2a")
+        result = phases.train_phase2(
+            model,
+            x.train_tokens,
+            x.train.reports,
+            x.val_tokens,
+            x.val.reports,
+            TrainConfig.from_params(p),
+            groups,
+            state_dir=cache_dir("phase2a", key),
+            normal_weight=p["normal_weight"],
+            flipped_train_tokens=x.flipped_train_tokens,
+            tracker=tracker,
+            desc="phase2a",
+        )
         if not is_main_process():
             return
         io.save_safetensors(OUT / "projector.safetensors", model.projector.state_dict())
-        write_card(OUT, phase="phase2a", model_cfg=x.model_cfg, backbones=x.backbones,
-                   visual=paths.model_dir("phase1") / "visual.safetensors", projector=OUT / "projector.safetensors")
+        write_card(
+            OUT,
+            phase="phase2a",
+            model_cfg=x.model_cfg,
+            backbones=x.backbones,
+            visual=paths.model_dir("phase1") / "visual.safetensors",
+            projector=OUT / "projector.safetensors",
+        )
         phases.write_training_record("phase2a", result, paths.CURVES, paths.TRAINING, tracker)
         tracker.log_metrics({"vis_scale": model.projector.vis_scale.item()})
 

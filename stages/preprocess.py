@@ -16,14 +16,28 @@ def main() -> None:
     with stage.run("preprocess", ("preprocess",)) as (cfg, tracker):
         p = cfg["preprocess"]
         df = manifest.read("data/raw/manifest.csv")
-        qc, ok = preprocess_cohort(df, Path.cwd(), OUT, shape=tuple(p["shape"]), skull_strip=p["skull_strip"],
-                                   fov_mm=p["fov_mm"], workers=p["workers"], on_error=p["on_error"],
-                                   min_similarity=p["min_brain_similarity"], sequence=p["sequence"])
+        qc, ok = preprocess_cohort(
+            df,
+            Path.cwd(),
+            OUT,
+            shape=tuple(p["shape"]),
+            skull_strip=p["skull_strip"],
+            fov_mm=p["fov_mm"],
+            workers=p["workers"],
+            on_error=p["on_error"],
+            min_similarity=p["min_brain_similarity"],
+            sequence=p["sequence"],
+        )
         montage(OUT, ok, OUT / "qc.png")
         n_bad = int((qc["status"] != "ok").sum())
         seconds = qc.loc[qc["status"] == "ok", "seconds"].astype(float) if "seconds" in qc else None
-        tracker.log_metrics({"n_ok": len(ok), "n_error": n_bad,
-                             "seconds_per_volume": float(seconds.mean()) if seconds is not None else 0.0})
+        tracker.log_metrics(
+            {
+                "n_ok": len(ok),
+                "n_error": n_bad,
+                "seconds_per_volume": float(seconds.mean()) if seconds is not None else 0.0,
+            }
+        )
         tracker.log_artifact(OUT / "qc.csv")
         tracker.log_artifact(OUT / "qc.png")
         if n_bad:

@@ -35,7 +35,8 @@ def last_runs(db: str | Path, exp: str | None = None) -> pd.DataFrame:
         runs = runs.sort_values("start_time").groupby("stage").tail(1)
         marks = ",".join("?" * len(METRICS))
         metrics = pd.read_sql_query(
-            f"SELECT run_uuid, key, value FROM latest_metrics WHERE key IN ({marks})", con, params=METRICS)
+            f"SELECT run_uuid, key, value FROM latest_metrics WHERE key IN ({marks})", con, params=METRICS
+        )
     wide = metrics.pivot_table(index="run_uuid", columns="key", values="value").reindex(columns=list(METRICS))
     out = runs.merge(wide, left_on="run_uuid", right_index=True, how="left")
     return out.drop(columns="run_uuid").sort_values("stage_seconds", ascending=False).reset_index(drop=True)
@@ -43,15 +44,20 @@ def last_runs(db: str | Path, exp: str | None = None) -> pd.DataFrame:
 
 def markdown(runs: pd.DataFrame) -> str:
     total = runs["stage_seconds"].sum()
-    lines = ["| stage | seconds | share | start-up (s) | peak RSS (MB) | threads |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| stage | seconds | share | start-up (s) | peak RSS (MB) | threads |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def num(x: float, fmt: str) -> str:
         return "" if pd.isna(x) else format(x, fmt)
 
     for r in runs.itertuples():
         share = r.stage_seconds / total if total else float("nan")
-        lines.append(f"| {r.stage} | {r.stage_seconds:.1f} | {share:.1%} | {num(r.startup_seconds, '.1f')} | "
-                     f"{num(r.peak_rss_mb, '.0f')} | {num(r.threads, '.0f')} |")
+        lines.append(
+            f"| {r.stage} | {r.stage_seconds:.1f} | {share:.1%} | {num(r.startup_seconds, '.1f')} | "
+            f"{num(r.peak_rss_mb, '.0f')} | {num(r.threads, '.0f')} |"
+        )
     startup = runs["startup_seconds"].sum()
     lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | 100% | {num(startup, '.1f')} | | |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("BRAIN3D_THREADS", "1")
 from brain3d import runtime  # noqa: E402
@@ -45,10 +46,22 @@ def tiny_siglip_dir(tmp_path_factory, tiny_tokenizer):
 
     torch.manual_seed(0)
     cfg = SiglipConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=len(tiny_tokenizer), max_position_embeddings=16),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=len(tiny_tokenizer),
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
     )
     path = tmp_path_factory.mktemp("siglip")
     save_siglip(SiglipModel(cfg), tiny_tokenizer, path)
@@ -65,8 +78,16 @@ def tiny_gemma3_dir(tmp_path_factory, tiny_tokenizer, tiny_siglip_dir):
 
     torch.manual_seed(0)
     siglip = SiglipModel.from_pretrained(tiny_siglip_dir)
-    arch = dict(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, head_dim=16, max_positions=1024,
-                mm_tokens_per_image=4)
+    arch = dict(
+        hidden=32,
+        intermediate=64,
+        layers=2,
+        heads=2,
+        kv_heads=1,
+        head_dim=16,
+        max_positions=1024,
+        mm_tokens_per_image=4,
+    )
     model = build_gemma3(tiny_tokenizer, siglip.config.vision_config.to_dict(), arch)
     model.model.vision_tower.load_state_dict(siglip.vision_model.state_dict())
     path = tmp_path_factory.mktemp("gemma3")
@@ -91,8 +112,17 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("phase2b")
-    cfg = ModelConfig(volume_shape=DEMO_SHAPE, kd=2, depth_stride=1, depth_pad=1, inflation="mean",
-                      compressor="grid_pool", n_tokens=32, grid=(2, 4, 4), prompt=PROMPT)
+    cfg = ModelConfig(
+        volume_shape=DEMO_SHAPE,
+        kd=2,
+        depth_stride=1,
+        depth_pad=1,
+        inflation="mean",
+        compressor="grid_pool",
+        n_tokens=32,
+        grid=(2, 4, 4),
+        prompt=PROMPT,
+    )
     visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
     lm = load_language_model(tiny_gemma3_dir)
     lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))
@@ -104,11 +134,73 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     io.save_safetensors(out / "visual.safetensors", visual.state_dict())
     io.save_safetensors(out / "projector.safetensors", model.projector.state_dict())
     lora.save_pretrained(out / "adapter")
-    write_card(out, phase="phase2b", model_cfg=cfg,
-               backbones={"source": "standins", "vision": str(tiny_siglip_dir), "lm": str(tiny_gemma3_dir),
-                          "dtype": "float32", "load_in_4bit": False},
-               visual=out / "visual.safetensors", projector=out / "projector.safetensors", adapter=out / "adapter")
+    write_card(
+        out,
+        phase="phase2b",
+        model_cfg=cfg,
+        backbones={
+            "source": "standins",
+            "vision": str(tiny_siglip_dir),
+            "lm": str(tiny_gemma3_dir),
+            "dtype": "float32",
+            "load_in_4bit": False,
+        },
+        visual=out / "visual.safetensors",
+        projector=out / "projector.safetensors",
+        adapter=out / "adapter",
+    )
     return out
+
+
+# ------------------------------------------------------------------ report keyword contract (shared helper)
+
+KEYWORD_LOBES = {"frontal", "parietal", "temporal", "occipital", "cerebellum"}  # lobe ids that are keywords
+
+
+def report_words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def negated(text: str, keyword: str) -> bool:
+    """Every mention of `keyword` sits in a sentence that negates it ('no ... necrosis')."""
+    sentences = [s for s in re.split(r"(?<=\.)\s+", text.lower()) if re.search(rf"\b{keyword}\b", s)]
+    return all(re.search(rf"\b(no|without)\b[^.]*\b{keyword}\b", s) for s in sentences)
+
+
+def check_tumour_report(truth: dict, text: str) -> None:
+    """The keyword contract of a tumour report written from a truth.json-like dict (test_reports.py checks it
+    over random truths, test_phantom.py on the phantom cohort)."""
+    from brain3d.data.reports import laterality_from_report
+
+    found = report_words(text)
+    side = truth["side"]
+    assert laterality_from_report(text) == side, text
+    if side == "undefined":
+        assert not found & {"left", "right", "bilateral"}, text
+    named = {"left": ["left"], "right": ["right"], "bilateral": ["left", "right"]}.get(
+        side, list(truth["lobes"])
+    )
+    for key in named:
+        for lobe in truth["lobes"].get(key, []):
+            if lobe in KEYWORD_LOBES:
+                assert lobe in found, (lobe, text)
+    assert "lesion" in found or "lesions" in found, text
+    f = truth["findings"]
+    for flag, keyword in (
+        ("edema", "edema"),
+        ("necrosis", "necrosis"),
+        ("enhancement", "enhancement"),
+        ("periventricular", "periventricular"),
+    ):
+        if f[flag]:
+            assert keyword in found, (keyword, text)
+        else:
+            assert keyword not in found or negated(text, keyword), (keyword, text)
+    if f["ventricle_compression"]["present"]:
+        assert {"compression", "ventricle"} <= found, text
+    else:
+        assert "compression" not in found or negated(text, "compression"), text
+    assert not found & {"tumour", "oedema", "centre"}, text  # American spelling
 
 
 # ------------------------------------------------------------------ tiny end-to-end pipeline (slow tests)

@@ -34,7 +34,13 @@ def main() -> None:
     lm_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     rank = int(os.environ.get("RANK", "0"))
     written: list[str] = []
-    for name in ("save_safetensors", "write_json", "write_csv", "save_npy", "atomic_path"):  # record every write of this rank
+    for name in (
+        "save_safetensors",
+        "write_json",
+        "write_csv",
+        "save_npy",
+        "atomic_path",
+    ):  # record every write of this rank
         original = getattr(io, name)
 
         def recorder(path, *args, _original=original, **kwargs):
@@ -46,30 +52,46 @@ def main() -> None:
 
     runtime.seed_everything(0)  # same initial projector/LoRA on every rank (DDP also broadcasts rank 0's)
     lm = load_language_model(lm_dir)
-    lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.05,
-                                              target_modules=lm.lora_target_regex()))
+    lora = get_peft_model(
+        lm.full, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.05, target_modules=lm.lora_target_regex())
+    )
     model = Brain3D(lm, VISION_WIDTH, PROMPT)
     g = torch.Generator().manual_seed(1)
     train_tokens = torch.randn(12, K, VISION_WIDTH, generator=g)
     val_tokens = torch.randn(4, K, VISION_WIDTH, generator=g)
     train_reports, val_reports = (REPORTS * 3)[:12], REPORTS
     lora_params = [p for n, p in model.lm.named_parameters() if "lora_" in n]
-    groups = [{"params": list(model.projector.parameters()), "lr": 2e-3},
-              {"params": lora_params, "lr": 1e-3}]
-    cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, grad_accum=1, weight_decay=0.01, warmup_frac=0.2, patience=5,
-                      seed=42)
-    result = phases.train_phase2(model, train_tokens, train_reports, val_tokens, val_reports, cfg, groups,
-                                 state_dir=out / "state", normal_weight=3.0, flipped_train_tokens=train_tokens.flip(1),
-                                 desc="ddp-phase2b")
+    groups = [{"params": list(model.projector.parameters()), "lr": 2e-3}, {"params": lora_params, "lr": 1e-3}]
+    cfg = TrainConfig(
+        epochs=3, batch_size=2, lr=2e-3, grad_accum=1, weight_decay=0.01, warmup_frac=0.2, patience=5, seed=42
+    )
+    result = phases.train_phase2(
+        model,
+        train_tokens,
+        train_reports,
+        val_tokens,
+        val_reports,
+        cfg,
+        groups,
+        state_dir=out / "state",
+        normal_weight=3.0,
+        flipped_train_tokens=train_tokens.flip(1),
+        desc="ddp-phase2b",
+    )
     from accelerate import PartialState
 
     state = PartialState()
-    record = {"rank": rank, "num_processes": state.num_processes, "distributed_type": state.distributed_type.name,
-              "history": result.history,
-              "best_epoch": result.best_epoch, "best_val": result.best_val,
-              "projector_sum": float(sum(p.detach().double().sum() for p in model.projector.parameters())),
-              "lora_sum": float(sum(p.detach().double().sum() for p in lora_params)),
-              "written": sorted(set(written))}
+    record = {
+        "rank": rank,
+        "num_processes": state.num_processes,
+        "distributed_type": state.distributed_type.name,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_val,
+        "projector_sum": float(sum(p.detach().double().sum() for p in model.projector.parameters())),
+        "lora_sum": float(sum(p.detach().double().sum() for p in lora_params)),
+        "written": sorted(set(written)),
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     if not runtime.is_main_process():
         return

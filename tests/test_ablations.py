@@ -38,10 +38,20 @@ def test_one_row_per_commit_and_experiment(doc):
     table = ablations.build_table(doc).set_index("experiment")
     # the baseline commit, then its experiments by name; no workspace row
     assert list(table.index) == ["main", "bad-comp", "queued-r8", "r32-queued", "tiny-r4"]
-    assert table["state"].to_dict() == {"main": "success", "queued-r8": "success", "tiny-r4": "success",
-                                        "bad-comp": "failed", "r32-queued": "queued"}
-    assert table["phase2b.lora_rank"].to_dict() == {"main": 16, "queued-r8": 8, "tiny-r4": 4, "bad-comp": 4,
-                                                    "r32-queued": 32}
+    assert table["state"].to_dict() == {
+        "main": "success",
+        "queued-r8": "success",
+        "tiny-r4": "success",
+        "bad-comp": "failed",
+        "r32-queued": "queued",
+    }
+    assert table["phase2b.lora_rank"].to_dict() == {
+        "main": 16,
+        "queued-r8": 8,
+        "tiny-r4": 4,
+        "bad-comp": 4,
+        "r32-queued": 32,
+    }
     assert table.loc["bad-comp", "model.compressor"] == "bogus"
     assert table.loc["main", "model.compressor"] == "grid_pool"
     assert not table.loc["main", "phase1.laterality_flip"] and table.loc["main", "phase2b.laterality_flip"]
@@ -61,7 +71,9 @@ def test_metrics_and_cis_come_from_each_experiments_metrics_json(doc):
 
 def test_other_system(doc):
     table = ablations.build_table(doc, system="phase2b_shuffled").set_index("experiment")
-    assert table.loc["tiny-r4", "lat_f1"] == pytest.approx(_metrics(doc, "tiny-r4", "phase2b_shuffled")["lat_f1"])
+    assert table.loc["tiny-r4", "lat_f1"] == pytest.approx(
+        _metrics(doc, "tiny-r4", "phase2b_shuffled")["lat_f1"]
+    )
     assert (ablations.build_table(doc, system="nonexistent")[list(ablations.METRICS)].isna()).all().all()
 
 
@@ -110,8 +122,11 @@ def test_exp_show_lists_the_experiments_of_a_given_baseline_commit(tmp_path, mon
         (tmp_path / "params.yaml").write_text(f"a: {i}\n")
         run("git", "add", "-A")
         run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"c{i}")
-        shas.append(subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
-                                   text=True).stdout.strip())
+        shas.append(
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True
+            ).stdout.strip()
+        )
     monkeypatch.chdir(tmp_path)
     assert [c["rev"] for c in ablations.exp_show() if c["rev"] != "workspace"] == [shas[1]]
     assert [c["rev"] for c in ablations.exp_show(rev=shas[0]) if c["rev"] != "workspace"] == [shas[0]]
@@ -142,11 +157,14 @@ def test_seed_table_is_mean_and_sd_over_the_commit_and_its_seed_experiments(doc)
     assert [(name, seed) for name, seed, *_ in runs] == [("main", 42), ("seed-1", 1), ("seed-2", 2)]
     long = ablations.seed_table(runs)
     lat = long[(long["system"] == "phase2b") & (long["metric"] == "lat_f1")].set_index("seed")["mean"]
-    base = next(c for c in doc if c.get("experiments"))["data"]["metrics"]["reports/metrics.json"]["data"]["phase2b"][
-        "lat_f1"]
+    base = next(c for c in doc if c.get("experiments"))["data"]["metrics"]["reports/metrics.json"]["data"][
+        "phase2b"
+    ]["lat_f1"]
     assert lat.to_dict() == pytest.approx({42: base, 1: 0.5, 2: 0.7})
     md = ablations.seeds_markdown(long, 42)
     row = next(line for line in md.splitlines() if line.startswith("| phase2b |"))
     mean, sd = pd.Series([base, 0.5, 0.7]).mean(), pd.Series([base, 0.5, 0.7]).std()
     assert f"{mean:.3f} ± {sd:.3f}".replace("0.", ".") in row
-    assert sum(line.startswith(("| 42 |", "| 1 |", "| 2 |")) for line in md.splitlines()) == 3  # one check row per seed
+    assert (
+        sum(line.startswith(("| 42 |", "| 1 |", "| 2 |")) for line in md.splitlines()) == 3
+    )  # one check row per seed

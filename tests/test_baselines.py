@@ -45,7 +45,10 @@ def test_slice_prompt_layout(seq):
     assert ids.count(image_id) == 3 * per_image
     assert enc["pixel_values"].shape[0] == 3
     text = tok.decode(ids)
-    positions = [text.index(s) for s in ("Axial FLAIR slices follow", "SLICE 1", "SLICE 2", "SLICE 3", "Write the report.")]
+    positions = [
+        text.index(s)
+        for s in ("Axial FLAIR slices follow", "SLICE 1", "SLICE 2", "SLICE 3", "Write the report.")
+    ]
     assert positions == sorted(positions), "instruction first, slices in order, question last"
     assert text.index("SLICE 1") < text.index("<start_of_image>") < text.index("SLICE 2")
 
@@ -60,11 +63,63 @@ def test_slices_are_spread_from_inferior_to_superior_in_the_radiological_view():
     assert rows.max() < 16 and cols.min() >= 16
 
 
-def test_prediction_and_masked_loss(seq):
+def test_prediction_and_masked_loss(seq, monkeypatch):
+    """The fine-tuning loss labels the report (and the turn's end) only: the instruction, the slice labels, the
+    image tokens and the right padding are -100, read from the labels the model is really given."""
     out = seq.predict([volume_with_left_lesion()] * 2, batch_size=2, seed=0, progress=False)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
-    loss = seq.loss([volume_with_left_lesion()], ["Left frontal lesion."])
+
+    seen = {}
+    forward = seq.lm.full.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(seq.lm.full, "forward", spy)
+    reports = ["Left frontal lesion.", "A large mass is seen in the right temporal lobe with edema."]
+    loss = seq.loss([volume_with_left_lesion()] * 2, reports)
     assert torch.isfinite(loss) and loss > 0
+    tok = seq.processor.tokenizer
+    ids, attention, labels = seen["input_ids"], seen["attention_mask"], seen["labels"]
+    image_id = tok.convert_tokens_to_ids("<image_soft_token>")
+    assert (attention[0] == 0).any(), "the shorter report must be padded for the check to mean anything"
+    for i, report in enumerate(reports):
+        kept = (labels[i] != -100).nonzero()[:, 0].tolist()
+        assert kept == list(range(kept[0], int(attention[i].sum()))), "one run, ending at the last real token"
+        assert torch.equal(labels[i, kept], ids[i, kept])
+        assert (ids[i, : kept[0]] == image_id).any() and not (ids[i, kept] == image_id).any(), (
+            "image labelled"
+        )
+        assert tok.decode(ids[i, : kept[0]]).endswith("<start_of_turn>model\n"), (
+            "the prompt is not all masked"
+        )
+        assert tok.decode(ids[i, kept]).strip() == f"{report}<end_of_turn>"
+
+
+def test_the_answer_is_found_without_processing_the_slices_twice(seq, monkeypatch):
+    """The loss finds where the report starts from the ids of the one encoding; counting the tokens of a second,
+    prompt-only encoding (64 slices processed again) gives the same labels."""
+    seen, calls = [], []
+    forward, encode = seq.lm.full.forward, seq.encode
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["labels"].clone())
+        return forward(*args, **kwargs)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(seq.lm.full, "forward", spy)
+    monkeypatch.setattr(seq, "encode", counted)
+    reports = ["Left frontal lesion.", "A large mass is seen in the right temporal lobe with edema."]
+    fast = seq.loss([volume_with_left_lesion()] * 2, reports)
+    assert len(calls) == 1, "the slices were encoded twice"
+    monkeypatch.setattr(seq, "_answer_start", lambda ids: None)  # as if the tokenizer merged the header
+    slow = seq.loss([volume_with_left_lesion()] * 2, reports)
+    assert len(calls) == 3
+    assert torch.equal(seen[0], seen[1]) and torch.equal(fast, slow)
 
 
 def test_the_slice_model_decodes_with_the_generate_settings_penalising_only_its_report(seq, monkeypatch):
@@ -81,8 +136,12 @@ def test_the_slice_model_decodes_with_the_generate_settings_penalising_only_its_
     monkeypatch.setattr(seq.lm.full, "generate", fake_generate)
     seq.predict([volume_with_left_lesion()], batch_size=1, seed=0, progress=False)
     d = seq.decoding
-    assert (seen["temperature"], seen["top_p"], seen["no_repeat_ngram_size"], seen["do_sample"]) == \
-        (d.temperature, d.top_p, d.no_repeat_ngram_size, True)
+    assert (seen["temperature"], seen["top_p"], seen["no_repeat_ngram_size"], seen["do_sample"]) == (
+        d.temperature,
+        d.top_p,
+        d.no_repeat_ngram_size,
+        True,
+    )
     assert "repetition_penalty" not in seen
     (penalty,) = seen["logits_processor"]
     assert isinstance(penalty, ExemptRepetitionPenalty) and penalty.penalty == d.repetition_penalty
@@ -116,7 +175,10 @@ def test_med3dvlm_is_opt_in_and_says_why_it_cannot_run(tmp_path):
     (snap / ".cache/huggingface/download/config.json.metadata").write_text("def456\nother\n")
     with pytest.raises(NotRunnable, match="differs from the pinned abc123"):
         check_runnable(Med3DVLMConfig(path=str(snap), revision="abc123", allow_remote_code=True, **ask))
-    assert check_runnable(Med3DVLMConfig(path=str(snap), revision="def456", allow_remote_code=True, **ask)) == snap
+    assert (
+        check_runnable(Med3DVLMConfig(path=str(snap), revision="def456", allow_remote_code=True, **ask))
+        == snap
+    )
 
 
 def test_med3dvlm_runs_in_its_own_environment(tmp_path):

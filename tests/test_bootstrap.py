@@ -30,7 +30,9 @@ def test_constant_column_gives_a_point_interval():
 
 
 def test_intervals_shrink_with_n():
-    width = {n: (lambda c: c["high"] - c["low"])(bootstrap(frame(n, seed=1), 500, seed=42)) for n in (25, 400)}
+    width = {
+        n: (lambda c: c["high"] - c["low"])(bootstrap(frame(n, seed=1), 500, seed=42)) for n in (25, 400)
+    }
     assert (width[400] < width[25] / 2).all()  # ~1/sqrt(n): a 16x larger sample, a ~4x narrower CI
 
 

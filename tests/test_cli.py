@@ -30,8 +30,18 @@ def brain3d(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def report(scan: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    return brain3d("report", str(scan), "--model", str(model), "--skull-stripped", "--device", "cpu",
-                   "--max-new-tokens", "12", *extra)
+    return brain3d(
+        "report",
+        str(scan),
+        "--model",
+        str(model),
+        "--skull-stripped",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "12",
+        *extra,
+    )
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -49,10 +59,13 @@ def scans(tmp_path_factory) -> dict[str, Path]:
     atlas = mni(2)
     flair = flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain
     x, y, z = atlas.world_axes()
-    lesion = atlas.brain & ((x[:, None, None] + 30) ** 2 + (y[None, :, None] - 25) ** 2
-                            + (z[None, None, :] - 20) ** 2 < 15**2)
+    lesion = atlas.brain & (
+        (x[:, None, None] + 30) ** 2 + (y[None, :, None] - 25) ** 2 + (z[None, None, :] - 20) ** 2 < 15**2
+    )
     flair[lesion] = 1.0
-    flip = np.array([[-1, 0, 0, atlas.shape[0] - 1], [0, -1, 0, atlas.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    flip = np.array(
+        [[-1, 0, 0, atlas.shape[0] - 1], [0, -1, 0, atlas.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
     affine = atlas.affine @ flip  # voxel i -> n - 1 - i on the first two axes: the same head, stored LPS
     good = save(d / "good.nii.gz", (1000 * flair[::-1, ::-1]).astype(np.int16), affine)
 
@@ -69,8 +82,9 @@ def scans(tmp_path_factory) -> dict[str, Path]:
     nan[40, 50, 40] = np.nan
     out["nan"] = save(d / "nan.nii.gz", nan, atlas.affine)
     out["zero"] = save(d / "zero.nii.gz", np.zeros((40, 40, 40), np.float32))
-    out["noise"] = save(d / "noise.nii.gz", (rng.random((40, 40, 40)) + 0.1).astype(np.float32),
-                        np.diag([3.0, 3.0, 3.0, 1.0]))
+    out["noise"] = save(
+        d / "noise.nii.gz", (rng.random((40, 40, 40)) + 0.1).astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0])
+    )
     cube = np.zeros((60, 60, 60), np.float32)
     cube[10:50, 10:50, 10:50] = 1 + 0.1 * rng.random((40, 40, 40))
     out["cube"] = save(d / "cube.nii.gz", cube, np.diag([3.0, 3.0, 3.0, 1.0]))
@@ -86,8 +100,18 @@ def test_help_explains_the_command():
     assert top.returncode == 0 and "report" in top.stdout and "radiology reports" in top.stdout
     sub = brain3d("report", "--help")
     assert sub.returncode == 0, sub.stderr
-    for option in ("--model", "--explain", "--json", "--skull-stripped", "--skull-strip", "--lime-samples",
-                   "--device", "--params", "models/phase2b", "lime.n_samples"):
+    for option in (
+        "--model",
+        "--explain",
+        "--json",
+        "--skull-stripped",
+        "--skull-strip",
+        "--lime-samples",
+        "--device",
+        "--params",
+        "models/phase2b",
+        "lime.n_samples",
+    ):
         assert option in sub.stdout, f"`brain3d report --help` does not mention {option}"
     assert brain3d().returncode == 2  # no command: argparse's usage error
 
@@ -99,7 +123,10 @@ def test_decoding_and_lime_settings_are_the_stages_params():
 
     cfg = config.load(ROOT / "params.yaml")
     args = _parser().parse_args(["report", "scan.nii.gz"])
-    assert settings(cfg, args) == (decoding_from_params(cfg["generate"]), LimeSettings.from_params(cfg["lime"]))
+    assert settings(cfg, args) == (
+        decoding_from_params(cfg["generate"]),
+        LimeSettings.from_params(cfg["lime"]),
+    )
     args = _parser().parse_args(["report", "scan.nii.gz", "--max-new-tokens", "7", "--lime-samples", "5"])
     decoding, lime = settings(cfg, args)
     assert (decoding.max_new_tokens, lime.n_samples) == (7, 5)
@@ -110,7 +137,10 @@ def test_findings_are_negation_aware():
     assert f == {"side": "left", "anatomy": ["frontal"], "pathology": ["edema", "lesion", "necrosis"]}
     assert findings("No mass or edema is seen in the right temporal lobe. Normal study.")["side"] == "none"
     # a side stated only in a negation does not make the report bilateral
-    assert findings("A lesion is seen in the left frontal lobe. No lesion in the right hemisphere.")["side"] == "left"
+    assert (
+        findings("A lesion is seen in the left frontal lobe. No lesion in the right hemisphere.")["side"]
+        == "left"
+    )
 
 
 # ---------------------------------------------------------------------------------------- good scans
@@ -136,7 +166,10 @@ def test_a_good_scan_prints_a_report_and_its_findings(text_run, tiny_model_dir):
     assert body.strip(), "no report text"
     found, model = tail.splitlines()
     assert found.startswith("findings: side=") and "; anatomy=" in found and "; pathology=" in found
-    assert model.startswith(f"model: {tiny_model_dir.resolve()} (demo profile, phase2b") and "research use only" in model
+    assert (
+        model.startswith(f"model: {tiny_model_dir.resolve()} (demo profile, phase2b")
+        and "research use only" in model
+    )
 
 
 def test_json_output_and_explanation_figure(json_run, text_run):
@@ -152,7 +185,9 @@ def test_json_output_and_explanation_figure(json_run, text_run):
     assert isinstance(f["anatomy"], list) and isinstance(f["pathology"], list)
     assert f == findings(result["report"])
     p = result["side_probability"]
-    assert p is None if f["side"] not in ("left", "right") else sum(p.values()) == pytest.approx(1.0, abs=1e-3)
+    assert (
+        p is None if f["side"] not in ("left", "right") else sum(p.values()) == pytest.approx(1.0, abs=1e-3)
+    )
     assert result["sequence"] == "FLAIR" and result["status"] == "ok"
     assert result["model"]["profile"] == "demo" and "phantom" in result["model"]["trained_on"]
     assert result["model"]["use"].startswith("research use only")
@@ -193,11 +228,15 @@ warnings.warn_explicit("our UserWarning", UserWarning, "cli.py", 7, module="brai
 
 def test_other_libraries_log_records_and_warnings_stay_off_the_terminal():
     """What the CLI does first: below ERROR, only brain3d's own log records and warnings reach stderr."""
-    run = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True, env=ENV, cwd=ROOT,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300
+    )
     assert run.returncode == 0, run.stderr
-    assert run.stderr.splitlines() == ["library error", "our warning", "cli.py:7: UserWarning: our UserWarning"], \
-        f"stderr should hold only brain3d's lines (and a library's error), got:\n{run.stderr}"
+    assert run.stderr.splitlines() == [
+        "library error",
+        "our warning",
+        "cli.py:7: UserWarning: our UserWarning",
+    ], f"stderr should hold only brain3d's lines (and a library's error), got:\n{run.stderr}"
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -243,8 +282,9 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(bad_runs, scans, case):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_one_line(scans, tiny_model_dir):
-    run = brain3d("report", str(scans["good"]), "--model", str(tiny_model_dir), "--skull-stripped",
-                  "--device", "cuda")
+    run = brain3d(
+        "report", str(scans["good"]), "--model", str(tiny_model_dir), "--skull-stripped", "--device", "cuda"
+    )
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1 and "CUDA is not available" in run.stderr
 
 
@@ -265,8 +305,22 @@ def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tin
     shutil.copy(scans["t1"], folder / "c.nii.gz")
     missing = tmp_path / "absent.nii.gz"
     out = tmp_path / "results.jsonl"
-    run = brain3d("report", str(folder), str(missing), "--model", str(tiny_model_dir), "--skull-stripped",
-                  "--device", "cpu", "--max-new-tokens", "12", "--out", str(out), "--workers", "2")
+    run = brain3d(
+        "report",
+        str(folder),
+        str(missing),
+        "--model",
+        str(tiny_model_dir),
+        "--skull-stripped",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "12",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    )
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     lines = run.stderr.splitlines()
@@ -276,11 +330,21 @@ def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tin
     assert run.stdout.count("findings: side=") == 2 and run.stdout.count("== ") == 2
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(Path(r["scan"]).name, r["status"]) for r in rows] == [
-        ("a.nii.gz", "ok"), ("c.nii.gz", "failed"), ("b.nii.gz", "ok"), ("absent.nii.gz", "failed")]
+        ("a.nii.gz", "ok"),
+        ("c.nii.gz", "failed"),
+        ("b.nii.gz", "ok"),
+        ("absent.nii.gz", "failed"),
+    ]
     a, c, b, _ = rows
     assert a["report"] == b["report"], "the same scan, the same seed: the same report"
-    assert a["model"]["dir"] == str(tiny_model_dir.resolve()) and set(a["seconds"]) == {"preprocess", "model_load", "generate"}
-    assert a["seconds"]["model_load"] > 0 and b["seconds"]["model_load"] == 0  # loaded once, for the first scan
+    assert a["model"]["dir"] == str(tiny_model_dir.resolve()) and set(a["seconds"]) == {
+        "preprocess",
+        "model_load",
+        "generate",
+    }
+    assert (
+        a["seconds"]["model_load"] > 0 and b["seconds"]["model_load"] == 0
+    )  # loaded once, for the first scan
     assert "looks T1-weighted" in c["reason"] and "report" not in c
     csv = tmp_path / "results.csv"
     assert report(folder / "a.nii.gz", tiny_model_dir, "--out", str(csv)).returncode == 0
@@ -307,8 +371,10 @@ def test_model_info_names_revision_and_dvc_lock_hash(tmp_path, tiny_model_dir):
     assert (info["profile"], info["revision"], info["dvc_lock_md5"]) == ("demo", None, None)
     repo = tmp_path / "repo"
     shutil.copytree(tiny_model_dir, repo / "models" / "phase2b")
-    (repo / "dvc.lock").write_text("schema: '2.0'\nstages:\n  phase2b:\n    cmd: python -m stages.phase2b\n"
-                                   "    outs:\n    - path: models/phase2b\n      md5: abc123.dir\n")
+    (repo / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  phase2b:\n    cmd: python -m stages.phase2b\n"
+        "    outs:\n    - path: models/phase2b\n      md5: abc123.dir\n"
+    )
     git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
     git("init", "-q")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")

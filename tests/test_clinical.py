@@ -7,18 +7,24 @@ from brain3d.metrics.clinical import asserts_pathology, clinical_f1, extract, ex
 
 def test_extract_finds_the_paper_keywords_case_insensitively():
     found = extract("LEFT frontal Mass with periventricular Edema; the Ventricle is compressed. Bilateral.")
-    assert found == {"laterality": {"left", "bilateral"}, "anatomy": {"frontal", "periventricular", "ventricle"},
-                     "pathology": {"mass", "edema"}}
+    assert found == {
+        "laterality": {"left", "bilateral"},
+        "anatomy": {"frontal", "periventricular", "ventricle"},
+        "pathology": {"mass", "edema"},
+    }
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("multiple lesions", set()),  # whole word: the plural is another word
-    ("a tumour", set()),  # the keyword set is American English, as published
-    ("massive edema", {"edema"}),  # "mass" is not inside "massive"
-    ("lesion.", {"lesion"}),  # punctuation separates words
-    ("tumor/mass", {"tumor", "mass"}),
-    ("edema_necrosis", {"edema", "necrosis"}),  # underscores separate words too
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("multiple lesions", set()),  # whole word: the plural is another word
+        ("a tumour", set()),  # the keyword set is American English, as published
+        ("massive edema", {"edema"}),  # "mass" is not inside "massive"
+        ("lesion.", {"lesion"}),  # punctuation separates words
+        ("tumor/mass", {"tumor", "mass"}),
+        ("edema_necrosis", {"edema", "necrosis"}),  # underscores separate words too
+    ],
+)
 def test_pathology_matching_is_whole_word(text, expected):
     assert extract(text)["pathology"] == expected
 
@@ -33,19 +39,22 @@ def test_plain_extraction_counts_negated_mentions():
     assert extract("No mass, edema or midline shift.")["pathology"] == {"mass", "edema"}
 
 
-@pytest.mark.parametrize("text", [
-    "No mass, edema or midline shift.",
-    "There is no evidence of edema or necrosis.",
-    "Study without necrosis or enhancement.",
-    "Negative for mass.",
-    "Brain parenchyma free of lesion.",
-    "Absence of edema.",
-    "Edema is not seen.",
-    "Necrosis: absent.",
-    "Edema: none.",
-    "Neither mass nor edema.",
-    "A tumor was ruled out.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No mass, edema or midline shift.",
+        "There is no evidence of edema or necrosis.",
+        "Study without necrosis or enhancement.",
+        "Negative for mass.",
+        "Brain parenchyma free of lesion.",
+        "Absence of edema.",
+        "Edema is not seen.",
+        "Necrosis: absent.",
+        "Edema: none.",
+        "Neither mass nor edema.",
+        "A tumor was ruled out.",
+    ],
+)
 def test_negated_findings_are_not_findings(text):
     assert extract_negation_aware(text)["pathology"] == set()
     assert not asserts_pathology(text)
@@ -59,11 +68,14 @@ def test_negation_scope_is_the_clause():
     assert extract_negation_aware("No edema. Lesion in the left parietal lobe.")["pathology"] == {"lesion"}
 
 
-@pytest.mark.parametrize("text", [
-    "A tumor cannot be excluded.",
-    "No change in the size of the mass.",
-    "Not only edema but also necrosis.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A tumor cannot be excluded.",
+        "No change in the size of the mass.",
+        "Not only edema but also necrosis.",
+    ],
+)
 def test_pseudo_negations_keep_the_finding(text):
     assert asserts_pathology(text)
 

@@ -23,7 +23,11 @@ def test_paper_profile_uses_paper_shapes_and_backbones():
 
 
 def test_a_key_set_twice_is_refused():
-    params = {"profile": "demo", "phase2b": {"lora_rank": 4}, "profiles": {"demo": {"phase2b": {"lora_rank": 16}}}}
+    params = {
+        "profile": "demo",
+        "phase2b": {"lora_rank": 4},
+        "profiles": {"demo": {"phase2b": {"lora_rank": 16}}},
+    }
     with pytest.raises(ValueError, match="phase2b.lora_rank"):
         config.resolve(params)
 

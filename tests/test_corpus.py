@@ -15,7 +15,7 @@ from brain3d.data import corpus
 from brain3d.data.corpus import generate_corpus, plan_corpus, standardised_subject
 from brain3d.data.phantom import SubjectSpec, largest_remainder, simulate_subject
 from brain3d.data.preprocess import preprocess_subject
-from brain3d.models.foundation import slice_captions
+from brain3d.training.standins import slice_captions
 
 SHAPE = (32, 64, 64)  # the demo's preprocess.shape
 MIX = {"left": 0.4, "right": 0.4, "bilateral": 0.2, "undefined": 0.0}  # fixed test inputs
@@ -24,8 +24,16 @@ N, SEED, COHORT_SEED = 6, 7, 42
 
 
 def make(out: Path, **kw) -> pd.DataFrame:
-    args = dict(n_subjects=N, seed=SEED, cohort_seed=COHORT_SEED, **PLAN, shape=SHAPE, fov_mm=None, workers=1,
-                progress=False)
+    args = dict(
+        n_subjects=N,
+        seed=SEED,
+        cohort_seed=COHORT_SEED,
+        **PLAN,
+        shape=SHAPE,
+        fov_mm=None,
+        workers=1,
+        progress=False,
+    )
     return generate_corpus(out, **{**args, **kw})
 
 
@@ -83,8 +91,12 @@ def test_a_left_lesion_ends_on_the_low_w_side(side, orientation):
 
 def stats(volume: np.ndarray, seg: np.ndarray) -> dict[str, float]:
     brain = volume[volume > 0]
-    return {"brain_fraction": float((volume > 0).mean()), "in_brain_mean": float(brain.mean()),
-            "p99": float(np.percentile(brain, 99)), "lesion_fraction": float((seg > 0).mean())}
+    return {
+        "brain_fraction": float((volume > 0).mean()),
+        "in_brain_mean": float(brain.mean()),
+        "p99": float(np.percentile(brain, 99)),
+        "lesion_fraction": float((seg > 0).mean()),
+    }
 
 
 def test_statistics_match_simulate_and_preprocess(tmp_path):
@@ -95,13 +107,27 @@ def test_statistics_match_simulate_and_preprocess(tmp_path):
     mean -0.06..+0.02, 99th percentile +-0.036); between subjects these spread by 0.09 and 0.02 (SD)."""
     tolerance = {"brain_fraction": 0.03, "in_brain_mean": 0.07, "p99": 0.04}
     for index, side in ((1, "left"), (2, "bilateral"), (3, "none")):
-        spec = SubjectSpec(f"corpus-{index:04d}", index, SEED, "healthy" if side == "none" else "tumour", side,
-                           orientation="RAS")
+        spec = SubjectSpec(
+            f"corpus-{index:04d}",
+            index,
+            SEED,
+            "healthy" if side == "none" else "tumour",
+            side,
+            orientation="RAS",
+        )
         simulate_subject(spec, tmp_path)
         folder = tmp_path / spec.subject
-        normal = preprocess_subject(spec.subject, folder / "flair.nii.gz", SHAPE, skull_stripped=False,
-                                    skull_strip="registration", fov_mm=None, min_similarity=0.15, sequence="FLAIR",
-                                    seg_path=folder / "seg.nii.gz")
+        normal = preprocess_subject(
+            spec.subject,
+            folder / "flair.nii.gz",
+            SHAPE,
+            skull_stripped=False,
+            skull_strip="registration",
+            fov_mm=None,
+            min_similarity=0.15,
+            sequence="FLAIR",
+            seg_path=folder / "seg.nii.gz",
+        )
         ours = standardised_subject(spec, SHAPE, None)
         a, b = stats(normal.volume, normal.seg), stats(*ours)
         for key, tol in tolerance.items():

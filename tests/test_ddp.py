@@ -28,10 +28,27 @@ def _free_port() -> int:
 
 def test_phase2b_trains_under_ddp_with_two_cpu_processes(tmp_path, tiny_gemma3_dir):
     torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "BRAIN3D_THREADS": "1", "OMP_NUM_THREADS": "1", "BRAIN3D_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [str(torchrun), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "ddp_worker.py"), str(tiny_gemma3_dir), str(tmp_path)]
+    env = {
+        **os.environ,
+        "BRAIN3D_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "BRAIN3D_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        str(torchrun),
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(HERE / "ddp_worker.py"),
+        str(tiny_gemma3_dir),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -69,8 +86,11 @@ def test_phase2b_trains_under_ddp_with_two_cpu_processes(tmp_path, tiny_gemma3_d
     lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
     assert lora and any(float(p.abs().sum()) > 0 for n, p in peft.named_parameters() if "lora_B" in n)
     assert float(sum(p.detach().double().sum() for p in model.projector.parameters())) == pytest.approx(
-        ranks[0]["projector_sum"], rel=1e-6)
-    assert float(sum(p.detach().double().sum() for p in lora)) == pytest.approx(ranks[0]["lora_sum"], rel=1e-5)
+        ranks[0]["projector_sum"], rel=1e-6
+    )
+    assert float(sum(p.detach().double().sum() for p in lora)) == pytest.approx(
+        ranks[0]["lora_sum"], rel=1e-5
+    )
     # The best checkpoint holds exactly the trainable (projector + LoRA) parameters of a fresh 2B model.
     for p in model.parameters():
         p.requires_grad_(False)

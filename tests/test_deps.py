@@ -79,9 +79,14 @@ def test_the_closure_walk_sees_lazy_and_relative_imports():
 
 @pytest.mark.parametrize("module", stage_modules())
 def test_every_imported_project_file_is_a_declared_dep(module):
-    deps = [d.relative_to(ROOT).as_posix() for d in cache.stage_deps(module, ROOT / "dvc.yaml", code_only=True)]
-    missing = sorted(f for f in import_closure(module) - NOT_A_DEP
-                     if not any(f == d or f.startswith(d + "/") for d in deps))
+    deps = [
+        d.relative_to(ROOT).as_posix() for d in cache.stage_deps(module, ROOT / "dvc.yaml", code_only=True)
+    ]
+    missing = sorted(
+        f
+        for f in import_closure(module) - NOT_A_DEP
+        if not any(f == d or f.startswith(d + "/") for d in deps)
+    )
     assert not missing, f"dvc.yaml: stage running {module} imports but does not list: {', '.join(missing)}"
 
 
@@ -151,6 +156,8 @@ def test_resume_key_follows_the_stage_data_too(tmp_path, monkeypatch):
 
 
 def test_foreach_stages_contribute_each_entrys_deps():
-    generate = {d.relative_to(ROOT).as_posix() for d in cache.stage_deps("stages.generate", ROOT / "dvc.yaml")}
+    generate = {
+        d.relative_to(ROOT).as_posix() for d in cache.stage_deps("stages.generate", ROOT / "dvc.yaml")
+    }
     assert {"models/phase1", "models/phase2a", "models/phase2b"} <= generate
     assert not any("${" in d for d in generate)

@@ -29,9 +29,13 @@ def left_lesion(tmp_path_factory) -> Path:
     atlas = mni(2)
     flair = flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain
     x, y, z = atlas.world_axes()
-    flair[atlas.brain & ((x[:, None, None] + 30) ** 2 + (y[None, :, None] - 10) ** 2
-                         + (z[None, None, :] - 15) ** 2 < 14**2)] = 1.0
-    flip = np.array([[-1, 0, 0, atlas.shape[0] - 1], [0, -1, 0, atlas.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    flair[
+        atlas.brain
+        & ((x[:, None, None] + 30) ** 2 + (y[None, :, None] - 10) ** 2 + (z[None, None, :] - 15) ** 2 < 14**2)
+    ] = 1.0
+    flip = np.array(
+        [[-1, 0, 0, atlas.shape[0] - 1], [0, -1, 0, atlas.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
     path = tmp_path_factory.mktemp("nifti") / "left.nii.gz"
     nib.save(nib.Nifti1Image((1000 * flair[::-1, ::-1]).astype(np.float32), atlas.affine @ flip), str(path))
     return path
@@ -72,13 +76,17 @@ def test_slice_order_comes_from_positions_not_file_names(left_lesion, series, tm
     files = sorted(series.iterdir())
     for i, f in enumerate(files):
         (shuffled / f"x{len(files) - i:04d}.dcm").write_bytes(f.read_bytes())
-    np.testing.assert_array_equal(np.asarray(read_series(shuffled).dataobj), np.asarray(read_series(series).dataobj))
+    np.testing.assert_array_equal(
+        np.asarray(read_series(shuffled).dataobj), np.asarray(read_series(series).dataobj)
+    )
 
 
 def test_the_lesion_comes_out_on_the_left_after_preprocessing(left_lesion, series, tmp_path):
     """The project's arrays are RAS (x index grows to the patient's right): a left lesion sits in the low-x half."""
     nib.save(read_series(series), str(tmp_path / "from_dicom.nii.gz"))
-    kwargs = dict(skull_stripped=True, skull_strip="threshold", fov_mm=None, min_similarity=0.15, sequence="any")
+    kwargs = dict(
+        skull_stripped=True, skull_strip="threshold", fov_mm=None, min_similarity=0.15, sequence="any"
+    )
     vol = preprocess_subject("dicom", tmp_path / "from_dicom.nii.gz", SHAPE, **kwargs).volume
     ref = preprocess_subject("nifti", left_lesion, SHAPE, **kwargs).volume
     assert np.abs(vol - ref).max() < 0.01
@@ -111,10 +119,29 @@ def test_brain3d_report_reads_a_dicom_folder(series, left_lesion, tiny_model_dir
     out = tmp_path / "rows.jsonl"
     script = Path(sys.executable).parent / "brain3d"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "brain3d.cli"]
-    run = subprocess.run([*cmd, "report", str(cohort), "--model", str(tiny_model_dir), "--skull-stripped",
-                          "--device", "cpu", "--max-new-tokens", "12", "--out", str(out), "--workers", "1"],
-                         capture_output=True, text=True, encoding="utf-8", timeout=600,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "BRAIN3D_THREADS": "1"})
+    run = subprocess.run(
+        [
+            *cmd,
+            "report",
+            str(cohort),
+            "--model",
+            str(tiny_model_dir),
+            "--skull-stripped",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "12",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "BRAIN3D_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [Path(r["scan"]).name for r in rows] == ["AX_FLAIR", "left.nii.gz"]

@@ -40,10 +40,15 @@ def test_repro_writes_reports_and_one_mlflow_run_per_stage(tiny_pipeline):
     metrics = json.loads((repo.path / "reports/metrics.json").read_text())
     for system in ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft"):
         for m in ("bleu1", "lat_f1", "path_f1"):
-            assert metrics[system][f"{m}_low"] <= metrics[system][m] <= metrics[system][f"{m}_high"], (system, m)
+            assert metrics[system][f"{m}_low"] <= metrics[system][m] <= metrics[system][f"{m}_high"], (
+                system,
+                m,
+            )
     splits = pd.read_csv(repo.path / "data/splits.csv")
     test = splits[splits["split"] == "test"]
-    assert set(test["laterality"]) >= {"left", "right", "bilateral", "none"}, "tiny_params: a class left the test set"
+    assert set(test["laterality"]) >= {"left", "right", "bilateral", "none"}, (
+        "tiny_params: a class left the test set"
+    )
 
     runs = tiny_pipeline.runs_repro
     assert Counter(r["stage"] for r in runs) == Counter(STAGES), "one MLflow run per stage execution"
@@ -56,12 +61,16 @@ def test_repro_writes_reports_and_one_mlflow_run_per_stage(tiny_pipeline):
 def test_timings_table_has_every_stage_of_the_last_run(tiny_pipeline):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("stages.timings", tiny_pipeline.repo.path / "stages" / "timings.py")
+    spec = importlib.util.spec_from_file_location(
+        "stages.timings", tiny_pipeline.repo.path / "stages" / "timings.py"
+    )
     timings = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(timings)
     runs = timings.last_runs(tiny_pipeline.repo.path / "mlflow.db", exp="workspace").set_index("stage")
     assert set(runs.index) == set(STAGES)
-    assert (runs["stage_seconds"] > 0).all() and (runs["peak_rss_mb"] > 0).all() and (runs["threads"] == 1).all()
+    assert (
+        (runs["stage_seconds"] > 0).all() and (runs["peak_rss_mb"] > 0).all() and (runs["threads"] == 1).all()
+    )
     table = timings.markdown(runs.reset_index())
     assert table.count("\n| ") == len(STAGES) + 1 and "**total**" in table  # a row per stage, then the total
 
@@ -71,7 +80,9 @@ def test_second_repro_reruns_nothing(tiny_pipeline):
     assert ran(out) == []
     assert sorted(skipped(out)) == sorted(DVC_STAGES)
     assert "Data and pipelines are up to date" in out
-    assert len(tiny_pipeline.runs_again) == len(tiny_pipeline.runs_repro), "no stage ran, so no new MLflow run"
+    assert len(tiny_pipeline.runs_again) == len(tiny_pipeline.runs_repro), (
+        "no stage ran, so no new MLflow run"
+    )
 
 
 def test_experiment_reruns_phase2b_and_downstream_only(tiny_pipeline):
@@ -82,7 +93,9 @@ def test_experiment_reruns_phase2b_and_downstream_only(tiny_pipeline):
     before = {r["run_id"] for r in tiny_pipeline.runs_again}
     new = [r for r in tiny_pipeline.runs_exp if r["run_id"] not in before]
     assert not [r for r in new if r["stage"] in UPSTREAM], "upstream stages must not re-run"
-    assert sorted(r["stage"] for r in new) == sorted(s.replace("slices_ft", "baseline@slices_ft") for s in RERUN)
+    assert sorted(r["stage"] for r in new) == sorted(
+        s.replace("slices_ft", "baseline@slices_ft") for s in RERUN
+    )
     for r in new:
         assert r["dvc_exp"] == EXPERIMENT, r
         assert r["git_sha"] == tiny_pipeline.sha_exp, r
@@ -91,7 +104,9 @@ def test_experiment_reruns_phase2b_and_downstream_only(tiny_pipeline):
 
 
 def _experiments(doc: list[dict]) -> dict[str, dict]:
-    return {exp["name"]: rev for commit in doc for exp in commit.get("experiments") or [] for rev in exp["revs"]}
+    return {
+        exp["name"]: rev for commit in doc for exp in commit.get("experiments") or [] for rev in exp["revs"]
+    }
 
 
 def test_exp_show_lists_the_experiment_with_its_metrics(tiny_pipeline):
@@ -114,8 +129,14 @@ def test_exp_show_lists_the_experiment_with_its_metrics(tiny_pipeline):
 
 def test_ablations_table_from_the_real_experiment(tiny_pipeline):
     repo = tiny_pipeline.repo
-    out = subprocess.run([sys.executable, "-m", "stages.ablations"], cwd=repo.path, env=repo.env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "stages.ablations"],
+        cwd=repo.path,
+        env=repo.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(repo.path / "reports/ablations.csv")
     rows = table.set_index("experiment")

@@ -21,17 +21,28 @@ def _named(values: tuple[int, ...], keywords: tuple[str, ...]) -> set[str]:
 
 
 def test_targets_follow_what_the_report_asserts():
-    f = findings_targets("A mass is seen in the left frontal lobe with surrounding edema. No necrosis is seen. "
-                         "There is no obvious enhancement.")
+    f = findings_targets(
+        "A mass is seen in the left frontal lobe with surrounding edema. No necrosis is seen. "
+        "There is no obvious enhancement."
+    )
     assert (f.presence, f.side) == (1, LEFT)
     assert _named(f.pathology, PATHOLOGY) == {"mass", "edema"}  # necrosis and enhancement are negated
     assert _named(f.anatomy, ANATOMY) == {"frontal"}
     # a negated side is no side: only the asserted one counts
-    assert findings_targets("No lesion in the right hemisphere. A lesion is present in the left temporal lobe."
-                            ).side == LEFT
+    assert (
+        findings_targets(
+            "No lesion in the right hemisphere. A lesion is present in the left temporal lobe."
+        ).side
+        == LEFT
+    )
     assert findings_targets("Bilateral lesion in the parietal lobes with edema.").side == BILATERAL
-    assert findings_targets("Lesions are seen in both hemispheres, in the left frontal lobe and in the right "
-                            "occipital lobe, with edema.").side == BILATERAL
+    assert (
+        findings_targets(
+            "Lesions are seen in both hemispheres, in the left frontal lobe and in the right "
+            "occipital lobe, with edema."
+        ).side
+        == BILATERAL
+    )
     assert findings_targets("A lesion is seen in the midline at the corpus callosum.").side == UNDEFINED_SIDE
 
 
@@ -42,9 +53,16 @@ def test_a_healthy_report_is_absent_with_no_side(report):
     assert not any(f.pathology) and not any(f.anatomy)
 
 
-@pytest.mark.parametrize("report", ["A mass in the left frontal lobe.", "A lesion in the Right parietal lobe.",
-                                    "Bilateral lesion with edema.", "A lesion in the corpus callosum.",
-                                    HEALTHY_TEMPLATES[0]])
+@pytest.mark.parametrize(
+    "report",
+    [
+        "A mass in the left frontal lobe.",
+        "A lesion in the Right parietal lobe.",
+        "Bilateral lesion with edema.",
+        "A lesion in the corpus callosum.",
+        HEALTHY_TEMPLATES[0],
+    ],
+)
 def test_mirroring_swaps_the_side_target_as_the_report_swap_does(report):
     assert mirror_side(findings_targets(report).side) == findings_targets(swap_laterality(report)).side
 
@@ -54,15 +72,21 @@ def _blob_volume(side: str | None, rng: np.random.Generator, shape=(8, 32, 32)) 
     v = np.zeros(shape, np.float32)
     v[1:-1, 4:-4, 4:-4] = 0.3 + 0.05 * rng.standard_normal((shape[0] - 2, shape[1] - 8, shape[2] - 8))
     if side is not None:  # a 4 x 8 x 8 blob, wholly inside its half
-        z, y, x = int(rng.integers(1, shape[0] - 5)), int(rng.integers(4, shape[1] - 12)), int(rng.integers(4, 8))
+        z, y, x = (
+            int(rng.integers(1, shape[0] - 5)),
+            int(rng.integers(4, shape[1] - 12)),
+            int(rng.integers(4, 8)),
+        )
         x = x if side == "left" else shape[2] - x - 8
-        v[z:z + 4, y:y + 8, x:x + 8] = 1.0
+        v[z : z + 4, y : y + 8, x : x + 8] = 1.0
     return v
 
 
-REPORTS = {"left": "A lesion with edema is seen in the left frontal lobe.",
-           "right": "A lesion with edema is seen in the right frontal lobe.",
-           None: HEALTHY_TEMPLATES[0]}
+REPORTS = {
+    "left": "A lesion with edema is seen in the left frontal lobe.",
+    "right": "A lesion with edema is seen in the right frontal lobe.",
+    None: HEALTHY_TEMPLATES[0],
+}
 
 
 def _cohort(tmp_path, name: str, sides: list, seed: int) -> phases.Cohort:
@@ -119,8 +143,13 @@ class _Tokens(torch.nn.Module):
 def test_weight_zero_is_the_papers_infonce_and_the_parts_add_up():
     torch.manual_seed(0)
     volume, text = torch.randn(5, 1, 8, 8, 8), torch.randn(5, 12)
-    reports = [REPORTS["left"], REPORTS["right"], REPORTS[None], REPORTS["left"],
-               "A lesion in the corpus callosum."]
+    reports = [
+        REPORTS["left"],
+        REPORTS["right"],
+        REPORTS[None],
+        REPORTS["left"],
+        "A lesion in the corpus callosum.",
+    ]
     plain = phases.ContrastiveModel(_Tokens(), 12)
     assert plain.findings is None
     want = InfoNCE(TEMPERATURE)(plain.head(plain.visual(volume).mean(dim=1)), text)
@@ -130,8 +159,9 @@ def test_weight_zero_is_the_papers_infonce_and_the_parts_add_up():
     model = phases.ContrastiveModel(_Tokens(), 12, findings=True)
     model.visual.load_state_dict(plain.visual.state_dict())
     model.head.load_state_dict(plain.head.state_dict())
-    total, parts = phases.phase1_loss(InfoNCE(TEMPERATURE), 2.5)(model, (volume, text,
-                                                                      phases.findings_tensors(reports)))
+    total, parts = phases.phase1_loss(InfoNCE(TEMPERATURE), 2.5)(
+        model, (volume, text, phases.findings_tensors(reports))
+    )
     assert torch.equal(parts["infonce"], want)
     findings = sum(parts[f"findings_{k}"] for k in ("side", "presence", "anatomy", "pathology"))
     assert float(total.detach()) == pytest.approx(float(want.detach() + 2.5 * findings), rel=1e-6)
@@ -144,18 +174,37 @@ def test_side_head_beats_chance_on_held_out_volumes(tmp_path, tiny_siglip_dir, t
     from brain3d.training.loop import TrainConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(volume_shape=(8, 32, 32), kd=2, depth_stride=1, depth_pad=1, inflation="mean",
-                      compressor="grid_pool", n_tokens=8, grid=(2, 2, 2), prompt="")
+    cfg = ModelConfig(
+        volume_shape=(8, 32, 32),
+        kd=2,
+        depth_stride=1,
+        depth_pad=1,
+        inflation="mean",
+        compressor="grid_pool",
+        n_tokens=8,
+        grid=(2, 2, 2),
+        prompt="",
+    )
     visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
     lm = load_language_model(tiny_gemma3_dir)
     train = _cohort(tmp_path, "train", ["left", "right"] * 10 + [None] * 4, seed=1)
     val = _cohort(tmp_path, "val", ["left", "right", None, "left", "right", None], seed=2)
     test_sides = ["left", "right"] * 8 + [None] * 4
     test = _cohort(tmp_path, "test", test_sides, seed=3)
-    train_cfg = TrainConfig(epochs=8, batch_size=8, lr=1e-2, grad_accum=1, weight_decay=0.01, warmup_frac=0.1,
-                            patience=8, seed=0)
-    model, result = phases.train_phase1(visual, lm, train, val, train_cfg, temperature=TEMPERATURE,
-                                        laterality_flip=True, findings_weight=1.0, state_dir=tmp_path / "state")
+    train_cfg = TrainConfig(
+        epochs=8, batch_size=8, lr=1e-2, grad_accum=1, weight_decay=0.01, warmup_frac=0.1, patience=8, seed=0
+    )
+    model, result = phases.train_phase1(
+        visual,
+        lm,
+        train,
+        val,
+        train_cfg,
+        temperature=TEMPERATURE,
+        laterality_flip=True,
+        findings_weight=1.0,
+        state_dir=tmp_path / "state",
+    )
     assert {"train_findings_side", "val_findings_side", "val_infonce"} <= set(result.history[0])
     model.eval()
     with torch.no_grad():

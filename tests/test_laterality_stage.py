@@ -36,17 +36,36 @@ def stage_output(tmp_path_factory):
         truth = simulate_subject(spec, root / "phantom")
         truths[spec.subject] = truth
         folder = root / "phantom" / spec.subject
-        rows.append(dict(subject=spec.subject, cohort="tumour", source="phantom", volume=str(folder / FILES[0]),
-                         seg=str(folder / FILES[1]), report=truth["report"], laterality=side,
-                         sha256=truth["files"][FILES[0]], skull_stripped=False))
+        rows.append(
+            dict(
+                subject=spec.subject,
+                cohort="tumour",
+                source="phantom",
+                volume=str(folder / FILES[0]),
+                seg=str(folder / FILES[1]),
+                report=truth["report"],
+                laterality=side,
+                sha256=truth["files"][FILES[0]],
+                skull_stripped=False,
+            )
+        )
     manifest = pd.DataFrame(rows, columns=COLUMNS)
     out = root / "preprocessed"
     with pytest.MonkeyPatch.context() as mp:  # module scope: conftest's per-test cache is not set up yet
         mp.setenv("BRAIN3D_CACHE", str(root / "cache"))
-        qc, ok = preprocess_cohort(manifest, root, out, shape=SHAPE, skull_strip="registration",
-                                   fov_mm=PREPROCESS["fov_mm"], workers=1, on_error="fail",
-                                   min_similarity=PREPROCESS["min_brain_similarity"],
-                                   sequence=PREPROCESS["sequence"], progress=False)
+        qc, ok = preprocess_cohort(
+            manifest,
+            root,
+            out,
+            shape=SHAPE,
+            skull_strip="registration",
+            fov_mm=PREPROCESS["fov_mm"],
+            workers=1,
+            on_error="fail",
+            min_similarity=PREPROCESS["min_brain_similarity"],
+            sequence=PREPROCESS["sequence"],
+            progress=False,
+        )
     assert (root / "cache" / "preprocess").is_dir()
     assert set(qc["sequence"]) == {"FLAIR"}, qc[["subject", "sequence"]]  # the phantom's FLAIR, in any pose
     return root, out, qc.set_index("subject"), truths
@@ -76,9 +95,13 @@ def test_lesion_ends_on_its_side_of_w(stage_output, side, orientation, index):
     half = SHAPE[2] / 2
     low = float((w < half).mean())  # share of lesion voxels on the subject's left (low W)
     if side == "left":
-        assert w.mean() < half and low > 0.9, f"{subject} ({code}): left lesion at W={w.mean():.1f}, {low:.0%} low-W"
+        assert w.mean() < half and low > 0.9, (
+            f"{subject} ({code}): left lesion at W={w.mean():.1f}, {low:.0%} low-W"
+        )
     else:
-        assert w.mean() > half and low < 0.1, f"{subject} ({code}): right lesion at W={w.mean():.1f}, {low:.0%} low-W"
+        assert w.mean() > half and low < 0.1, (
+            f"{subject} ({code}): right lesion at W={w.mean():.1f}, {low:.0%} low-W"
+        )
     # The label map is on the volume's grid: the edema it marks is the bright FLAIR signal of the volume.
     brain = (volume > 0) & ~lesion
     edema = seg == LABELS["edema"]

@@ -99,7 +99,10 @@ def test_lime_recovers_planted_attributions_one_explanation_per_column(case):
     assert up.r2 > 0.95 and down.r2 > 0.95
     assert up.score == pytest.approx(volume[in_a].mean(), rel=1e-5)  # sample 0 is the intact volume
     assert up.samples.shape == (64, k) and (up.samples[0] == 1).all()
-    assert np.allclose(up.voxel_map(labels)[in_a], up.weights[a - 1]) and (up.voxel_map(labels)[labels == 0] == 0).all()
+    assert (
+        np.allclose(up.voxel_map(labels)[in_a], up.weights[a - 1])
+        and (up.voxel_map(labels)[labels == 0] == 0).all()
+    )
 
 
 def test_batched_lime_equals_one_volume_at_a_time(case):
@@ -149,7 +152,9 @@ def test_lesion_share_on_known_attributions(case):
 def test_lesion_rank_is_the_rank_of_the_supervoxel_holding_most_of_the_lesion(case):
     _, _, labels = case
     k = int(labels.max())
-    lesion = (labels == 4) | ((labels == 3) & (np.cumsum(labels == 3).reshape(labels.shape) <= 1))  # 4 + a voxel of 3
+    lesion = (labels == 4) | (
+        (labels == 3) & (np.cumsum(labels == 3).reshape(labels.shape) <= 1)
+    )  # 4 + a voxel of 3
     weights = np.linspace(1.0, 0.0, k)  # supervoxel 1 ranks first, k last
     assert lesion_rank(labels, weights, lesion) == 4
     weights[3] = 2.0
@@ -199,13 +204,18 @@ def test_explain_case_faithfulness_rows_on_a_case_with_a_known_answer(monkeypatc
         return (["report", "side"] if with_side else ["report"]), score
 
     monkeypatch.setattr(cases_module, "case_scores", fake_scores)
-    settings = LimeSettings(n_segments=12, compactness=0.05, n_samples=48, batch_size=16, deletion_steps=4,
-                            seed=42)
+    settings = LimeSettings(
+        n_segments=12, compactness=0.05, n_samples=48, batch_size=16, deletion_steps=4, seed=42
+    )
     result = explain_case("trained", volume, REPORT, settings, seg=seg, with_side=True, randomised="random")
     assert set(result.explanations) == {"report", "side"}
     rows = {(r["model"], r["target"]): r for r in result.rows}
-    assert set(rows) == {("trained", "report"), ("trained", "side"), ("randomised", "report"),
-                         ("randomised", "side")}
+    assert set(rows) == {
+        ("trained", "report"),
+        ("trained", "side"),
+        ("randomised", "report"),
+        ("randomised", "side"),
+    }
     trained = rows[("trained", "report")]
     assert trained["lesion_share"] > 4 * trained["lesion_chance"]
     assert trained["lesion_chance"] == pytest.approx(lesion.sum() / (volume > 0).sum())
@@ -245,16 +255,27 @@ def test_stability_is_the_rank_correlation_of_two_seeds_and_grows_with_samples()
 def test_pick_cases_is_deterministic_per_laterality_class():
     import pandas as pd
 
-    test = pd.DataFrame({"subject": [f"s{i:02d}" for i in range(12)],
-                         "cohort": ["tumour"] * 9 + ["healthy"] * 3,
-                         "laterality": ["right", "left", "bilateral"] * 3 + ["none"] * 3}).sample(frac=1, random_state=0)
+    test = pd.DataFrame(
+        {
+            "subject": [f"s{i:02d}" for i in range(12)],
+            "cohort": ["tumour"] * 9 + ["healthy"] * 3,
+            "laterality": ["right", "left", "bilateral"] * 3 + ["none"] * 3,
+        }
+    ).sample(frac=1, random_state=0)
     assert pick_cases(test, 2) == ["s01", "s04", "s00", "s03", "s02", "s05", "s09"]
     assert pick_cases(test, 1) == ["s01", "s00", "s02", "s09"]
 
 
 def test_settings_from_params_ignore_other_keys_and_need_every_field():
-    section = {"per_class": 2, "n_segments": 7, "compactness": 0.1, "n_samples": 9, "batch_size": 4,
-               "deletion_steps": 3, "seed": 1}
+    section = {
+        "per_class": 2,
+        "n_segments": 7,
+        "compactness": 0.1,
+        "n_samples": 9,
+        "batch_size": 4,
+        "deletion_steps": 3,
+        "seed": 1,
+    }
     s = LimeSettings.from_params(section)
     assert (s.n_segments, s.n_samples, s.compactness) == (7, 9, 0.1)
     with pytest.raises(ValueError, match="params: missing compactness"):
@@ -323,10 +344,18 @@ def test_randomised_copy_rerandomises_the_image_path_and_leaves_the_model_alone(
 
 def test_explain_case_with_the_tiny_model_gives_every_row(model, demo_case):
     volume, lesion, _ = demo_case
-    settings = LimeSettings(n_segments=8, compactness=0.05, n_samples=8, batch_size=8, deletion_steps=3,
-                            seed=42)
-    result = explain_case(model, volume, REPORT, settings, seg=lesion.astype(np.uint8),
-                          with_side=True, randomised=randomised_copy(model, seed=0))
+    settings = LimeSettings(
+        n_segments=8, compactness=0.05, n_samples=8, batch_size=8, deletion_steps=3, seed=42
+    )
+    result = explain_case(
+        model,
+        volume,
+        REPORT,
+        settings,
+        seg=lesion.astype(np.uint8),
+        with_side=True,
+        randomised=randomised_copy(model, seed=0),
+    )
     assert result.labels.shape == volume.shape
     assert len(result.rows) == 4
     for row in result.rows:
@@ -347,7 +376,9 @@ def _axes_images(volume, attribution, seg):
 
     fig, axes = plt.subplots(1, 3)
     overlay(axes, volume, attribution, seg, "case")
-    out = [(ax.get_title(), [np.asarray(im.get_array()) for im in ax.images], len(ax.collections)) for ax in axes]
+    out = [
+        (ax.get_title(), [np.asarray(im.get_array()) for im in ax.images], len(ax.collections)) for ax in axes
+    ]
     plt.close(fig)
     return out
 
@@ -357,7 +388,9 @@ def test_overlay_draws_three_planes_in_radiological_orientation():
     on the viewer's RIGHT in axial and coronal (radiological convention)."""
     volume, lesion = brain_like()
     attribution = np.where(lesion, 1.0, 0.0) - 0.2 * ((volume > 0) & ~lesion)
-    (t_ax, ims_ax, c_ax), (t_co, ims_co, c_co), (t_sa, ims_sa, c_sa) = _axes_images(volume, attribution, lesion)
+    (t_ax, ims_ax, c_ax), (t_co, ims_co, c_co), (t_sa, ims_sa, c_sa) = _axes_images(
+        volume, attribution, lesion
+    )
     assert "axial" in t_ax and t_co == "coronal" and t_sa == "sagittal"
     assert all(len(ims) == 2 for ims in (ims_ax, ims_co, ims_sa))  # grey volume + attribution overlay
     assert min(c_ax, c_co, c_sa) >= 1  # the true lesion is outlined

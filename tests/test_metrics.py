@@ -94,8 +94,11 @@ def test_meteor_matches_nltk_with_standard_wordnet_loader(scored):
 
 def test_meteor_hand_computed_and_uses_wordnet_synonyms():
     # Identical 3-token texts: one chunk, P = R = 1, penalty 0.5 * (1/3)**3.
-    df = score(["the cat sat", "large neoplasm", "large banana"], ["the cat sat", "large tumor", "large tumor"],
-               ["meteor"])
+    df = score(
+        ["the cat sat", "large neoplasm", "large banana"],
+        ["the cat sat", "large tumor", "large tumor"],
+        ["meteor"],
+    )
     assert df.loc[0, "meteor"] == pytest.approx(1 - 0.5 / 27)
     # "neoplasm" matches "tumor" only through a WordNet synset (a corrupt corpus silently loses this).
     assert df.loc[1, "meteor"] == pytest.approx(1 - 0.5 / 8)
@@ -138,8 +141,9 @@ def test_cider_document_frequencies_come_from_the_call():
 def test_bertscore_matches_bert_score(scored):
     import bert_score
 
-    _, _, f1 = bert_score.score(PREDICTIONS, REFERENCES, model_type=DEFAULT_BERTSCORE_MODEL,
-                                num_layers=DEFAULT_BERTSCORE_LAYERS)
+    _, _, f1 = bert_score.score(
+        PREDICTIONS, REFERENCES, model_type=DEFAULT_BERTSCORE_MODEL, num_layers=DEFAULT_BERTSCORE_LAYERS
+    )
     assert scored["bertscore"].tolist() == pytest.approx(f1.tolist(), abs=1e-5)
 
 
@@ -171,8 +175,9 @@ def test_identical_strings_score_at_the_top():
     text = "Large mass in the left frontal lobe with surrounding edema and central necrosis."
     df = score([text, PREDICTIONS[1]], [text, REFERENCES[1]])
     row = df.loc[0]
-    assert row[["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "lat_f1", "anat_f1", "path_f1"]].tolist() \
-        == pytest.approx([1.0] * 8)
+    assert row[
+        ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "lat_f1", "anat_f1", "path_f1"]
+    ].tolist() == pytest.approx([1.0] * 8)
     assert row["meteor"] > 0.99
     assert row["bertscore"] == pytest.approx(1.0, abs=1e-4)
     assert row["cider"] > df.loc[1, "cider"]
@@ -204,8 +209,11 @@ def test_modules_are_evaluate_metrics():
     assert names == ["bertscore", "bleu", "cider", "clinical_f1", "meteor", "rouge"]
     module = load_module("clinical_f1")
     assert isinstance(module, evaluate.Metric)
-    assert module.compute(predictions=["left mass"], references=["right mass"]) == \
-        {"lat_f1": [0.0], "anat_f1": [1.0], "path_f1": [1.0]}
+    assert module.compute(predictions=["left mass"], references=["right mass"]) == {
+        "lat_f1": [0.0],
+        "anat_f1": [1.0],
+        "path_f1": [1.0],
+    }
 
 
 def test_modules_load_offline_without_network():
@@ -223,9 +231,15 @@ out = evaluate.combine(mods).compute(predictions=["left frontal mass"], referenc
 assert sorted(out) == sorted({list(METRICS)!r}), out
 print("ok")
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().endswith("ok")

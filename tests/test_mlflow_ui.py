@@ -33,7 +33,9 @@ def _free_port() -> int:
 
 
 def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)
 
@@ -45,12 +47,24 @@ def mlflow_server(tiny_pipeline, tmp_path_factory):
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     env = {**repo.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{repo.path / 'mlflow.db'}",
-           "--default-artifact-root", (repo.path / "mlartifacts").as_uri(), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(mlflow),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{repo.path / 'mlflow.db'}",
+        "--default-artifact-root",
+        (repo.path / "mlartifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=repo.path, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=repo.path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -62,7 +76,9 @@ def mlflow_server(tiny_pipeline, tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up on {url} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server did not come up on {url} (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -83,24 +99,33 @@ def experiment_id(mlflow_server) -> str:
 
 
 def test_rest_api_lists_runs_with_tags_params_metrics(tiny_pipeline, mlflow_server, experiment_id):
-    runs = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search",
-                 {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
+    runs = _post(
+        f"{mlflow_server}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment_id], "max_results": 1000},
+    )["runs"]
     assert len(runs) == len(tiny_pipeline.runs_exp)
     by_stage: dict[str, list[dict]] = {}
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         assert {"stage", "git_sha", "dvc_exp", "profile"} <= set(tags), tags
         assert run["info"]["status"] == "FINISHED"
-        by_stage.setdefault(tags["stage"], []).append({
-            "tags": tags, "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
-            "metrics": {m["key"]: m["value"] for m in run["data"].get("metrics", [])}})
+        by_stage.setdefault(tags["stage"], []).append(
+            {
+                "tags": tags,
+                "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
+                "metrics": {m["key"]: m["value"] for m in run["data"].get("metrics", [])},
+            }
+        )
     assert set(by_stage) == set(STAGES)
     for stage, items in by_stage.items():
         for item in items:
             assert item["params"].get("profile") == "demo", stage
             m = item["metrics"]
             assert {"stage_seconds", "startup_seconds", "peak_rss_mb", "threads"} <= set(m), stage
-            assert m["threads"] == 1 and 50 < m["peak_rss_mb"] < 20_000 and 0 < m["startup_seconds"] < 300, (stage, m)
+            assert m["threads"] == 1 and 50 < m["peak_rss_mb"] < 20_000 and 0 < m["startup_seconds"] < 300, (
+                stage,
+                m,
+            )
     exp_runs = [i for items in by_stage.values() for i in items if i["tags"]["dvc_exp"] == EXPERIMENT]
     assert {i["tags"]["git_sha"] for i in exp_runs} == {tiny_pipeline.sha_exp}
     phase2b = [i for i in by_stage["phase2b"] if i["tags"]["dvc_exp"] == EXPERIMENT]
@@ -110,8 +135,10 @@ def test_rest_api_lists_runs_with_tags_params_metrics(tiny_pipeline, mlflow_serv
     assert "phase2b.lat_f1" in evaluate["metrics"] and "evaluate.n_resamples" in evaluate["params"]
 
     # a server-side filter on the DVC experiment tag, as one would type it in the UI's search box
-    filtered = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [experiment_id], "filter": f"tags.dvc_exp = '{EXPERIMENT}'"})["runs"]
+    filtered = _post(
+        f"{mlflow_server}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment_id], "filter": f"tags.dvc_exp = '{EXPERIMENT}'"},
+    )["runs"]
     assert len(filtered) == len(exp_runs)
 
 
@@ -120,8 +147,16 @@ def _chromium() -> str | None:
 
 
 def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             "--no-first-run", "--window-size=1400,900", "--virtual-time-budget=20000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--window-size=1400,900",
+        "--virtual-time-budget=20000",
+    ]
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
@@ -133,8 +168,9 @@ def test_ui_renders_the_runs_of_the_experiment(tiny_pipeline, mlflow_server, exp
 
     dom = _headless(browser, "--dump-dom", page)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert f"phase2b@{EXPERIMENT}" in dom.stdout and "evaluate@workspace" in dom.stdout, \
+    assert f"phase2b@{EXPERIMENT}" in dom.stdout and "evaluate@workspace" in dom.stdout, (
         "the runs table did not render the pipeline's runs"
+    )
 
     shot = tmp_path / "mlflow-ui.png"
     res = _headless(browser, f"--screenshot={shot}", page)
@@ -144,4 +180,6 @@ def test_ui_renders_the_runs_of_the_experiment(tiny_pipeline, mlflow_server, exp
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (900, 1400)
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
-    assert pixels.std() > 10 and len(colours) > 50, f"blank page? std {pixels.std():.1f}, {len(colours)} colours"
+    assert pixels.std() > 10 and len(colours) > 50, (
+        f"blank page? std {pixels.std():.1f}, {len(colours)} colours"
+    )

@@ -84,13 +84,18 @@ def test_committed_params_validate_for_every_profile():
 
 
 def test_every_schema_key_is_set_by_params_yaml_or_read_as_optional():
-    code = "\n".join(p.read_text() for d in ("brain3d", "stages") for p in (ROOT / d).rglob("*.py")
-                     if p.name != "params_schema.py")
+    code = "\n".join(
+        p.read_text()
+        for d in ("brain3d", "stages")
+        for p in (ROOT / d).rglob("*.py")
+        if p.name != "params_schema.py"
+    )
     for path, kind in _leaves(SCHEMA):
         dotted = ".".join(path)
         if kind == VALUE:
             assert any(_has(block, path) for block in _blocks()), (
-                f"schema key {dotted} is set nowhere in params.yaml: remove it from brain3d/params_schema.py")
+                f"schema key {dotted} is set nowhere in params.yaml: remove it from brain3d/params_schema.py"
+            )
         else:
             assert kind == OPTIONAL
             needle = READ_AS.get(path[-1], f'"{path[-1]}"')
@@ -112,22 +117,27 @@ def test_a_typo_in_a_shared_section_names_the_key_and_the_nearest_one():
 
 def test_a_typo_in_a_profile_block_names_the_block():
     assert _error(_with("profiles.demo.phase2b.lr_lroa", 0.001)) == (
-        "params: phase2b.lr_lroa: unknown key in profiles.demo; did you mean phase2b.lr_lora?")
+        "params: phase2b.lr_lroa: unknown key in profiles.demo; did you mean phase2b.lr_lora?"
+    )
 
 
 def test_a_typo_in_a_nested_dict_and_in_an_inactive_profile():
     assert _error(_with("profiles.demo.foundation.siglip.hiden", 96)) == (
-        "params: foundation.siglip.hiden: unknown key in profiles.demo; did you mean foundation.siglip.hidden?")
+        "params: foundation.siglip.hiden: unknown key in profiles.demo; did you mean foundation.siglip.hidden?"
+    )
     assert PARAMS["profile"] != "paper"
     assert _error(_with("profiles.paper.foundation.vison", "x")) == (
-        "params: foundation.vison: unknown key in profiles.paper; did you mean foundation.vision?")
+        "params: foundation.vison: unknown key in profiles.paper; did you mean foundation.vision?"
+    )
 
 
 def test_unknown_sections_and_keys_without_a_near_one():
     assert _error(_with("phase2c", {})) == "params: phase2c: unknown key; did you mean phase2b?"
     message = _error(_with("split.zzz", 1))
     assert message == "params: split.zzz: unknown key; valid keys of split: fractions, seed"
-    both = _error(_with("profiles.demo.generate.max_new_tokns", 8) | {"lime": {**PARAMS["lime"], "n_sampels": 3}})
+    both = _error(
+        _with("profiles.demo.generate.max_new_tokns", 8) | {"lime": {**PARAMS["lime"], "n_sampels": 3}}
+    )
     assert both.splitlines() == [  # every problem at once, one line each
         "params: lime.n_sampels: unknown key; did you mean lime.n_samples?",
         "params: generate.max_new_tokns: unknown key in profiles.demo; did you mean generate.max_new_tokens?",
@@ -150,8 +160,11 @@ def test_params_errors_are_value_errors_and_a_missing_profile_is_named():
 
 
 def _defaults(fields_or_params) -> set[str]:
-    return {f.name for f in fields_or_params
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return {
+        f.name
+        for f in fields_or_params
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
 
 
 def test_dataclasses_built_from_params_have_no_default_for_a_params_key():
@@ -160,9 +173,13 @@ def test_dataclasses_built_from_params_have_no_default_for_a_params_key():
     from brain3d.models.model import Decoding, ModelConfig
     from brain3d.training.loop import TrainConfig
 
-    built_from = {TrainConfig: ("phase1", "phase2a", "phase2b", "foundation.siglip_train", "foundation.gemma_train"),
-                  ModelConfig: ("model",), Decoding: ("generate",), LimeSettings: ("lime",),
-                  Med3DVLMConfig: ("baselines.med3dvlm",)}
+    built_from = {
+        TrainConfig: ("phase1", "phase2a", "phase2b", "foundation.siglip_train", "foundation.gemma_train"),
+        ModelConfig: ("model",),
+        Decoding: ("generate",),
+        LimeSettings: ("lime",),
+        Med3DVLMConfig: ("baselines.med3dvlm",),
+    }
     for cls, sections in built_from.items():
         keys = set().union(*map(_keys, sections))
         assert keys, sections
@@ -183,9 +200,16 @@ def test_functions_fed_from_params_have_no_default_for_a_params_key():
     from brain3d.interpretability.probe import laterality_probes, linear_probe
     from brain3d.interpretability.targets import randomised_copy
 
-    fed_from = {generate_cohort: "download", plan_cohort: "download", generate_reports: "generate",
-                supervoxels: "lime", explain: "lime", laterality_probes: "lime", linear_probe: "lime",
-                randomised_copy: "lime"}
+    fed_from = {
+        generate_cohort: "download",
+        plan_cohort: "download",
+        generate_reports: "generate",
+        supervoxels: "lime",
+        explain: "lime",
+        laterality_probes: "lime",
+        linear_probe: "lime",
+        randomised_copy: "lime",
+    }
     for fn, section in fed_from.items():
         defaulted = {name for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
         shadowed = defaulted & _keys(section)
@@ -205,14 +229,57 @@ def test_a_stage_stops_before_any_work_with_one_line(tmp_path, monkeypatch, caps
     assert capsys.readouterr().err.strip() == f"phase2b: error: {TYPO}"
 
 
+def test_bad_input_found_by_a_stage_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
+    """An InputError raised by the stage's own work (params fine, inside its MLflow run) ends the process with
+    status 1 and one line `<stage>: error: <message>` on stderr, no 'done' line; any other exception is a bug
+    and keeps its traceback."""
+    from contextlib import contextmanager
+
+    from brain3d.data.manifest import InputError
+    from brain3d.tracking import Tracker
+
+    runs = []
+
+    @contextmanager
+    def fake_run(name, params=None, tags=None):  # no MLflow store in the test
+        runs.append(name)
+        yield Tracker()
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "mlflow_run", fake_run)
+    with pytest.raises(SystemExit) as exc:
+        with stage.run("preprocess", ("preprocess",)):
+            raise InputError("sub-07", "data/sub-07/flair.nii.gz", "empty volume (every voxel is 0)")
+    assert exc.value.code == 1 and runs == ["preprocess"]
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "preprocess: error: sub-07 (data/sub-07/flair.nii.gz): empty volume (every voxel is 0)"
+    ]
+    with pytest.raises(RuntimeError, match="a bug"):
+        with stage.run("preprocess", ("preprocess",)):
+            raise RuntimeError("a bug")
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_dvc_exp_run_typo_fails_the_phase2b_stage_within_seconds(tmp_path):
     """What `dvc exp run -S phase2b.lora_rnak=4` leaves for the first stage it runs: the key in params.yaml."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with("phase2b.lora_rnak", 4), sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BRAIN3D_CACHE": str(tmp_path / "cache"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "BRAIN3D_CACHE": str(tmp_path / "cache"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "stages.phase2b"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "stages.phase2b"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.perf_counter() - t0
     assert out.returncode == 1, out.stderr
     assert f"phase2b: error: {TYPO}" in out.stderr.splitlines()

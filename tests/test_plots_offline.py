@@ -33,9 +33,11 @@ def test_dvc_config_names_the_offline_template():
 def vega_js():
     missing = [name for name in (*BUNDLES, "template.html", "VERSIONS") if not (VEGA / name).is_file()]
     if missing:
-        pytest.fail(f"{VEGA} lacks {missing}: run ./setup.sh, which fetches vega, vega-lite and vega-embed with "
-                    f"npm (npm found: {shutil.which('npm') or 'no'}); without them `dvc plots show` loads them "
-                    "from a CDN")
+        pytest.fail(
+            f"{VEGA} lacks {missing}: run ./setup.sh, which fetches vega, vega-lite and vega-embed with "
+            f"npm (npm found: {shutil.which('npm') or 'no'}); without them `dvc plots show` loads them "
+            "from a CDN"
+        )
     return VEGA
 
 
@@ -65,9 +67,21 @@ def test_plots_show_writes_offline_html(tiny_pipeline, vega_js, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         return  # the rendering check below needs chromium (./setup.sh --test)
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                          "--virtual-time-budget=10000", "--dump-dom", (out_dir / "index.html").as_uri()],
-                         capture_output=True, text=True, timeout=180)
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            (out_dir / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     rendered = dom.stdout.count('class="vega-embed')
     assert rendered == n_plots, f"{rendered} of {n_plots} plots rendered offline"

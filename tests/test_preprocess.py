@@ -18,8 +18,15 @@ SHAPE = (24, 48, 48)
 ROOT = Path(__file__).resolve().parents[1]
 # preprocess_cohort's settings for the cohort tests (their subjects are skull-stripped already, so skull_strip
 # is not used; min_similarity -1 turns the brain-similarity check off for the synthetic ellipsoid head)
-COHORT = dict(shape=SHAPE, skull_strip="registration", fov_mm=None, workers=1, progress=False, min_similarity=-1.0,
-              sequence="any")
+COHORT = dict(
+    shape=SHAPE,
+    skull_strip="registration",
+    fov_mm=None,
+    workers=1,
+    progress=False,
+    min_similarity=-1.0,
+    sequence="any",
+)
 LESION_MM = np.array([-35.0, 20.0, 15.0])  # subject's LEFT (x < 0), anterior (y > 0), superior (z > 0)
 
 
@@ -72,8 +79,10 @@ def test_left_lesion_ends_on_low_w_side(name):
 
 
 def test_every_orientation_gives_the_same_volume():
-    outs = [standardize(head(*ORIENTATIONS[n][:1], ORIENTATIONS[n][1], ORIENTATIONS[n][2])[0], SHAPE)
-            for n in ("RAS", "LPS")]
+    outs = [
+        standardize(head(*ORIENTATIONS[n][:1], ORIENTATIONS[n][1], ORIENTATIONS[n][2])[0], SHAPE)
+        for n in ("RAS", "LPS")
+    ]
     assert np.corrcoef(outs[0].ravel(), outs[1].ravel())[0, 1] > 0.98
 
 
@@ -102,10 +111,16 @@ def test_registration_skull_strip_is_the_same_in_every_process(tmp_path):
 
     img, _ = head(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56), skull=True)
     path = _save(img, tmp_path / "head.nii.gz")
-    code = ("import hashlib, sys, nibabel as nib; from brain3d.data.skullstrip import registration_mask; "
-            "print(hashlib.md5(registration_mask(nib.load(sys.argv[1])).tobytes()).hexdigest())")
-    masks = {subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                            check=True).stdout.strip() for _ in range(2)}
+    code = (
+        "import hashlib, sys, nibabel as nib; from brain3d.data.skullstrip import registration_mask; "
+        "print(hashlib.md5(registration_mask(nib.load(sys.argv[1])).tobytes()).hexdigest())"
+    )
+    masks = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
     assert len(masks) == 1, masks
     with pytest.raises(ValueError, match="seed"):
         registration_mask(img, seed=0)
@@ -139,10 +154,14 @@ def test_garbage_is_not_a_nifti(tmp_path):
 
 
 def test_4d_volume_is_refused_but_a_singleton_4th_axis_is_squeezed(tmp_path):
-    four = _save(nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), np.eye(4)), tmp_path / "4d.nii.gz")
+    four = _save(
+        nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), np.eye(4)), tmp_path / "4d.nii.gz"
+    )
     with pytest.raises(InputError, match=r"expected a 3D volume, got shape \(8, 8, 8, 3\)"):
         nifti.load(four, "sub-03")
-    single = _save(nib.Nifti1Image(np.random.rand(8, 8, 8, 1).astype(np.float32), np.eye(4)), tmp_path / "1.nii.gz")
+    single = _save(
+        nib.Nifti1Image(np.random.rand(8, 8, 8, 1).astype(np.float32), np.eye(4)), tmp_path / "1.nii.gz"
+    )
     assert nifti.load(single, "sub-03").shape == (8, 8, 8)
 
 
@@ -171,9 +190,19 @@ def _rows(tmp_path, good, n=3):
     for i in range(n):
         path = tmp_path / f"s{i}.nii.gz"
         path.write_bytes(good.read_bytes())
-        rows.append(dict(subject=f"s{i}", cohort="tumour", source="phantom", volume=str(path), seg="",
-                         report="Left frontal lesion.", laterality="left", sha256=io.sha256_file(path),
-                         skull_stripped=True))
+        rows.append(
+            dict(
+                subject=f"s{i}",
+                cohort="tumour",
+                source="phantom",
+                volume=str(path),
+                seg="",
+                report="Left frontal lesion.",
+                laterality="left",
+                sha256=io.sha256_file(path),
+                skull_stripped=True,
+            )
+        )
     return rows
 
 
@@ -204,12 +233,55 @@ def test_cohort_reports_every_bad_subject_at_once(tmp_path, good):
     assert not (tmp_path / "out" / "volumes" / "s1.npy").exists()
 
 
-def test_cohort_resumes_from_cache(tmp_path, good):
-    df = pd.DataFrame(_rows(tmp_path, good, 2))
-    qc1, _ = preprocess_cohort(df, tmp_path, tmp_path / "out", on_error="fail", **COHORT)
-    (tmp_path / "s0.nii.gz").unlink()  # would fail if it were read again
-    qc2, _ = preprocess_cohort(df, tmp_path, tmp_path / "out2", on_error="skip", **COHORT)
-    assert list(qc2["status"]) == ["error", "ok"]  # s0's file is gone: validation flags it before the cache
+def test_cohort_resumes_from_cache(tmp_path, good, monkeypatch):
+    """A second run preprocesses nothing and writes the same volumes and QC from the cache; a subject whose file
+    changed (new sha256) is preprocessed again, and only that one. (The subject step is a cheap stand-in that
+    reads the file: what is under test is when it runs.)"""
+    from brain3d.data import preprocess
+
+    calls = []
+
+    def stand_in(subject, volume_path, shape, **_):
+        calls.append(subject)
+        data = np.asarray(nib.load(str(volume_path)).dataobj, np.float32)
+        qc = {
+            "subject": subject,
+            "status": "ok",
+            "error": "",
+            "brain_ml": float((data > 0).sum()),
+            "seconds": 0.1,
+        }
+        return preprocess.Preprocessed(np.full(shape, data.mean(), np.float32), None, qc)
+
+    monkeypatch.setattr(preprocess, "preprocess_subject", stand_in)  # workers=1: joblib runs in this process
+    rows = _rows(tmp_path, good, 2)
+    qc1, _ = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "out", on_error="fail", **COHORT)
+    assert sorted(calls) == ["s0", "s1"]
+
+    calls.clear()
+    qc2, _ = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "out2", on_error="fail", **COHORT)
+    assert calls == [], "the second run preprocessed again instead of reading the cache"
+    pd.testing.assert_frame_equal(qc2, qc1)
+    for s in ("s0", "s1"):
+        assert np.array_equal(
+            np.load(tmp_path / "out2" / "volumes" / f"{s}.npy"),
+            np.load(tmp_path / "out" / "volumes" / f"{s}.npy"),
+        )
+
+    img = nib.load(str(tmp_path / "s1.nii.gz"))
+    data = np.asarray(img.dataobj).copy()
+    data[: data.shape[0] // 3] = 0  # s1 loses a third of its brain: another file, another volume
+    nib.save(nib.Nifti1Image(data, img.affine), str(tmp_path / "s1.nii.gz"))
+    rows[1]["sha256"] = io.sha256_file(tmp_path / "s1.nii.gz")
+    calls.clear()
+    qc3, _ = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "out3", on_error="fail", **COHORT)
+    assert calls == ["s1"], "only the changed subject is preprocessed again"
+    assert (
+        qc3.loc[1, "brain_ml"] < qc1.loc[1, "brain_ml"] and qc3.loc[0, "brain_ml"] == qc1.loc[0, "brain_ml"]
+    )
+    assert not np.array_equal(
+        np.load(tmp_path / "out3" / "volumes" / "s1.npy"), np.load(tmp_path / "out" / "volumes" / "s1.npy")
+    )
 
 
 def test_a_volume_that_is_not_a_brain_is_refused(tmp_path):
@@ -218,8 +290,22 @@ def test_a_volume_that_is_not_a_brain_is_refused(tmp_path):
     noise = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32) + 0.1  # 1728 ml at 3 mm
     path = tmp_path / "noise.nii.gz"
     nib.save(nib.Nifti1Image(noise, np.diag([3.0, 3.0, 3.0, 1.0])), str(path))
-    row = dict(subject="s0", cohort="healthy", source="phantom", volume=str(path), seg="", report="Normal.",
-               laterality="none", sha256=io.sha256_file(path), skull_stripped=True)
+    row = dict(
+        subject="s0",
+        cohort="healthy",
+        source="phantom",
+        volume=str(path),
+        seg="",
+        report="Normal.",
+        laterality="none",
+        sha256=io.sha256_file(path),
+        skull_stripped=True,
+    )
     with pytest.raises(CohortError, match="does not look like a brain FLAIR"):
-        preprocess_cohort(pd.DataFrame([row]), tmp_path, tmp_path / "out", on_error="fail",
-                          **{**COHORT, "min_similarity": threshold})
+        preprocess_cohort(
+            pd.DataFrame([row]),
+            tmp_path,
+            tmp_path / "out",
+            on_error="fail",
+            **{**COHORT, "min_similarity": threshold},
+        )

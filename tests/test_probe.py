@@ -65,7 +65,9 @@ def test_laterality_probes_read_volumes_of_the_splits_and_leave_undefined_out(tm
     rows = []
     for i, (side, volume) in enumerate(zip(sides, _volumes(sides, rng))):
         np.save(tmp_path / f"s{i:02d}.npy", volume.astype(np.float32))
-        rows.append({"subject": f"s{i:02d}", "split": "train" if i % 4 != i // 4 % 4 else "test", "laterality": side})
+        rows.append(
+            {"subject": f"s{i:02d}", "split": "train" if i % 4 != i // 4 % 4 else "test", "laterality": side}
+        )
     splits = pd.DataFrame(rows)
     result = laterality_probes(_HemisphereMax(), splits, tmp_path, seed=42, cnn=CNN)
     n_test = int(((splits["split"] == "test") & (splits["laterality"] != "undefined")).sum())
@@ -83,7 +85,7 @@ def _moving_volumes(sides, rng):
         for wanted, start in (("left", "bilateral"), lambda w: w), (("right", "bilateral"), lambda w: 13 - w):
             if side in wanted:
                 d, h, w = rng.integers(0, 6), rng.integers(0, 12), start(rng.integers(0, 5))
-                v[d:d + 3, h:h + 4, w:w + 3] = 1.0
+                v[d : d + 3, h : h + 4, w : w + 3] = 1.0
         out.append(v)
     return out
 

@@ -21,10 +21,16 @@ def test_the_link_finder_sees_links_and_images():
 
 
 def test_every_relative_link_and_image_in_the_readme_is_tracked_by_git():
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.splitlines())
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    )
     targets = relative_targets((ROOT / "README.md").read_text())
     assert targets, "the README links to the committed results"
-    missing = [t for t in targets
-               if t.rstrip("/") not in tracked and not any(f.startswith(t.rstrip("/") + "/") for f in tracked)]
+    missing = [
+        t
+        for t in targets
+        if t.rstrip("/") not in tracked and not any(f.startswith(t.rstrip("/") + "/") for f in tracked)
+    ]
     assert not missing, f"README.md links to files a clean clone does not have: {missing}"

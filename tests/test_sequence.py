@@ -36,7 +36,9 @@ def scan(contrast, lesion: bool = False, shift_mm: float = 0.0) -> np.ndarray:
     image = flair_like(atlas.gm, atlas.wm, atlas.csf, contrast) * atlas.brain
     if lesion:  # a large bright lesion in the left hemisphere's white matter (about 5 % of the brain)
         x, y, z = atlas.world_axes()
-        ball = (x[:, None, None] + 28) ** 2 + (y[None, :, None] - 5) ** 2 + (z[None, None, :] - 15) ** 2 < 24**2
+        ball = (x[:, None, None] + 28) ** 2 + (y[None, :, None] - 5) ** 2 + (
+            z[None, None, :] - 15
+        ) ** 2 < 24**2
         image[ball & atlas.brain] = 1.0
     affine = atlas.affine.copy()
     affine[:3, 3] += shift_mm
@@ -63,7 +65,9 @@ def test_a_lesioned_and_rotated_flair_is_still_flair():
 def test_reasons_and_qc_columns():
     t1 = read(scan(CONTRASTS["T1"]))
     assert t1.reason == "looks T1-weighted (white matter brighter than grey matter)"
-    assert set(t1.qc()) == {"sequence", "tissue_gm", "tissue_wm", "tissue_csf"} and t1.qc()["sequence"] == "T1"
+    assert (
+        set(t1.qc()) == {"sequence", "tissue_gm", "tissue_wm", "tissue_csf"} and t1.qc()["sequence"] == "T1"
+    )
     assert "CSF not darker" in read(scan(CONTRASTS["unclear"])).reason
 
 
@@ -86,12 +90,30 @@ def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_sc
         path = tmp_path / f"{name}.nii.gz"
         image = flair_like(atlas.gm, atlas.wm, atlas.csf, CONTRASTS[name]) * atlas.brain
         nib.save(nib.Nifti1Image(image.astype(np.float32), atlas.affine), str(path))
-        rows.append(dict(subject=name, cohort="healthy", source="phantom", volume=str(path), seg="",
-                         report="Normal.", laterality="none", sha256=io.sha256_file(path), skull_stripped=True))
+        rows.append(
+            dict(
+                subject=name,
+                cohort="healthy",
+                source="phantom",
+                volume=str(path),
+                seg="",
+                report="Normal.",
+                laterality="none",
+                sha256=io.sha256_file(path),
+                skull_stripped=True,
+            )
+        )
     pre = config.load(ROOT / "params.yaml")["preprocess"]
     assert pre["sequence"] == "FLAIR"
-    kwargs = dict(shape=SHAPE, skull_strip="threshold", fov_mm=None, workers=1, on_error="skip",
-                  min_similarity=pre["min_brain_similarity"], progress=False)
+    kwargs = dict(
+        shape=SHAPE,
+        skull_strip="threshold",
+        fov_mm=None,
+        workers=1,
+        on_error="skip",
+        min_similarity=pre["min_brain_similarity"],
+        progress=False,
+    )
 
     qc, ok = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "strict", sequence="FLAIR", **kwargs)
     assert list(ok["subject"]) == ["FLAIR"]
@@ -100,7 +122,11 @@ def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_sc
     assert "looks T2-weighted (CSF brighter than grey and white matter)" in error["T2"]
     written = pd.read_csv(tmp_path / "strict" / "qc.csv").set_index("subject")
     assert written.loc["FLAIR", "sequence"] == "FLAIR"
-    assert written.loc["FLAIR", "tissue_gm"] > written.loc["FLAIR", "tissue_wm"] > written.loc["FLAIR", "tissue_csf"]
+    assert (
+        written.loc["FLAIR", "tissue_gm"]
+        > written.loc["FLAIR", "tissue_wm"]
+        > written.loc["FLAIR", "tissue_csf"]
+    )
 
     qc, ok = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "any", sequence="any", **kwargs)
     assert {"FLAIR", "T1"} <= set(ok["subject"])

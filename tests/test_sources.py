@@ -71,9 +71,16 @@ def make_ds000221(base: Path, highres: list[str], lowres: list[str]) -> None:
 
 
 def _cfg(tmp_path: Path, **kw) -> dict:
-    cfg = {"source": "real", "brats_dir": "data/brats", "textbrats_dir": "data/TextBraTSData",
-           "ds000221_dir": "data/ds000221", "n_tumour": 3, "n_healthy": 2, "sha_cache": "cache/sha.json",
-           "workers": 2}
+    cfg = {
+        "source": "real",
+        "brats_dir": "data/brats",
+        "textbrats_dir": "data/TextBraTSData",
+        "ds000221_dir": "data/ds000221",
+        "n_tumour": 3,
+        "n_healthy": 2,
+        "sha_cache": "cache/sha.json",
+        "workers": 2,
+    }
     return {**cfg, **kw}
 
 
@@ -100,7 +107,11 @@ def test_cbica_layout_gives_manifest_rows(full: Path) -> None:
         assert row.sha256 == hashlib.sha256((full / row.volume).read_bytes()).hexdigest()
     healthy = df[df.cohort == "healthy"].set_index("subject")
     assert list(healthy.index) == ["sub-010001", "sub-010003"]  # both highres; lowres-only 010002 not needed
-    assert set(healthy.laterality) == {"none"} and set(healthy.seg) == {""} and set(healthy.source) == {"ds000221"}
+    assert (
+        set(healthy.laterality) == {"none"}
+        and set(healthy.seg) == {""}
+        and set(healthy.source) == {"ds000221"}
+    )
     assert not healthy.skull_stripped.any()
     assert healthy.loc["sub-010001", "volume"].endswith("sub-010001_ses-01_acq-highres_FLAIR.nii.gz")
     assert healthy.loc["sub-010003", "report"] == healthy_report("sub-010003")
@@ -112,12 +123,20 @@ def test_kaggle_mirror_with_misnamed_seg_and_outside_root(tmp_path: Path) -> Non
     train = make_brats(data / "kaggle", [1, 2, 355], kaggle=True)
     make_textbrats(data / "hub" / "TextBraTSData", [1, 2, 355])  # as snapshot_download writes it
     make_ds000221(data / "ds", highres=["010001"], lowres=["010002"])
-    cfg = _cfg(root, brats_dir=str(data / "kaggle"), textbrats_dir=str(data / "hub"), ds000221_dir=str(data / "ds"),
-               n_tumour=369, allow_subset=True)
+    cfg = _cfg(
+        root,
+        brats_dir=str(data / "kaggle"),
+        textbrats_dir=str(data / "hub"),
+        ds000221_dir=str(data / "ds"),
+        n_tumour=369,
+        allow_subset=True,
+    )
     df = sources.build_real_cohort(cfg, root, fetch=False).set_index("subject")
     assert "BraTS20_Validation_001" not in df.index
     case = df.loc["BraTS20_Training_355"]
-    assert case.seg == str(train / "BraTS20_Training_355" / "W39_1998.09.19_Segm.nii")  # absolute: outside root
+    assert case.seg == str(
+        train / "BraTS20_Training_355" / "W39_1998.09.19_Segm.nii"
+    )  # absolute: outside root
     assert case.laterality == "undefined"
     assert df.loc["sub-010002", "volume"].endswith("acq-lowres_FLAIR.nii.gz")  # lowres fills up the pick
 
@@ -125,18 +144,30 @@ def test_kaggle_mirror_with_misnamed_seg_and_outside_root(tmp_path: Path) -> Non
 def test_every_problem_in_one_message_with_how_to_get_it(full: Path) -> None:
     (full / "data/TextBraTSData/BraTS20_Training_002/BraTS20_Training_002_flair_text.txt").unlink()
     make_textbrats(full / "data/TextBraTSData", [355])  # a report without a volume
-    (full / "data/brats/BraTS20_Training_003/BraTS20_Training_003_flair.nii").write_bytes(b"<html>oops</html>")
+    (full / "data/brats/BraTS20_Training_003/BraTS20_Training_003_flair.nii").write_bytes(
+        b"<html>oops</html>"
+    )
     cfg = _cfg(full, n_tumour=6, n_healthy=4)
     with pytest.raises(CohortError) as info:
         sources.build_real_cohort(cfg, full, fetch=False)
     msg = str(info.value)
     assert len(info.value.errors) == 5, msg
-    for needle in ("3 of 6 subjects; missing BraTS20_Training_004-006", "BraTS20_Training_002",
-                   "no TextBraTS FLAIR report", "BraTS20_Training_355", "report without a BraTS FLAIR volume",
-                   "BraTS20_Training_003", "not a readable NIfTI",
-                   "3 subjects with a FLAIR (2 acq-highres, 1 acq-lowres), 4 needed",
-                   sources.BRATS_URL, "KAGGLE_USERNAME", "pip install kaggle", sources.KAGGLE_DATASET,
-                   "Jupitern52/TextBraTS", "openneuro-py download --dataset ds000221"):
+    for needle in (
+        "3 of 6 subjects; missing BraTS20_Training_004-006",
+        "BraTS20_Training_002",
+        "no TextBraTS FLAIR report",
+        "BraTS20_Training_355",
+        "report without a BraTS FLAIR volume",
+        "BraTS20_Training_003",
+        "not a readable NIfTI",
+        "3 subjects with a FLAIR (2 acq-highres, 1 acq-lowres), 4 needed",
+        sources.BRATS_URL,
+        "KAGGLE_USERNAME",
+        "pip install kaggle",
+        sources.KAGGLE_DATASET,
+        "Jupitern52/TextBraTS",
+        "openneuro-py download --dataset ds000221",
+    ):
         assert needle in msg, needle
 
 
@@ -152,7 +183,9 @@ def test_counts_and_workers_have_no_default(tmp_path: Path) -> None:
     from brain3d.config import ParamsError
 
     cfg = {k: v for k, v in _cfg(tmp_path).items() if k not in ("n_tumour", "n_healthy", "workers")}
-    with pytest.raises(ParamsError, match=r"missing download\.n_tumour, download\.n_healthy, download\.workers"):
+    with pytest.raises(
+        ParamsError, match=r"missing download\.n_tumour, download\.n_healthy, download\.workers"
+    ):
         sources.build_real_cohort(cfg, tmp_path, fetch=False)
 
 
@@ -161,10 +194,17 @@ def test_healthy_pick_is_deterministic_and_prefers_highres(tmp_path: Path) -> No
     make_ds000221(ds, highres=["010009", "010004", "010007"], lowres=["010001", "010002", "010004"])
     picked = sources.find_healthy_scans(ds)
     assert [(s.subject, s.acq) for s in picked] == [
-        ("sub-010004", "highres"), ("sub-010007", "highres"), ("sub-010009", "highres"),
-        ("sub-010001", "lowres"), ("sub-010002", "lowres")]
+        ("sub-010004", "highres"),
+        ("sub-010007", "highres"),
+        ("sub-010009", "highres"),
+        ("sub-010001", "lowres"),
+        ("sub-010002", "lowres"),
+    ]
     assert [s.subject for s in sources.find_healthy_scans(ds, ("lowres", "highres"))][:3] == [
-        "sub-010001", "sub-010002", "sub-010004"]
+        "sub-010001",
+        "sub-010002",
+        "sub-010004",
+    ]
 
 
 def test_sha_cache_skips_unchanged_volumes(full: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,7 +263,9 @@ class FakeClients:
         self.openneuro.append(kw)
         acq = "highres" if "acq-highres" in kw["include"][0] else "lowres"
         subjects = ["010001", "010003"] if acq == "highres" else ["010001", "010002"]
-        make_ds000221(Path(kw["target_dir"]), **{acq: subjects, ("lowres" if acq == "highres" else "highres"): []})
+        make_ds000221(
+            Path(kw["target_dir"]), **{acq: subjects, ("lowres" if acq == "highres" else "highres"): []}
+        )
 
     def _snapshot(self, **kw):
         from huggingface_hub import constants
@@ -240,8 +282,9 @@ def _no_kaggle_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
 
 
 @pytest.mark.parametrize("n_healthy, acqs", [(2, ["highres"]), (3, ["highres", "lowres"])])
-def test_fetch_downloads_only_what_is_missing(full: Path, monkeypatch: pytest.MonkeyPatch, n_healthy: int,
-                                              acqs: list[str]) -> None:
+def test_fetch_downloads_only_what_is_missing(
+    full: Path, monkeypatch: pytest.MonkeyPatch, n_healthy: int, acqs: list[str]
+) -> None:
     import shutil
 
     from huggingface_hub import constants
@@ -250,11 +293,23 @@ def test_fetch_downloads_only_what_is_missing(full: Path, monkeypatch: pytest.Mo
     shutil.rmtree(full / "data/ds000221")
     fake = FakeClients(monkeypatch)
     df = sources.build_real_cohort(_cfg(full, n_healthy=n_healthy), full, fetch=True)
-    assert fake.openneuro == [{"dataset": "ds000221", "tag": None, "target_dir": str(full / "data/ds000221"),
-                               "include": [f"sub-*/ses-01/anat/sub-*_ses-01_acq-{a}_FLAIR.nii.gz", "participants.tsv"]}
-                              for a in acqs]
-    assert fake.hub == [{"repo_id": "Jupitern52/TextBraTS", "repo_type": "dataset",
-                         "local_dir": str(full / "data/TextBraTSData"), "allow_patterns": ["*_flair_text.txt"]}]
+    assert fake.openneuro == [
+        {
+            "dataset": "ds000221",
+            "tag": None,
+            "target_dir": str(full / "data/ds000221"),
+            "include": [f"sub-*/ses-01/anat/sub-*_ses-01_acq-{a}_FLAIR.nii.gz", "participants.tsv"],
+        }
+        for a in acqs
+    ]
+    assert fake.hub == [
+        {
+            "repo_id": "Jupitern52/TextBraTS",
+            "repo_type": "dataset",
+            "local_dir": str(full / "data/TextBraTSData"),
+            "allow_patterns": ["*_flair_text.txt"],
+        }
+    ]
     assert fake.hub_offline_during == [False] and constants.HF_HUB_OFFLINE is True  # lifted, then restored
     assert fake.kaggle == []  # BraTS was already there
     assert len(df) == 3 + n_healthy and manifest.validate(df, full) == []
@@ -278,9 +333,16 @@ def test_brats_fetch_needs_kaggle_credentials(full: Path, monkeypatch: pytest.Mo
     _no_kaggle_credentials(monkeypatch, full / "home")
     with pytest.raises(CohortError) as info:
         sources.build_real_cohort(_cfg(full), full, fetch=True)
-    assert fake.kaggle == [] and "no Kaggle credentials" in str(info.value) and sources.BRATS_URL in str(info.value)
+    assert (
+        fake.kaggle == []
+        and "no Kaggle credentials" in str(info.value)
+        and sources.BRATS_URL in str(info.value)
+    )
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     df = sources.build_real_cohort(_cfg(full), full, fetch=True)
     assert fake.kaggle == [(sources.KAGGLE_DATASET, str(full / "data/brats"), True)]
-    assert df.volume.str.startswith("data/brats/BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/").sum() == 3
+    assert (
+        df.volume.str.startswith("data/brats/BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/").sum()
+        == 3
+    )

@@ -15,7 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TUMOUR = "Large mass in the {side} frontal lobe with surrounding edema and central necrosis."
 HEALTHY = "No acute intracranial abnormality. No mass, edema or midline shift."
-FAST = {"bertscore_model": None, "bertscore_layers": None, "n_resamples": 10, "seed": 42}  # for the error tests
+FAST = {
+    "bertscore_model": None,
+    "bertscore_layers": None,
+    "n_resamples": 10,
+    "seed": 42,
+}  # for the error tests
 
 
 def make_subjects(n: int = 9) -> pd.DataFrame:
@@ -23,19 +28,36 @@ def make_subjects(n: int = 9) -> pd.DataFrame:
     for i in range(n):
         healthy = i % 3 == 0
         side = "left" if i % 2 else "right"
-        rows.append({"subject": f"sub-{i:02d}", "cohort": "healthy" if healthy else "tumour",
-                     "laterality": "none" if healthy else side,
-                     "reference": HEALTHY if healthy else TUMOUR.format(side=side)})
+        rows.append(
+            {
+                "subject": f"sub-{i:02d}",
+                "cohort": "healthy" if healthy else "tumour",
+                "laterality": "none" if healthy else side,
+                "reference": HEALTHY if healthy else TUMOUR.format(side=side),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def write_system(pred_dir, name, subjects, predict, *, status="ok", reason="", baseline=False):
-    io.write_json(pred_dir / f"{name}.json", {"system": name, "status": status, "reason": reason,
-                                               "description": f"fake {name}", "baseline": baseline})
+    io.write_json(
+        pred_dir / f"{name}.json",
+        {
+            "system": name,
+            "status": status,
+            "reason": reason,
+            "description": f"fake {name}",
+            "baseline": baseline,
+        },
+    )
     if status == "ok":
-        io.write_jsonl(pred_dir / f"{name}.jsonl", [
-            {"subject": r.subject, "split": "test", "reference": r.reference, "prediction": predict(r)}
-            for r in subjects.itertuples()])
+        io.write_jsonl(
+            pred_dir / f"{name}.jsonl",
+            [
+                {"subject": r.subject, "split": "test", "reference": r.reference, "prediction": predict(r)}
+                for r in subjects.itertuples()
+            ],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +66,43 @@ def run(tmp_path_factory):
     pred_dir, out_dir = root / "predictions", root / "reports"
     subjects = make_subjects()
     write_system(pred_dir, "phase2b", subjects, lambda r: r.reference)  # perfect copy of the reference
-    write_system(pred_dir, "medgemma_slices", subjects, lambda r: "Lesion in the right parietal lobe.",
-                 baseline=True)
-    write_system(pred_dir, "med3dvlm", subjects, None, status="not_run", reason="needs a CUDA GPU",
-                 baseline=True)
-    write_system(pred_dir, "phase2b_shuffled", subjects, lambda r: "Lesion in the left frontal lobe.")  # a control
-    summary = evaluate_systems(pred_dir, subjects[["subject", "cohort", "laterality"]], out_dir,
-                               bertscore_model=None, bertscore_layers=None, n_resamples=200, seed=42)
+    write_system(
+        pred_dir, "medgemma_slices", subjects, lambda r: "Lesion in the right parietal lobe.", baseline=True
+    )
+    write_system(
+        pred_dir, "med3dvlm", subjects, None, status="not_run", reason="needs a CUDA GPU", baseline=True
+    )
+    write_system(
+        pred_dir, "phase2b_shuffled", subjects, lambda r: "Lesion in the left frontal lobe."
+    )  # a control
+    summary = evaluate_systems(
+        pred_dir,
+        subjects[["subject", "cohort", "laterality"]],
+        out_dir,
+        bertscore_model=None,
+        bertscore_layers=None,
+        n_resamples=200,
+        seed=42,
+    )
     return summary, out_dir
 
 
 def test_all_outputs_are_written(run):
     _, out = run
-    for rel in ("tables/main.md", "tables/main.csv", "tables/main.tex", "tables/clinical_negation.md",
-                "tables/clinical_negation.csv", "tables/paired_differences.md", "tables/paired_differences.csv",
-                "per_sample/phase2b.csv", "per_sample/medgemma_slices.csv", "metrics.json",
-                "figures/forest.png", "plots/ci.csv"):
+    for rel in (
+        "tables/main.md",
+        "tables/main.csv",
+        "tables/main.tex",
+        "tables/clinical_negation.md",
+        "tables/clinical_negation.csv",
+        "tables/paired_differences.md",
+        "tables/paired_differences.csv",
+        "per_sample/phase2b.csv",
+        "per_sample/medgemma_slices.csv",
+        "metrics.json",
+        "figures/forest.png",
+        "plots/ci.csv",
+    ):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     assert not (out / "per_sample/med3dvlm.csv").exists()
     assert (out / "figures/forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,8 +147,12 @@ def test_metrics_json_and_cohort_metrics(run):
     assert base["healthy_specificity"] == 0.0 and base["tumour_sensitivity"] == 1.0
     assert summary["best_baseline"] == "medgemma_slices"
     assert summary["reference"]["bleu1"] == pytest.approx(1.0)
-    assert summary["systems"] == {"med3dvlm": "not_run", "medgemma_slices": "ok", "phase2b": "ok",
-                                  "phase2b_shuffled": "ok"}
+    assert summary["systems"] == {
+        "med3dvlm": "not_run",
+        "medgemma_slices": "ok",
+        "phase2b": "ok",
+        "phase2b_shuffled": "ok",
+    }
 
 
 def test_per_sample_and_paired_differences(run):
@@ -115,7 +162,10 @@ def test_per_sample_and_paired_differences(run):
     assert per.loc[per["cohort"] == "tumour", "healthy_specificity"].isna().all()
     diffs = pd.read_csv(out / "tables/paired_differences.csv")
     # phase 2B minus every other system that ran (baselines and controls alike), not the not-run one
-    assert set(diffs["system"]) == {"phase2b"} and set(diffs["versus"]) == {"medgemma_slices", "phase2b_shuffled"}
+    assert set(diffs["system"]) == {"phase2b"} and set(diffs["versus"]) == {
+        "medgemma_slices",
+        "phase2b_shuffled",
+    }
     for versus, d in diffs.groupby("versus"):
         bleu = d.set_index("metric").loc["bleu1"]
         assert 0 < bleu["low"] <= bleu["mean"] <= bleu["high"], versus  # the perfect copy is better than both
@@ -149,8 +199,10 @@ def test_ok_system_without_predictions_is_an_error(tmp_path):
 
 def test_best_baseline_is_the_highest_mean_over_metrics_except_cider():
     def ci(bleu, cider):
-        return pd.DataFrame({"mean": [bleu, cider], "low": [0.0, 0.0], "high": [1.0, 9.0]},
-                            index=pd.Index(["bleu1", "cider"], name="metric"))
+        return pd.DataFrame(
+            {"mean": [bleu, cider], "low": [0.0, 0.0], "high": [1.0, 9.0]},
+            index=pd.Index(["bleu1", "cider"], name="metric"),
+        )
 
     ran = [System("a", "ok", baseline=True), System("b", "ok", baseline=True), System("ours", "ok")]
     cis = {"a": ci(0.2, 9.0), "b": ci(0.3, 0.1), "ours": ci(0.9, 9.9)}

@@ -49,11 +49,28 @@ def _train(state_dir, fail_at_epoch=None, epochs=4):
             raise KeyboardInterrupt
         return nn.functional.mse_loss(m(x), y)
 
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, grad_accum=1, weight_decay=0.01, warmup_frac=0.25,
-                      patience=10, seed=42)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=8,
+        lr=0.05,
+        grad_accum=1,
+        weight_decay=0.01,
+        warmup_frac=0.25,
+        patience=10,
+        seed=42,
+    )
     train, val = _problem()
-    result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}], loss_fn, train, val, _collate, cfg,
-                 state_dir=state_dir, progress=False)
+    result = fit(
+        model,
+        [{"params": list(model.parameters()), "lr": cfg.lr}],
+        loss_fn,
+        train,
+        val,
+        _collate,
+        cfg,
+        state_dir=state_dir,
+        progress=False,
+    )
     return model, result
 
 
@@ -84,22 +101,46 @@ def test_sample_weights_set_how_often_each_sample_is_drawn_at_the_same_number_of
             seen.extend(int(v) for v in batch[0][:, 0])
         return nn.functional.mse_loss(m(batch[0]), batch[1])
 
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, grad_accum=1, weight_decay=0.0, warmup_frac=0.0, patience=5,
-                      seed=0)
+    cfg = TrainConfig(
+        epochs=2, batch_size=8, lr=0.01, grad_accum=1, weight_decay=0.0, warmup_frac=0.0, patience=5, seed=0
+    )
     weights = [0.0] * 20 + [1.0] * 20
-    fit(nn.Linear(1, 1), [{"params": [], "lr": 0.01}], loss_fn, train, train, _collate, cfg, state_dir=tmp_path / "w",
-        progress=False, sample_weights=weights)
+    fit(
+        nn.Linear(1, 1),
+        [{"params": [], "lr": 0.01}],
+        loss_fn,
+        train,
+        train,
+        _collate,
+        cfg,
+        state_dir=tmp_path / "w",
+        progress=False,
+        sample_weights=weights,
+    )
     assert len(seen) == 2 * 40 and min(seen) >= 20
     with pytest.raises(ValueError, match="weights"):
-        fit(nn.Linear(1, 1), [{"params": [], "lr": 0.01}], loss_fn, train, train, _collate, cfg,
-            state_dir=tmp_path / "bad", progress=False, sample_weights=[1.0] * 3)
+        fit(
+            nn.Linear(1, 1),
+            [{"params": [], "lr": 0.01}],
+            loss_fn,
+            train,
+            train,
+            _collate,
+            cfg,
+            state_dir=tmp_path / "bad",
+            progress=False,
+            sample_weights=[1.0] * 3,
+        )
 
 
 def test_normal_reports_are_weighted_from_the_report_text():
     from brain3d.training.phases import normal_weights
 
-    reports = ["A lesion is seen in the left frontal lobe with edema.", "No mass lesion, edema or necrosis. Normal study.",
-               "There is no abnormal FLAIR hyperintensity."]
+    reports = [
+        "A lesion is seen in the left frontal lobe with edema.",
+        "No mass lesion, edema or necrosis. Normal study.",
+        "There is no abnormal FLAIR hyperintensity.",
+    ]
     assert normal_weights(reports, 3.0) == [1.0, 3.0, 3.0]
     assert normal_weights(reports, 1.0) is None  # the paper's uniform shuffling
     with pytest.raises(ValueError):
@@ -110,12 +151,36 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
     train, val = _problem()
-    cfg = TrainConfig(epochs=30, batch_size=8, lr=5.0, grad_accum=1, weight_decay=0.01, warmup_frac=0.0, patience=2,
-                      seed=42)  # diverges after a while
-    result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
-                 lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), train, val, _collate, cfg,
-                 state_dir=tmp_path, progress=False)
+    cfg = TrainConfig(
+        epochs=30, batch_size=8, lr=5.0, grad_accum=1, weight_decay=0.01, warmup_frac=0.0, patience=2, seed=42
+    )  # diverges after a while
+    result = fit(
+        model,
+        [{"params": list(model.parameters()), "lr": cfg.lr}],
+        lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+        train,
+        val,
+        _collate,
+        cfg,
+        state_dir=tmp_path,
+        progress=False,
+    )
     vals = [r["val_loss"] for r in result.history]
     assert result.best_val == min(vals)
-    if result.stopped_early:
-        assert len(vals) - result.best_epoch == cfg.patience
+    assert result.stopped_early and len(vals) < cfg.epochs, "lr 5.0 diverges: the run must stop early"
+    assert len(vals) - result.best_epoch == cfg.patience
+    assert vals[result.best_epoch - 1] == min(vals)  # best_epoch counts from 1
+
+
+def test_validation_batches_never_leave_one_sample_alone():
+    """InfoNCE is undefined on one sample: 3 validation subjects at batch size 2 stopped phase 1 of the paper
+    rehearsal. A trailing batch of one joins the batch before it; nothing is dropped or repeated."""
+    from brain3d.training.loop import val_batches
+
+    assert val_batches(3, 2) == [[0, 1, 2]]
+    assert val_batches(9, 4) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert val_batches(20, 8) == [list(range(8)), list(range(8, 16)), list(range(16, 20))]  # demo: unchanged
+    assert val_batches(1, 8) == [[0]]
+    for n, b in ((3, 2), (9, 4), (17, 16), (5, 1)):
+        flat = [i for batch in val_batches(n, b) for i in batch]
+        assert flat == list(range(n)) and all(len(x) >= min(2, n) or b == 1 for x in val_batches(n, b))

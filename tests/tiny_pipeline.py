@@ -26,13 +26,33 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # Stages as they name their MLflow runs (brain3d.stage.run's first argument).
 UPSTREAM = ("download", "preprocess", "split", "corpus", "foundation", "phase1", "phase2a")
-STAGES = (*UPSTREAM, "phase2b", "generate@phase1", "generate@phase2a", "generate@phase2b",
-          "generate@phase2b_shuffled", "baseline@medgemma_slices", "baseline@med3dvlm", "baseline@slices_ft",
-          "evaluate", "lime")
+STAGES = (
+    *UPSTREAM,
+    "phase2b",
+    "generate@phase1",
+    "generate@phase2a",
+    "generate@phase2b",
+    "generate@phase2b_shuffled",
+    "baseline@medgemma_slices",
+    "baseline@med3dvlm",
+    "baseline@slices_ft",
+    "evaluate",
+    "lime",
+)
 # DVC stage names (dvc.yaml) for the same runs.
-DVC_STAGES = (*UPSTREAM, "phase2b", "generate@phase1", "generate@phase2a", "generate@phase2b",
-              "generate@phase2b_shuffled", "baseline@medgemma_slices", "baseline@med3dvlm", "slices_ft",
-              "evaluate", "lime")
+DVC_STAGES = (
+    *UPSTREAM,
+    "phase2b",
+    "generate@phase1",
+    "generate@phase2a",
+    "generate@phase2b",
+    "generate@phase2b_shuffled",
+    "baseline@medgemma_slices",
+    "baseline@med3dvlm",
+    "slices_ft",
+    "evaluate",
+    "lime",
+)
 
 
 def tiny_params(params: dict) -> dict:
@@ -46,8 +66,12 @@ def tiny_params(params: dict) -> dict:
     p = yaml.safe_load(yaml.safe_dump(params))  # deep copy
     assert p["profile"] == "demo", "the tiny pipeline shrinks the demo profile"
     demo = p["profiles"]["demo"]
-    demo["download"].update(n_subjects=16, healthy_fraction=0.25, workers=2,
-                            laterality_mix={"left": 1.0, "right": 1.0, "bilateral": 1.0, "undefined": 0.0})
+    demo["download"].update(
+        n_subjects=16,
+        healthy_fraction=0.25,
+        workers=2,
+        laterality_mix={"left": 1.0, "right": 1.0, "bilateral": 1.0, "undefined": 0.0},
+    )
     p["split"]["fractions"] = [0.5, 0.25, 0.25]
     p["preprocess"].update(skull_strip="threshold", workers=2)
     demo["preprocess"]["shape"] = [16, 32, 32]
@@ -56,8 +80,16 @@ def tiny_params(params: dict) -> dict:
     f["tokenizer_vocab"] = 400
     f["siglip"] = {"hidden": 32, "intermediate": 64, "layers": 1, "text_layers": 1, "heads": 2, "patch": 8}
     f["siglip_train"].update(epochs=1, batch_size=32, patience=1)
-    f["gemma"] = {"hidden": 32, "intermediate": 64, "layers": 1, "heads": 2, "kv_heads": 1, "head_dim": 16,
-                  "max_positions": 1024, "mm_tokens_per_image": 4}
+    f["gemma"] = {
+        "hidden": 32,
+        "intermediate": 64,
+        "layers": 1,
+        "heads": 2,
+        "kv_heads": 1,
+        "head_dim": 16,
+        "max_positions": 1024,
+        "mm_tokens_per_image": 4,
+    }
     f["gemma_train"].update(epochs=1, batch_size=8, patience=1)
     for phase in ("phase1", "phase2a", "phase2b"):  # slices_ft follows phase2b's budget
         demo[phase].update(epochs=1, batch_size=4, patience=1)
@@ -70,21 +102,68 @@ def tiny_params(params: dict) -> dict:
     return p
 
 
+def paper_params(params: dict, world: dict[str, Path]) -> dict:
+    """`profile: paper` pointed at a miniature paper world (brain3d.rehearsal.write_world's folders): its data
+    and snapshots, the paper's volume shape, token counts, 64 slices and 4-bit request (which falls back on a
+    CPU, said and logged), with one epoch of tiny batches and short generations. float32, not the paper's
+    bfloat16: bf16 matmuls are emulated on this CPU and would double the run (tests/test_model.py holds the
+    bf16 path: a bf16 encoder and LM run outside autocast)."""
+    p = yaml.safe_load(yaml.safe_dump(params))  # deep copy
+    p["profile"] = "paper"
+    paper = p["profiles"]["paper"]
+    paper["download"].update(
+        brats_dir=str(world["brats_dir"]),
+        textbrats_dir=str(world["textbrats_dir"]),
+        ds000221_dir=str(world["ds000221_dir"]),
+        n_tumour=world["n_tumour"],
+        n_healthy=world["n_healthy"],
+        fetch=False,
+    )
+    paper["foundation"].update(
+        vision=str(world["vision"]), lm=str(world["lm"]), allow_cpu_fallback=True, dtype="float32"
+    )
+    p["split"]["fractions"] = [0.34, 0.33, 0.33]  # strata of 3: one subject each
+    for phase in ("phase1", "phase2a", "phase2b"):
+        paper[phase].update(epochs=1, batch_size=2, grad_accum=2, patience=1)
+    paper["generate"].update(max_new_tokens=12, batch_size=4)
+    paper["evaluate"].update(bertscore_model=None, bertscore_layers=None)  # no roberta-base in the world
+    p["evaluate"]["n_resamples"] = 50
+    p["lime"].update(per_class=1, batch_size=8, deletion_steps=3)
+    paper["lime"].update(n_segments=6, n_samples=8)
+    p["lime"]["cnn"].update(epochs=1)
+    return p
+
+
 def env(cache: Path) -> dict[str, str]:
     """Environment for DVC and the stages: this venv first on PATH, offline, one thread, private cache."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "GIT_"))}
-    e.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}", HF_HUB_OFFLINE="1",
-             HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
-             DVC_NO_ANALYTICS="1", BRAIN3D_THREADS="1", BRAIN3D_CACHE=str(cache), TOKENIZERS_PARALLELISM="false",
-             GIT_AUTHOR_NAME="brain3d-test", GIT_AUTHOR_EMAIL="test@localhost",
-             GIT_COMMITTER_NAME="brain3d-test", GIT_COMMITTER_EMAIL="test@localhost")
+    e.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DVC_NO_ANALYTICS="1",
+        BRAIN3D_THREADS="1",
+        BRAIN3D_CACHE=str(cache),
+        TOKENIZERS_PARALLELISM="false",
+        GIT_AUTHOR_NAME="brain3d-test",
+        GIT_AUTHOR_EMAIL="test@localhost",
+        GIT_COMMITTER_NAME="brain3d-test",
+        GIT_COMMITTER_EMAIL="test@localhost",
+    )
     return e
 
 
 def copy_checkout(dest: Path, src: Path = ROOT) -> None:
     """Copy the tracked and the untracked-but-not-ignored files of `src` (working-tree versions) to `dest`."""
-    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=src, check=True,
-                            capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=src, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         if (src / rel).is_file():  # deleted-but-tracked files are listed too
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -98,17 +177,27 @@ class Repo:
     log: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def run(self, *cmd: str, label: str | None = None, timeout: float = 1800, check: bool = True,
-            stdout_only: bool = False) -> str:
+    def run(
+        self,
+        *cmd: str,
+        label: str | None = None,
+        timeout: float = 1800,
+        check: bool = True,
+        stdout_only: bool = False,
+    ) -> str:
         """Run `cmd` in the repo; return its stdout + stderr (stdout only with `stdout_only`)."""
         t0 = time.perf_counter()
-        out = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if label:
             self.seconds[label] = time.perf_counter() - t0
         text = out.stdout + out.stderr
         self.log.append(f"$ {' '.join(cmd)}\n{text}")
         if check and out.returncode:
-            raise AssertionError(f"`{' '.join(cmd)}` failed ({out.returncode}) in {self.path}:\n{text[-6000:]}")
+            raise AssertionError(
+                f"`{' '.join(cmd)}` failed ({out.returncode}) in {self.path}:\n{text[-6000:]}"
+            )
         return out.stdout if stdout_only else text
 
     def dvc(self, *args: str, **kw) -> str:
@@ -134,12 +223,12 @@ class Repo:
             return dict(con.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
 
 
-def make_repo(tmp: Path, name: str = "repo") -> Repo:
+def make_repo(tmp: Path, name: str = "repo", shrink=tiny_params) -> Repo:
     path = tmp / name
     path.mkdir(parents=True)
     copy_checkout(path)
     params_file = path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(tiny_params(yaml.safe_load(params_file.read_text())), sort_keys=False))
+    params_file.write_text(yaml.safe_dump(shrink(yaml.safe_load(params_file.read_text())), sort_keys=False))
     repo = Repo(path, env(tmp / f"{name}-cache"))
     repo.git("init", "-q", "-b", "main")
     repo.git("add", "-A")
@@ -173,7 +262,9 @@ class Pipeline:
     resumed: str = ""  # `dvc repro phase1` after the kill, code unchanged
     after_code_change: str = ""  # `dvc repro phase1` after an edit of training/losses.py
     typo: subprocess.CompletedProcess | None = None  # `dvc exp run -S phase2b.lora_rnak=4`: DVC refuses it
-    typo_added: subprocess.CompletedProcess | None = None  # `-S +phase2b.lora_rnak=4`: DVC adds it, a stage refuses
+    typo_added: subprocess.CompletedProcess | None = (
+        None  # `-S +phase2b.lora_rnak=4`: DVC adds it, a stage refuses
+    )
     typo_seconds: float = 0.0  # of the second
 
 
@@ -190,10 +281,18 @@ def interrupt_phase1(repo: Repo) -> str:
     """Start phase 1 with more epochs, kill it once epoch 1 is saved; return the epoch line it printed."""
     params = repo.path / "params.yaml"
     p = yaml.safe_load(params.read_text())
-    p["profiles"]["demo"]["phase1"].update(epochs=INTERRUPT_EPOCHS, patience=INTERRUPT_EPOCHS)  # no early stop
+    p["profiles"]["demo"]["phase1"].update(
+        epochs=INTERRUPT_EPOCHS, patience=INTERRUPT_EPOCHS
+    )  # no early stop
     params.write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = subprocess.Popen([sys.executable, "-m", "stages.phase1"], cwd=repo.path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**repo.env, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.phase1"],
+        cwd=repo.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**repo.env, "PYTHONUNBUFFERED": "1"},
+    )
     seen = ""
     for line in proc.stdout:
         if re.search(r"phase1 epoch \d+:", line):  # printed after the epoch's state is on disk
@@ -207,8 +306,14 @@ def interrupt_phase1(repo: Repo) -> str:
 
 def twin_exp(twin: Repo, override: str) -> subprocess.CompletedProcess:
     """`dvc exp run -S <override>` in the twin, expected to fail (not raised), its output logged."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", override], cwd=twin.path, env=twin.env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", override],
+        cwd=twin.path,
+        env=twin.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     twin.log.append(f"$ dvc exp run -S {override}\n{out.stdout}{out.stderr}")
     return out
 
@@ -239,9 +344,13 @@ def run_pipeline(tmp: Path) -> Pipeline:
         repo.git("add", "-A")
         repo.git("commit", "-q", "-m", "tiny pipeline results")
         result.sha_exp = repo.git("rev-parse", "HEAD").strip()
-        result.exp = repo.dvc("exp", "run", "-n", EXPERIMENT, "-S", "phase2b.lora_rank=4", label="dvc exp run")
+        result.exp = repo.dvc(
+            "exp", "run", "-n", EXPERIMENT, "-S", "phase2b.lora_rank=4", label="dvc exp run"
+        )
         result.runs_exp = repo.mlflow_runs()
-        result.exp_show = json.loads(repo.dvc("exp", "show", "--json", label="dvc exp show", stdout_only=True))
+        result.exp_show = json.loads(
+            repo.dvc("exp", "show", "--json", label="dvc exp show", stdout_only=True)
+        )
 
         result.killed_after = interrupt_phase1(twin)
         result.resumed = twin.dvc("repro", "phase1", label="resume phase1 (twin)")
@@ -256,7 +365,9 @@ def run_pipeline(tmp: Path) -> Pipeline:
         result.typo_seconds = time.perf_counter() - t1
     finally:
         repo.seconds["total"] = time.perf_counter() - t0
-        repo.seconds["inside stages"] = sum(map(float, re.findall(r": done in ([0-9.]+) s", "\n".join(repo.log))))
+        repo.seconds["inside stages"] = sum(
+            map(float, re.findall(r": done in ([0-9.]+) s", "\n".join(repo.log)))
+        )
         (tmp / "pipeline.log").write_text("\n".join(repo.log))  # every command's full output
         (tmp / "twin.log").write_text("\n".join(twin.log))
     return result

@@ -25,8 +25,15 @@ from brain3d.data.views import radiological
 
 INPUT_SHAPE = (128, 256, 256)
 WORKER = Path(__file__).with_name("med3dvlm_worker.py")
-ENV_REQUIREMENTS = ["transformers==4.48.3", "accelerate<1.5", "numpy<2.3", "sentencepiece", "protobuf",
-                    "einops", "monai<1.5"]
+ENV_REQUIREMENTS = [
+    "transformers==4.48.3",
+    "accelerate<1.5",
+    "numpy<2.3",
+    "sentencepiece",
+    "protobuf",
+    "einops",
+    "monai<1.5",
+]
 
 
 def prepare_input(volume: np.ndarray, shape: tuple[int, int, int] = INPUT_SHAPE) -> np.ndarray:
@@ -65,15 +72,21 @@ def snapshot_revision(path: Path) -> str | None:
 def check_runnable(cfg: Med3DVLMConfig) -> Path:
     """The snapshot directory, or NotRunnable saying exactly why the baseline cannot run here."""
     if not cfg.allow_remote_code:
-        raise NotRunnable("not run: remote code not allowed (set baselines.med3dvlm.allow_remote_code: true "
-                          "after reviewing the pinned revision's code)")
+        raise NotRunnable(
+            "not run: remote code not allowed (set baselines.med3dvlm.allow_remote_code: true "
+            "after reviewing the pinned revision's code)"
+        )
     if not cfg.revision:
-        raise NotRunnable("not run: no revision pinned (set baselines.med3dvlm.revision to the commit you reviewed)")
+        raise NotRunnable(
+            "not run: no revision pinned (set baselines.med3dvlm.revision to the commit you reviewed)"
+        )
     path = Path(cfg.path)
     missing = [f for f in ("config.json", "vision_tower.bin") if not (path / f).exists()]
     if missing:
-        raise NotRunnable(f"not run: checkpoint not available ({path} lacks {', '.join(missing)}; "
-                          f"`hf download MagicXin/Med3DVLM-Qwen-2.5-7B --revision {cfg.revision} --local-dir {path}`)")
+        raise NotRunnable(
+            f"not run: checkpoint not available ({path} lacks {', '.join(missing)}; "
+            f"`hf download MagicXin/Med3DVLM-Qwen-2.5-7B --revision {cfg.revision} --local-dir {path}`)"
+        )
     found = snapshot_revision(path)
     if found is not None and found != cfg.revision:
         raise NotRunnable(f"not run: snapshot revision {found} differs from the pinned {cfg.revision}")
@@ -86,9 +99,11 @@ def env_commands(env_dir: Path) -> list[list[str]]:
 
     python = str(env_dir / "bin" / "python")
     torch_spec = f"torch=={torch.__version__.split('+')[0]}"
-    return [[sys.executable, "-m", "venv", str(env_dir)],
-            [python, "-m", "pip", "install", "-q", torch_spec],
-            [python, "-m", "pip", "install", "-q", *ENV_REQUIREMENTS]]
+    return [
+        [sys.executable, "-m", "venv", str(env_dir)],
+        [python, "-m", "pip", "install", "-q", torch_spec],
+        [python, "-m", "pip", "install", "-q", *ENV_REQUIREMENTS],
+    ]
 
 
 def ensure_env(env_dir: Path) -> Path:
@@ -109,6 +124,21 @@ def predict(cfg: Med3DVLMConfig, volumes: list[np.ndarray]) -> list[str]:
         inputs = Path(tmp) / "inputs.npy"
         np.save(inputs, np.stack([prepare_input(v) for v in volumes]))
         out = Path(tmp) / "predictions.json"
-        subprocess.run([str(python), str(WORKER), "--model", str(path), "--inputs", str(inputs), "--out", str(out),
-                        "--question", cfg.question, "--max-new-tokens", str(cfg.max_new_tokens)], check=True)
+        subprocess.run(
+            [
+                str(python),
+                str(WORKER),
+                "--model",
+                str(path),
+                "--inputs",
+                str(inputs),
+                "--out",
+                str(out),
+                "--question",
+                cfg.question,
+                "--max-new-tokens",
+                str(cfg.max_new_tokens),
+            ],
+            check=True,
+        )
         return json.loads(out.read_text())

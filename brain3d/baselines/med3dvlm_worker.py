@@ -27,7 +27,9 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(args.model, use_fast=False, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=dtype, trust_remote_code=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=dtype, trust_remote_code=True).to(
+        device
+    )
     tower = torch.load(os.path.join(args.model, "vision_tower.bin"), map_location="cpu", weights_only=True)
     model.get_model().vision_tower.load_state_dict(tower)  # not in the main checkpoint
     model.eval()
@@ -38,7 +40,9 @@ def main() -> None:
     for volume in np.load(args.inputs, mmap_mode="r"):
         image = torch.from_numpy(np.array(volume))[None].to(device=device, dtype=dtype)
         with torch.no_grad():
-            gen = model.generate(images=image, inputs=ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+            gen = model.generate(
+                images=image, inputs=ids, max_new_tokens=args.max_new_tokens, do_sample=False
+            )
         outputs.append(tokenizer.batch_decode(gen, skip_special_tokens=True)[0].strip())
     with open(args.out, "w") as fh:
         json.dump(outputs, fh)

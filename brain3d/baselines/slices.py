@@ -35,7 +35,10 @@ class SlicePrompt:
         content: list[dict] = [{"type": "text", "text": self.instruction}]
         for n, d in enumerate(self.slice_indices(volume.shape[0]), start=1):
             image = (np.clip(radiological(volume[d]), 0, 1) * 255).astype(np.uint8)
-            content += [{"type": "text", "text": f"SLICE {n}"}, {"type": "image", "image": np.stack([image] * 3, -1)}]
+            content += [
+                {"type": "text", "text": f"SLICE {n}"},
+                {"type": "image", "image": np.stack([image] * 3, -1)},
+            ]
         content.append({"type": "text", "text": self.question})
         messages = [{"role": "user", "content": content}]
         if report is not None:
@@ -59,35 +62,66 @@ class SliceSequence:
     def encode(self, volumes: list[np.ndarray], reports: list[str] | None = None) -> dict:
         messages = [self.prompt.messages(v, r) for v, r in zip(volumes, reports or [None] * len(volumes))]
         self.processor.tokenizer.padding_side = "left" if reports is None else "right"
-        return self.processor.apply_chat_template(messages, add_generation_prompt=reports is None, tokenize=True,
-                                                  return_dict=True, return_tensors="pt", padding=True)
+        return self.processor.apply_chat_template(
+            messages,
+            add_generation_prompt=reports is None,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding=True,
+        )
 
     @torch.no_grad()
-    def predict(self, volumes: list[np.ndarray], *, batch_size: int, seed: int, progress: bool = True) -> list[str]:
+    def predict(
+        self, volumes: list[np.ndarray], *, batch_size: int, seed: int, progress: bool = True
+    ) -> list[str]:
         """Reports in batches (left padding), each batch seeded seed + its index as Brain3D's generation is."""
         self.lm.full.eval()
         out: list[str] = []
         tok = self.processor.tokenizer
         stop = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
-        for b, start in enumerate(tqdm(range(0, len(volumes), batch_size), desc="slices", disable=not progress)):
+        for b, start in enumerate(
+            tqdm(range(0, len(volumes), batch_size), desc="slices", disable=not progress)
+        ):
             enc = self.encode(volumes[start : start + batch_size]).to(self.device)
             torch.manual_seed(seed + b)
-            ids = self.lm.full.generate(**enc, pad_token_id=tok.pad_token_id, eos_token_id=stop,
-                                        **self.decoding.kwargs(tok, prompt_length=enc["input_ids"].shape[1]))
+            ids = self.lm.full.generate(
+                **enc,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=stop,
+                **self.decoding.kwargs(tok, prompt_length=enc["input_ids"].shape[1]),
+            )
             new = ids[:, enc["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True))
+            out.extend(
+                t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+            )
         return out
 
     def loss(self, volumes: list[np.ndarray], reports: list[str]) -> torch.Tensor:
         """Next-token CE on the answer (report) tokens only; the prompt, slices and padding are masked."""
         enc = self.encode(volumes, reports).to(self.device)
-        prompt_only = self.encode(volumes)  # same prefix with the generation prompt: its length is masked
         labels = enc["input_ids"].clone()
-        for i in range(len(volumes)):
-            n_prompt = int(prompt_only["attention_mask"][i].sum())
-            labels[i, :n_prompt] = -100
+        starts = [self._answer_start(row) for row in enc["input_ids"]]
+        if None in starts:  # the tokenizer merged the turn header into the answer: count the prompt instead
+            prompt_only = self.encode(
+                volumes
+            )  # same prefix with the generation prompt (images processed again)
+            starts = [int(mask.sum()) for mask in prompt_only["attention_mask"]]
+        for i, start in enumerate(starts):
+            labels[i, :start] = -100
         labels[enc["attention_mask"] == 0] = -100
         return self.lm.full(**enc, labels=labels).loss
+
+    def _answer_start(self, ids: torch.Tensor) -> int | None:
+        """Position of the first answer token of one (right-padded) row: just after its last
+        "<start_of_turn>model\\n", the generation prompt, found in the ids so that the 64 slices are not
+        processed a second time; None where those ids are not the header's own tokenization."""
+        header = self.processor.tokenizer("<start_of_turn>model\n", add_special_tokens=False)["input_ids"]
+        turns = (ids == header[0]).nonzero()
+        if len(turns) == 0:
+            return None
+        start = int(turns[-1])
+        return start + len(header) if ids[start : start + len(header)].tolist() == header else None
 
 
 class _VolumeReports(Dataset):
@@ -124,9 +158,21 @@ class _SliceLoss(torch.nn.Module):
         return self.seq.loss(volumes, reports)
 
 
-def finetune(seq: SliceSequence, train: tuple[list, list[str]], val: tuple[list, list[str]], *, lora_rank: int,
-             lora_alpha: int, lora_dropout: float, lr_projector: float, lr_lora: float, normal_weight: float, cfg,
-             state_dir: Path, tracker=None):
+def finetune(
+    seq: SliceSequence,
+    train: tuple[list, list[str]],
+    val: tuple[list, list[str]],
+    *,
+    lora_rank: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    lr_projector: float,
+    lr_lora: float,
+    normal_weight: float,
+    cfg,
+    state_dir: Path,
+    tracker=None,
+):
     """LoRA on the language model's q/k/v/o + the multimodal projector (the slice-model counterpart of
     phase 2B's LoRA + projector), masked CE on the report, normal reports drawn as in phase 2B.
     Returns (peft model, FitResult)."""
@@ -135,14 +181,31 @@ def finetune(seq: SliceSequence, train: tuple[list, list[str]], val: tuple[list,
     from brain3d.training.loop import fit
     from brain3d.training.phases import normal_weights
 
-    peft_model = get_peft_model(seq.lm.full, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                                        target_modules=seq.lm.lora_target_regex()))
+    peft_model = get_peft_model(
+        seq.lm.full,
+        LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=seq.lm.lora_target_regex(),
+        ),
+    )
     projector = seq.lm.full.model.multi_modal_projector
     for p in projector.parameters():
         p.requires_grad_(True)
     lora = [p for n, p in seq.lm.full.named_parameters() if "lora_" in n]
     groups = [{"params": list(projector.parameters()), "lr": lr_projector}, {"params": lora, "lr": lr_lora}]
-    result = fit(_SliceLoss(seq), groups, lambda m, b: m(*b), _VolumeReports(*train), _VolumeReports(*val),
-                 collate_volume_reports, cfg, state_dir=state_dir, tracker=tracker, desc="slices_ft",
-                 sample_weights=normal_weights(train[1], normal_weight))
+    result = fit(
+        _SliceLoss(seq),
+        groups,
+        lambda m, b: m(*b),
+        _VolumeReports(*train),
+        _VolumeReports(*val),
+        collate_volume_reports,
+        cfg,
+        state_dir=state_dir,
+        tracker=tracker,
+        desc="slices_ft",
+        sample_weights=normal_weights(train[1], normal_weight),
+    )
     return peft_model, result

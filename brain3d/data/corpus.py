@@ -29,24 +29,38 @@ COLUMNS = ["subject", "cohort", "laterality", "sha256"]  # sha256 of the volume 
 VOLUMES, SEGS, MANIFEST = "volumes", "seg", "manifest.csv"
 
 
-def plan_corpus(n_subjects: int, seed: int, healthy_fraction: float,
-                laterality_mix: dict[str, float]) -> list[SubjectSpec]:
+def plan_corpus(
+    n_subjects: int, seed: int, healthy_fraction: float, laterality_mix: dict[str, float]
+) -> list[SubjectSpec]:
     """The corpus subjects (`corpus-0001`, ...): a cohort plan with the corpus's own seed and mix."""
-    return [replace(s, subject=f"corpus-{s.index:04d}")
-            for s in plan_cohort(n_subjects, seed, healthy_fraction, laterality_mix)]
+    return [
+        replace(s, subject=f"corpus-{s.index:04d}")
+        for s in plan_cohort(n_subjects, seed, healthy_fraction, laterality_mix)
+    ]
 
 
-def standardised_subject(spec: SubjectSpec, shape: tuple[int, int, int],
-                         fov_mm: tuple | None) -> tuple[np.ndarray, np.ndarray]:
+def standardised_subject(
+    spec: SubjectSpec, shape: tuple[int, int, int], fov_mm: tuple | None
+) -> tuple[np.ndarray, np.ndarray]:
     """One corpus subject as preprocessing would leave it: volume (D, H, W) float32 in [0, 1], seg uint8."""
     flair, seg, brain, affine = simulate_brain(spec)
     volume, grid = standardize_with_grid(nib.Nifti1Image(flair, affine), shape, brain, fov_mm=fov_mm)
     return volume, resample_labels(nib.Nifti1Image(seg, affine), grid)
 
 
-def generate_corpus(out_dir: Path, *, n_subjects: int, seed: int, cohort_seed: int, healthy_fraction: float,
-                    laterality_mix: dict[str, float], shape: tuple[int, int, int], fov_mm: tuple | None,
-                    workers: int, progress: bool = True) -> pd.DataFrame:
+def generate_corpus(
+    out_dir: Path,
+    *,
+    n_subjects: int,
+    seed: int,
+    cohort_seed: int,
+    healthy_fraction: float,
+    laterality_mix: dict[str, float],
+    shape: tuple[int, int, int],
+    fov_mm: tuple | None,
+    workers: int,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Write `out_dir/volumes/<subject>.npy`, `out_dir/seg/<subject>.npy` and `out_dir/manifest.csv`
     (COLUMNS); return the manifest. Every keyword but `progress` is a params value (`corpus`, `download.seed`
     as `cohort_seed`, and `preprocess` shape / fov_mm). `n_subjects: 0` writes an empty manifest. `out_dir` is
@@ -57,16 +71,23 @@ def generate_corpus(out_dir: Path, *, n_subjects: int, seed: int, cohort_seed: i
     from brain3d.cache import cache_dir, link_or_copy
 
     if seed == cohort_seed:  # subject i would repeat cohort subject i's brain and lesions (simulate_brain)
-        raise ParamsError(f"params: corpus.seed ({seed}) must differ from download.seed: the corpus would "
-                          "repeat the cohort's subjects, test subjects included")
+        raise ParamsError(
+            f"params: corpus.seed ({seed}) must differ from download.seed: the corpus would "
+            "repeat the cohort's subjects, test subjects included"
+        )
     out_dir = Path(out_dir)
     specs = plan_corpus(n_subjects, seed, healthy_fraction, laterality_mix)
     cache = cache_dir("corpus", io.fingerprint({"shape": list(shape), "fov_mm": fov_mm}))  # + the code
     stems = {s.subject: str(cache / f"{s.subject}-{io.fingerprint(asdict(s))}") for s in specs}
     todo = [s for s in specs if not Path(f"{stems[s.subject]}.seg.npy").exists()]
     jobs = (delayed(_subject_to_cache)(s, tuple(shape), fov_mm, stems[s.subject]) for s in todo)
-    for _ in tqdm(Parallel(n_jobs=workers, return_as="generator_unordered")(jobs), total=len(todo),
-                  desc="corpus", unit="subject", disable=not progress):
+    for _ in tqdm(
+        Parallel(n_jobs=workers, return_as="generator_unordered")(jobs),
+        total=len(todo),
+        desc="corpus",
+        unit="subject",
+        disable=not progress,
+    ):
         pass
 
     for folder in (VOLUMES, SEGS):
@@ -76,17 +97,23 @@ def generate_corpus(out_dir: Path, *, n_subjects: int, seed: int, cohort_seed: i
         volume, seg = out_dir / VOLUMES / f"{s.subject}.npy", out_dir / SEGS / f"{s.subject}.npy"
         link_or_copy(f"{stems[s.subject]}.npy", volume)
         link_or_copy(f"{stems[s.subject]}.seg.npy", seg)
-        rows.append({"subject": s.subject, "cohort": s.cohort, "laterality": s.side,
-                     "sha256": io.fingerprint([io.sha256_file(volume), io.sha256_file(seg)])})
+        rows.append(
+            {
+                "subject": s.subject,
+                "cohort": s.cohort,
+                "laterality": s.side,
+                "sha256": io.fingerprint([io.sha256_file(volume), io.sha256_file(seg)]),
+            }
+        )
     manifest = pd.DataFrame(rows, columns=COLUMNS)
     io.write_csv(out_dir / MANIFEST, manifest)
     return manifest
 
 
-def _subject_to_cache(spec: SubjectSpec, shape: tuple[int, int, int], fov_mm: tuple | None,
-                      stem: str) -> None:
+def _subject_to_cache(
+    spec: SubjectSpec, shape: tuple[int, int, int], fov_mm: tuple | None, stem: str
+) -> None:
     """Worker: one subject into the cache; the seg, written last, marks it done."""
     volume, seg = standardised_subject(spec, shape, fov_mm)
     io.save_npy(f"{stem}.npy", volume)
     io.save_npy(f"{stem}.seg.npy", seg)
-

@@ -60,7 +60,9 @@ def read_series(folder: Path) -> nib.Nifti1Image:
     if not ids:
         raise InputError(folder.name, folder, "no DICOM series in the folder")
     if len(ids) > 1:
-        raise InputError(folder.name, folder, f"{len(ids)} DICOM series in one folder; give a folder holding one")
+        raise InputError(
+            folder.name, folder, f"{len(ids)} DICOM series in one folder; give a folder holding one"
+        )
     files = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
     if len(files) < 2:
         raise InputError(folder.name, folder, "a DICOM series of one slice is not a 3D volume")
@@ -68,7 +70,9 @@ def read_series(folder: Path) -> nib.Nifti1Image:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(folder.name, folder, f"unreadable DICOM series ({str(exc).splitlines()[0]})") from exc
+        raise InputError(
+            folder.name, folder, f"unreadable DICOM series ({str(exc).splitlines()[0]})"
+        ) from exc
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)  # (z, y, x) -> voxel (i, j, k)
     affine = np.eye(4)
     cosines = np.array(image.GetDirection()).reshape(3, 3)
@@ -96,10 +100,15 @@ def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAI
     image.SetOrigin(tuple((LPS_TO_RAS @ img.affine[:3, 3]).tolist()))
     uid = f"2.25.{uuid.uuid4().int}"  # a UUID-derived UID (DICOM PS3.5 B.2; at most 44 characters), new per call
     direction = image.GetDirection()
-    series_tags = [("0008|0060", "MR"), ("0008|103e", description), ("0020|000d", uid + ".1"),
-                   ("0020|000e", uid + ".2"), ("0008|0008", "ORIGINAL\\PRIMARY\\AXIAL"),
-                   ("0020|0037", "\\".join(f"{v:.6f}" for v in (*direction[0::3], *direction[1::3]))),
-                   ("0018|0050", f"{spacing[2]:.6f}")]
+    series_tags = [
+        ("0008|0060", "MR"),
+        ("0008|103e", description),
+        ("0020|000d", uid + ".1"),
+        ("0020|000e", uid + ".2"),
+        ("0008|0008", "ORIGINAL\\PRIMARY\\AXIAL"),
+        ("0020|0037", "\\".join(f"{v:.6f}" for v in (*direction[0::3], *direction[1::3]))),
+        ("0018|0050", f"{spacing[2]:.6f}"),
+    ]
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     files = []
@@ -107,7 +116,9 @@ def write_series(img: nib.Nifti1Image, folder: Path, description: str = "AX FLAI
         plane = image[:, :, k]
         for tag, value in series_tags:
             plane.SetMetaData(tag, value)
-        plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        plane.SetMetaData(
+            "0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))
+        )
         plane.SetMetaData("0020|0013", str(k + 1))
         plane.SetMetaData("0008|0018", f"{uid}.3.{k + 1}")
         files.append(folder / f"slice{k + 1:04d}.dcm")

@@ -26,15 +26,46 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 # a cue after it negates the clause up to the cue ("edema is not seen", "necrosis: none"). Clauses end
 # at . ; ! ? or a new line (not at a colon: "Edema: absent" is one statement) and at contrastive words
 # ("no edema but a mass ..." asserts the mass).
-_PRE_CUES = (("no",), ("not",), ("without",), ("neither",), ("nor",), ("negative", "for"), ("free", "of"),
-             ("absence", "of"), ("rule", "out"))
-_POST_CUES = (("absent",), ("none",), ("excluded",), ("ruled", "out"), ("not", "seen"), ("not", "identified"),
-              ("not", "present"), ("not", "evident"), ("not", "visible"), ("not", "visualized"),
-              ("not", "observed"), ("not", "detected"), ("not", "demonstrated"), ("not", "appreciated"))
+_PRE_CUES = (
+    ("no",),
+    ("not",),
+    ("without",),
+    ("neither",),
+    ("nor",),
+    ("negative", "for"),
+    ("free", "of"),
+    ("absence", "of"),
+    ("rule", "out"),
+)
+_POST_CUES = (
+    ("absent",),
+    ("none",),
+    ("excluded",),
+    ("ruled", "out"),
+    ("not", "seen"),
+    ("not", "identified"),
+    ("not", "present"),
+    ("not", "evident"),
+    ("not", "visible"),
+    ("not", "visualized"),
+    ("not", "observed"),
+    ("not", "detected"),
+    ("not", "demonstrated"),
+    ("not", "appreciated"),
+)
 # Phrases that contain a cue but do not negate a finding ("a mass cannot be excluded" asserts it).
-_PSEUDO = (("no", "change"), ("no", "interval", "change"), ("no", "significant", "change"), ("not", "only"),
-           ("cannot", "be", "excluded"), ("cannot", "be", "ruled", "out"), ("not", "be", "excluded"),
-           ("not", "be", "ruled", "out"), ("not", "excluded"), ("not", "ruled", "out"))
+_PSEUDO = (
+    ("no", "change"),
+    ("no", "interval", "change"),
+    ("no", "significant", "change"),
+    ("not", "only"),
+    ("cannot", "be", "excluded"),
+    ("cannot", "be", "ruled", "out"),
+    ("not", "be", "excluded"),
+    ("not", "be", "ruled", "out"),
+    ("not", "excluded"),
+    ("not", "ruled", "out"),
+)
 _CLAUSE_BREAKS = frozenset(".;!?\n") | {"but", "however", "although", "though", "whereas", "except", "yet"}
 _TOKEN = re.compile(r"[^\W_]+|[.;!?\n]")
 
@@ -47,7 +78,7 @@ def words(text: str) -> list[str]:
 def _starts(clause: list[str], i: int, phrases: tuple[tuple[str, ...], ...]) -> int:
     """Length of the first phrase that starts at clause[i], or 0."""
     for phrase in phrases:
-        if tuple(clause[i:i + len(phrase)]) == phrase:
+        if tuple(clause[i : i + len(phrase)]) == phrase:
             return len(phrase)
     return 0
 
@@ -73,7 +104,7 @@ def _asserted_words(clause: list[str]) -> list[str]:
         if _starts(clause, i, _PRE_CUES):
             negated[i:] = [True] * (len(clause) - i)
         if n := _starts(clause, i, _POST_CUES):
-            negated[:i + n] = [True] * (i + n)
+            negated[: i + n] = [True] * (i + n)
         i += 1
     return [w for w, neg in zip(clause, negated) if not neg]
 
@@ -95,8 +126,13 @@ SIDES = ("left", "right", "bilateral", "none")
 #: Side target of a report that asserts a finding but no side (midline lesions): left out of the side loss.
 UNDEFINED_SIDE = -100
 ANATOMY, PATHOLOGY = CATEGORIES["anatomy"], CATEGORIES["pathology"]
-_BOTH_SIDES = (("bilateral",), ("bilaterally",), ("both", "hemispheres"), ("both", "cerebral", "hemispheres"),
-               ("both", "sides"))
+_BOTH_SIDES = (
+    ("bilateral",),
+    ("bilaterally",),
+    ("both", "hemispheres"),
+    ("both", "cerebral", "hemispheres"),
+    ("both", "sides"),
+)
 
 
 @dataclass(frozen=True)
@@ -132,9 +168,12 @@ def findings_targets(text: str) -> Findings:
     found = extract_negation_aware(text)
     presence = int(bool(found["pathology"]))
     side = asserted_side(text) if presence else "none"
-    return Findings(presence=presence, side=SIDES.index(side) if side in SIDES else UNDEFINED_SIDE,
-                    anatomy=tuple(int(k in found["anatomy"]) for k in ANATOMY),
-                    pathology=tuple(int(k in found["pathology"]) for k in PATHOLOGY))
+    return Findings(
+        presence=presence,
+        side=SIDES.index(side) if side in SIDES else UNDEFINED_SIDE,
+        anatomy=tuple(int(k in found["anatomy"]) for k in ANATOMY),
+        pathology=tuple(int(k in found["pathology"]) for k in PATHOLOGY),
+    )
 
 
 def mirror_side(side: int) -> int:

@@ -20,6 +20,16 @@ def load(path: str | Path, subject: str | None = None, *, label_map: bool = Fals
     """
     path = Path(path)
     subject = subject or path.name
+    img = _open_3d(path, subject)
+    data = _usable_voxels(img, path, subject, label_map)
+    out = nib.Nifti1Image(data, img.affine)
+    out.set_qform(img.affine, code=1)
+    out.set_sform(img.affine, code=1)
+    return out
+
+
+def _open_3d(path: Path, subject: str) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI header and lazy data of a 3D volume (a trailing singleton 4th dimension squeezed)."""
     if not path.exists():
         raise InputError(subject, path, "file not found")
     try:
@@ -36,10 +46,18 @@ def load(path: str | Path, subject: str | None = None, *, label_map: bool = Fals
         raise InputError(subject, path, f"expected a 3D volume, got shape {tuple(shape)} ({len(shape)}D)")
     if min(shape) < 2:
         raise InputError(subject, path, f"degenerate volume shape {tuple(shape)}")
+    return img
+
+
+def _usable_voxels(img, path: Path, subject: str, label_map: bool) -> np.ndarray:
+    """The voxels as float32, refused if unreadable, non-finite, constant (unless a label map), or mapped to
+    the world by a singular affine."""
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, ValueError, zlib.error) as exc:
-        raise InputError(subject, path, f"corrupt or truncated voxel data ({type(exc).__name__}: {exc})") from exc
+        raise InputError(
+            subject, path, f"corrupt or truncated voxel data ({type(exc).__name__}: {exc})"
+        ) from exc
     bad = ~np.isfinite(data)
     if bad.any():
         raise InputError(subject, path, f"{int(bad.sum())} non-finite voxel(s) (NaN/Inf)")
@@ -47,7 +65,4 @@ def load(path: str | Path, subject: str | None = None, *, label_map: bool = Fals
         raise InputError(subject, path, f"empty volume (every voxel is {float(data.min()):g})")
     if abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
         raise InputError(subject, path, "singular affine (no valid voxel-to-world mapping)")
-    out = nib.Nifti1Image(data, img.affine)
-    out.set_qform(img.affine, code=1)
-    out.set_sform(img.affine, code=1)
-    return out
+    return data

@@ -35,8 +35,9 @@ class Grid:
         return np.abs(np.diag(self.affine)[:3])
 
 
-def brain_grid(mask_img: nib.Nifti1Image, shape: tuple[int, int, int], fov_mm: tuple | None = None,
-               margin: float = 0.06) -> Grid:
+def brain_grid(
+    mask_img: nib.Nifti1Image, shape: tuple[int, int, int], fov_mm: tuple | None = None, margin: float = 0.06
+) -> Grid:
     """RAS-aligned grid of `shape` (D, H, W) centred on the brain mask's world bounding box.
 
     With `fov_mm` (D, H, W) the field of view is fixed; otherwise it is the bounding box plus `margin`
@@ -76,13 +77,21 @@ def resample(img: nib.Nifti1Image, grid: Grid, order: int = 1) -> np.ndarray:
         sigma = np.maximum(0.0, (ratio - 1.0) / 2.0)
         if sigma.any():
             data = ndimage.gaussian_filter(data, sigma=sigma)
-    out = ndimage.affine_transform(data, matrix[:3, :3], offset=matrix[:3, 3],
-                                   output_shape=tuple(grid.shape[::-1]), order=order, mode="constant", cval=0.0)
+    out = ndimage.affine_transform(
+        data,
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=tuple(grid.shape[::-1]),
+        order=order,
+        mode="constant",
+        cval=0.0,
+    )
     return np.ascontiguousarray(out.transpose(2, 1, 0))
 
 
-def standardize(img: nib.Nifti1Image, shape: tuple[int, int, int], mask=None, *,
-                fov_mm: tuple | None = None) -> np.ndarray:
+def standardize(
+    img: nib.Nifti1Image, shape: tuple[int, int, int], mask=None, *, fov_mm: tuple | None = None
+) -> np.ndarray:
     """Float32 (D, H, W) volume in [0, 1] in the project's array convention (see module docstring).
 
     `mask` is a brain mask in `img`'s voxel grid (bool array or NIfTI); None means the volume is already
@@ -92,8 +101,9 @@ def standardize(img: nib.Nifti1Image, shape: tuple[int, int, int], mask=None, *,
     return volume
 
 
-def standardize_with_grid(img: nib.Nifti1Image, shape: tuple[int, int, int], mask=None, *,
-                          fov_mm: tuple | None = None) -> tuple[np.ndarray, Grid]:
+def standardize_with_grid(
+    img: nib.Nifti1Image, shape: tuple[int, int, int], mask=None, *, fov_mm: tuple | None = None
+) -> tuple[np.ndarray, Grid]:
     """`standardize`, also returning the output grid (to resample label maps identically)."""
     data = np.asarray(img.dataobj, dtype=np.float32)
     if mask is None:
@@ -128,7 +138,9 @@ def _template(shape: tuple[int, int, int]) -> np.ndarray:
     from brain3d.data.atlas import flair_like, mni
 
     atlas = mni(2)
-    image = nib.Nifti1Image((flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain).astype(np.float32), atlas.affine)
+    image = nib.Nifti1Image(
+        (flair_like(atlas.gm, atlas.wm, atlas.csf) * atlas.brain).astype(np.float32), atlas.affine
+    )
     return standardize(image, shape, atlas.brain)
 
 
@@ -140,14 +152,18 @@ def tissue_maps(shape: tuple[int, int, int], fov_mm: tuple | None) -> np.ndarray
 
     atlas = mni(2)
     grid = brain_grid(nib.Nifti1Image(atlas.brain.astype(np.uint8), atlas.affine), shape, fov_mm)
-    out = np.stack([resample(nib.Nifti1Image(np.asarray(m, np.float32), atlas.affine), grid)
-                    for m in (atlas.gm, atlas.wm, atlas.csf)]).astype(np.float32)
+    out = np.stack(
+        [
+            resample(nib.Nifti1Image(np.asarray(m, np.float32), atlas.affine), grid)
+            for m in (atlas.gm, atlas.wm, atlas.csf)
+        ]
+    ).astype(np.float32)
     out.setflags(write=False)
     return out
 
 
 def brain_similarity(volume: np.ndarray) -> float:
-    """"Is this a brain FLAIR?": correlation of the internal structure of a standardised volume with the
+    """ "Is this a brain FLAIR?": correlation of the internal structure of a standardised volume with the
     MNI FLAIR-like template standardised the same way. Both are clipped at their median inside the brain
     (so a bright tumour cannot dominate), smoothed (sigma 1 voxel) and compared inside their eroded
     common mask (so the outline, which any blob shares after framing, does not count). Measured on the
@@ -169,9 +185,18 @@ class Preprocessed:
     qc: dict
 
 
-def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, int, int], *,
-                       skull_stripped: bool, skull_strip: str, fov_mm: tuple | None, min_similarity: float,
-                       sequence: str, seg_path: str | Path | None = None) -> Preprocessed:
+def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
+    subject: str,
+    volume_path: str | Path,
+    shape: tuple[int, int, int],
+    *,
+    skull_stripped: bool,
+    skull_strip: str,
+    fov_mm: tuple | None,
+    min_similarity: float,
+    sequence: str,
+    seg_path: str | Path | None = None,
+) -> Preprocessed:
     """Load, validate, skull strip (unless already stripped), standardise, check the sequence; returns volume,
     labels, QC (with the sequence check's columns).
 
@@ -198,8 +223,11 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
         raise InputError(subject, volume_path, f"preprocessing failed: {exc}") from exc
     brain_ml = float(mask_arr.sum() * np.prod(zooms) / 1000.0)
     if brain_ml < 200 or brain_ml > 3000:
-        raise InputError(subject, volume_path, f"brain mask of {brain_ml:.0f} ml is implausible: not a brain "
-                         "volume, or skull stripping failed")
+        raise InputError(
+            subject,
+            volume_path,
+            f"brain mask of {brain_ml:.0f} ml is implausible: not a brain volume, or skull stripping failed",
+        )
     similarity = brain_similarity(volume)
     try:
         check = check_sequence(volume, tissue_maps(tuple(shape), None if fov_mm is None else tuple(fov_mm)))
@@ -207,10 +235,16 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
         if similarity >= min_similarity:
             raise InputError(subject, volume_path, f"sequence check failed: {exc}") from exc
         check = None
-    if similarity < min_similarity:  # a brain of another sequence correlates poorly too: say which, if it shows
+    if (
+        similarity < min_similarity
+    ):  # a brain of another sequence correlates poorly too: say which, if it shows
         seen = f"; {check.reason}" if check is not None and check.looks_like in ("T1", "T2") else ""
-        raise InputError(subject, volume_path, f"does not look like a brain FLAIR (correlation {similarity:.2f} "
-                         f"with the MNI template after preprocessing, minimum {min_similarity}){seen}")
+        raise InputError(
+            subject,
+            volume_path,
+            f"does not look like a brain FLAIR (correlation {similarity:.2f} "
+            f"with the MNI template after preprocessing, minimum {min_similarity}){seen}",
+        )
     if sequence == "FLAIR" and not check.is_flair:
         raise SequenceError(subject, volume_path, f"{check.reason}; Brain3D reads FLAIR")
     seg = None
@@ -219,7 +253,9 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
         if seg_img is None:
             raise InputError(subject, seg_path, "label map not found")
         if seg_img.shape != img.shape:
-            raise InputError(subject, seg_path, f"label map shape {seg_img.shape} != volume shape {img.shape}")
+            raise InputError(
+                subject, seg_path, f"label map shape {seg_img.shape} != volume shape {img.shape}"
+            )
         canon_seg = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(seg_img.dataobj), img.affine))
         seg = resample_labels(canon_seg, grid)
     raw = data[mask_arr]
@@ -237,7 +273,9 @@ def preprocess_subject(subject: str, volume_path: str | Path, shape: tuple[int, 
         "out_spacing_mm": "x".join(f"{s:.2f}" for s in grid.spacing[::-1]),
         "out_mean": float(volume[volume > 0].mean()) if (volume > 0).any() else 0.0,
         "brain_similarity": round(similarity, 3),
-        "lesion_ml": float((seg > 0).sum() * np.prod(grid.spacing) / 1000.0) if seg is not None else float("nan"),
+        "lesion_ml": float((seg > 0).sum() * np.prod(grid.spacing) / 1000.0)
+        if seg is not None
+        else float("nan"),
         **check.qc(),
         "seconds": round(time.perf_counter() - t0, 3),
         "error": "",
@@ -253,9 +291,20 @@ def _obliquity(affine: np.ndarray) -> float:
 RUN_SPECIFIC = ["seconds"]  # QC columns that differ between identical runs: kept out of qc.csv
 
 
-def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, int, int], skull_strip: str,
-                      fov_mm: tuple | None, workers: int, on_error: str, min_similarity: float, sequence: str,
-                      progress: bool = True):
+def preprocess_cohort(
+    manifest,
+    root: Path,
+    out_dir: Path,
+    *,
+    shape: tuple[int, int, int],
+    skull_strip: str,
+    fov_mm: tuple | None,
+    workers: int,
+    on_error: str,
+    min_similarity: float,
+    sequence: str,
+    progress: bool = True,
+):
     """Preprocess every manifest row in parallel, resumably, collecting every bad subject. Every keyword but
     `progress` is a `preprocess` param (`min_similarity` is `min_brain_similarity`); none has a default.
 
@@ -279,17 +328,31 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
         raise ValueError(f"preprocess.on_error must be 'fail' or 'skip', got '{on_error}'")
     problems = mf.validate(manifest, root)
     bad = {e.subject for e in problems}
-    key = io.fingerprint({"shape": list(shape), "skull_strip": skull_strip, "fov_mm": fov_mm,
-                          "min_similarity": min_similarity, "sequence": sequence})  # cache_dir adds the code
+    key = io.fingerprint(
+        {
+            "shape": list(shape),
+            "skull_strip": skull_strip,
+            "fov_mm": fov_mm,
+            "min_similarity": min_similarity,
+            "sequence": sequence,
+        }
+    )  # cache_dir adds the code
     cache = cache_dir("preprocess", key)
 
     def stem(row) -> Path:
         return cache / f"{row.subject}-{row.sha256[:16]}"
 
-    todo = [r for r in manifest.itertuples(index=False)
-            if r.subject not in bad and not stem(r).with_suffix(".json").exists()]
-    jobs = (delayed(_preprocess_to_cache)(r, str(root), str(stem(r)), tuple(shape), skull_strip, fov_mm,
-                                          min_similarity, sequence) for r in todo)
+    todo = [
+        r
+        for r in manifest.itertuples(index=False)
+        if r.subject not in bad and not stem(r).with_suffix(".json").exists()
+    ]
+    jobs = (
+        delayed(_preprocess_to_cache)(
+            r, str(root), str(stem(r)), tuple(shape), skull_strip, fov_mm, min_similarity, sequence
+        )
+        for r in todo
+    )
     results = Parallel(n_jobs=workers, return_as="generator_unordered")(jobs)
     for err in tqdm(results, total=len(todo), desc="preprocess", disable=not progress, unit="subject"):
         if err is not None:
@@ -310,15 +373,18 @@ def preprocess_cohort(manifest, root: Path, out_dir: Path, *, shape: tuple[int, 
             link_or_copy(f"{s}.seg.npy", out_dir / "seg" / f"{row.subject}.npy")
         ok_rows.append(row._asdict())
     qc = pd.DataFrame(qc_rows)
-    qc = qc[["subject", "status", "error", *[c for c in qc.columns if c not in ("subject", "status", "error")]]]
+    qc = qc[
+        ["subject", "status", "error", *[c for c in qc.columns if c not in ("subject", "status", "error")]]
+    ]
     io.write_csv(out_dir / "qc.csv", qc.drop(columns=RUN_SPECIFIC, errors="ignore"))
     ok = pd.DataFrame(ok_rows, columns=mf.COLUMNS)
     io.write_csv(out_dir / "manifest.csv", ok)
     return qc, ok
 
 
-def _preprocess_to_cache(row, root: str, stem: str, shape, skull_strip: str, fov_mm, min_similarity: float,
-                         sequence: str):
+def _preprocess_to_cache(
+    row, root: str, stem: str, shape, skull_strip: str, fov_mm, min_similarity: float, sequence: str
+):
     """Worker: preprocess one subject into the cache; returns an InputError instead of raising."""
     from brain3d import io
     from brain3d.data.manifest import resolve_path
@@ -327,9 +393,17 @@ def _preprocess_to_cache(row, root: str, stem: str, shape, skull_strip: str, fov
     set_offline_env()
     try:
         seg = resolve_path(row.seg, root) if row.seg else None
-        out = preprocess_subject(row.subject, resolve_path(row.volume, root), shape,
-                                 skull_stripped=bool(row.skull_stripped), skull_strip=skull_strip,
-                                 seg_path=seg, fov_mm=fov_mm, min_similarity=min_similarity, sequence=sequence)
+        out = preprocess_subject(
+            row.subject,
+            resolve_path(row.volume, root),
+            shape,
+            skull_stripped=bool(row.skull_stripped),
+            skull_strip=skull_strip,
+            seg_path=seg,
+            fov_mm=fov_mm,
+            min_similarity=min_similarity,
+            sequence=sequence,
+        )
     except InputError as exc:
         return exc
     except Exception as exc:  # an unexpected failure of one subject must not hide the others

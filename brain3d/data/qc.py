@@ -43,8 +43,9 @@ def montage(out_dir: Path, manifest, path: Path, max_subjects: int = 120) -> Non
         seg_path = out_dir / "seg" / f"{row.subject}.npy"
         seg = np.load(seg_path) if seg_path.exists() else None
         axial_tile(ax, np.asarray(vol), seg, f"{row.subject}\n{row.laterality}")
-    fig.suptitle("Preprocessed FLAIR, axial through the lesion (radiological view: R = subject's right)",
-                 fontsize=8)
+    fig.suptitle(
+        "Preprocessed FLAIR, axial through the lesion (radiological view: R = subject's right)", fontsize=8
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

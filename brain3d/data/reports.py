@@ -32,7 +32,9 @@ HEALTHY_TEMPLATES: tuple[str, ...] = (
 )
 
 _SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-_BILATERAL = re.compile(r"\b(bilateral|bilaterally|both hemispheres|both cerebral hemispheres)\b", re.IGNORECASE)
+_BILATERAL = re.compile(
+    r"\b(bilateral|bilaterally|both hemispheres|both cerebral hemispheres)\b", re.IGNORECASE
+)
 
 
 def stable_index(key: str, n: int) -> int:
@@ -77,58 +79,91 @@ def swap_laterality(text: str) -> str:
 # Reports of midline (undefined-side) lesions never name a side.
 
 _CEREBRAL_LOBES = ("frontal", "parietal", "temporal", "occipital")
-_OTHER_REGIONS = {"insula": "insula", "cingulate": "cingulate gyrus", "deep": "basal ganglia",
-                  "cerebellum": "cerebellum"}
-_SIGNALS = ("mixed high signal on FLAIR", "heterogeneous hyperintense signal on FLAIR",
-            "predominantly high FLAIR signal", "mixed hyperintensity on the FLAIR sequence",
-            "patchy high signal on FLAIR")
-_NOUNS = ("a lesion", "an irregular lesion", "a mass lesion", "a space-occupying lesion",
-          "an infiltrative tumor lesion", "a tumor lesion")
+_OTHER_REGIONS = {
+    "insula": "insula",
+    "cingulate": "cingulate gyrus",
+    "deep": "basal ganglia",
+    "cerebellum": "cerebellum",
+}
+_SIGNALS = (
+    "mixed high signal on FLAIR",
+    "heterogeneous hyperintense signal on FLAIR",
+    "predominantly high FLAIR signal",
+    "mixed hyperintensity on the FLAIR sequence",
+    "patchy high signal on FLAIR",
+)
+_NOUNS = (
+    "a lesion",
+    "an irregular lesion",
+    "a mass lesion",
+    "a space-occupying lesion",
+    "an infiltrative tumor lesion",
+    "a tumor lesion",
+)
 _VERBS = ("is seen", "is identified", "is located", "is present")
-_ONE_SIDE = ("{Noun} {verb} in the {where}, showing {signal}.",
-             "There is {noun} in the {where} with {signal}.",
-             "The {where} contains {noun} with {signal}.",
-             "In the {where}, {noun} with {signal} {verb}.")
-_TWO_LESIONS = ("Lesions are seen in both hemispheres, in the {a} and in the {b}, showing {signal}.",
-                "There are two lesions, one in the {a} and one in the {b}, both with {signal}.",
-                "Bilateral lesions are present in the {a} and the {b}, with {signal}.",
-                "Multiple lesions involve the {a} and the {b}, showing {signal}.")
-_CROSSING = ("{Noun} crossing the midline through the corpus callosum involves the {a} and the {b}, "
-             "showing {signal}.",
-             "{Noun} {verb} in the corpus callosum, extending bilaterally into the {a} and the {b}, "
-             "with {signal}.",
-             "There is a bilateral lesion spanning the corpus callosum into the {a} and the {b}, "
-             "with {signal}.")
-_MIDLINE = ("{Noun} {verb} in the midline at {site}{adjacent}, showing {signal}.",
-            "There is a midline lesion in {site}{adjacent} with {signal}.",
-            "{Noun} centered on {site} in the midline shows {signal}{adjacent}.")
+_ONE_SIDE = (
+    "{Noun} {verb} in the {where}, showing {signal}.",
+    "There is {noun} in the {where} with {signal}.",
+    "The {where} contains {noun} with {signal}.",
+    "In the {where}, {noun} with {signal} {verb}.",
+)
+_TWO_LESIONS = (
+    "Lesions are seen in both hemispheres, in the {a} and in the {b}, showing {signal}.",
+    "There are two lesions, one in the {a} and one in the {b}, both with {signal}.",
+    "Bilateral lesions are present in the {a} and the {b}, with {signal}.",
+    "Multiple lesions involve the {a} and the {b}, showing {signal}.",
+)
+_CROSSING = (
+    "{Noun} crossing the midline through the corpus callosum involves the {a} and the {b}, showing {signal}.",
+    "{Noun} {verb} in the corpus callosum, extending bilaterally into the {a} and the {b}, with {signal}.",
+    "There is a bilateral lesion spanning the corpus callosum into the {a} and the {b}, with {signal}.",
+)
+_MIDLINE = (
+    "{Noun} {verb} in the midline at {site}{adjacent}, showing {signal}.",
+    "There is a midline lesion in {site}{adjacent} with {signal}.",
+    "{Noun} centered on {site} in the midline shows {signal}{adjacent}.",
+)
 _MIDLINE_SITES = {"corpus callosum": "the corpus callosum", "vermis": "the vermis of the cerebellum"}
-_PERIVENTRICULAR = ("Periventricular white matter is involved.",
-                    "There is periventricular extension of the abnormal signal.",
-                    "Abnormal signal reaches the periventricular white matter.",
-                    "Involvement of the periventricular region is noted.")
-_EDEMA = ("{Grade} peritumoral edema surrounds {the}.",
-          "There is {grade} surrounding edema.",
-          "{Grade} edema is seen around {the}, extending into the adjacent white matter.",
-          "{The} {is} surrounded by {grade} edema.")
-_NECROSIS = ("Necrosis is seen in the center of {the}.",
-             "Central necrosis is present.",
-             "Areas of necrosis are noted within {the}.",
-             "{The} {shows} central low signal consistent with necrosis.",
-             "Internal necrosis is noted.")
-_RING_ENHANCEMENT = ("{The} {shows} irregular ring enhancement.",
-                     "Ring-like enhancement is seen along the margin of {the}.",
-                     "There is heterogeneous rim enhancement.")
-_SOLID_ENHANCEMENT = ("{The} {shows} heterogeneous enhancement.",
-                      "Solid enhancement of {the} is noted.",
-                      "There is patchy enhancement within {the}.")
-_COMPRESSION = ("{V} shows compression.",
-                "There is compression of {v}.",
-                "Mass effect causes compression of {v}.",
-                "Compression of {v} is noted.")
-_SHIFT = ("The midline is shifted by about {mm} mm.",
-          "There is midline shift of approximately {mm} mm.",
-          "Midline structures are displaced by about {mm} mm.")
+_PERIVENTRICULAR = (
+    "Periventricular white matter is involved.",
+    "There is periventricular extension of the abnormal signal.",
+    "Abnormal signal reaches the periventricular white matter.",
+    "Involvement of the periventricular region is noted.",
+)
+_EDEMA = (
+    "{Grade} peritumoral edema surrounds {the}.",
+    "There is {grade} surrounding edema.",
+    "{Grade} edema is seen around {the}, extending into the adjacent white matter.",
+    "{The} {is} surrounded by {grade} edema.",
+)
+_NECROSIS = (
+    "Necrosis is seen in the center of {the}.",
+    "Central necrosis is present.",
+    "Areas of necrosis are noted within {the}.",
+    "{The} {shows} central low signal consistent with necrosis.",
+    "Internal necrosis is noted.",
+)
+_RING_ENHANCEMENT = (
+    "{The} {shows} irregular ring enhancement.",
+    "Ring-like enhancement is seen along the margin of {the}.",
+    "There is heterogeneous rim enhancement.",
+)
+_SOLID_ENHANCEMENT = (
+    "{The} {shows} heterogeneous enhancement.",
+    "Solid enhancement of {the} is noted.",
+    "There is patchy enhancement within {the}.",
+)
+_COMPRESSION = (
+    "{V} shows compression.",
+    "There is compression of {v}.",
+    "Mass effect causes compression of {v}.",
+    "Compression of {v} is noted.",
+)
+_SHIFT = (
+    "The midline is shifted by about {mm} mm.",
+    "There is midline shift of approximately {mm} mm.",
+    "Midline structures are displaced by about {mm} mm.",
+)
 # Absent findings: negated, or (the empty strings) not mentioned at all.
 _NO_EDEMA = ("No significant peritumoral edema is seen.", "There is no obvious surrounding edema.", "", "")
 _NO_NECROSIS = ("No obvious necrosis is seen.", "There is no evidence of necrosis.", "", "")
@@ -146,8 +181,11 @@ def tumour_report(truth: dict, rng: np.random.Generator) -> str:
     findings = truth.get("findings", {})
     lesions = truth.get("lesions", [])
     plural = side == "bilateral" and len(lesions) > 1
-    words = {"the": "the lesions" if plural else "the lesion", "is": "are" if plural else "is",
-             "shows": "show" if plural else "shows"}
+    words = {
+        "the": "the lesions" if plural else "the lesion",
+        "is": "are" if plural else "is",
+        "shows": "show" if plural else "shows",
+    }
     words["The"] = words["the"].capitalize()
 
     middle = [_edema(findings.get("edema", False), truth.get("volumes_ml", {}), words, rng)]

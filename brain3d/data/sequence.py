@@ -47,16 +47,22 @@ class SequenceCheck:
         """Why, in words: e.g. 'looks T1-weighted (white matter brighter than grey matter)'."""
         if self.looks_like == "unclear":
             return "tissue contrast unlike FLAIR (CSF not darker than grey matter)"
-        why = {"FLAIR": "grey matter brighter than white matter, CSF dark",
-               "T1": "white matter brighter than grey matter",
-               "T2": "CSF brighter than grey and white matter"}[self.looks_like]
+        why = {
+            "FLAIR": "grey matter brighter than white matter, CSF dark",
+            "T1": "white matter brighter than grey matter",
+            "T2": "CSF brighter than grey and white matter",
+        }[self.looks_like]
         name = "FLAIR" if self.is_flair else f"{self.looks_like}-weighted"
         return f"looks {name} ({why})"
 
     def qc(self) -> dict:
         """QC columns of the check (qc.csv of the `preprocess` stage, a scan's record in `brain3d report`)."""
-        return {"sequence": self.looks_like, "tissue_gm": round(self.gm, 4), "tissue_wm": round(self.wm, 4),
-                "tissue_csf": round(self.csf, 4)}
+        return {
+            "sequence": self.looks_like,
+            "tissue_gm": round(self.gm, 4),
+            "tissue_wm": round(self.wm, 4),
+            "tissue_csf": round(self.csf, 4),
+        }
 
 
 class SequenceError(InputError):
@@ -77,13 +83,23 @@ def _registered(maps: np.ndarray, volume: np.ndarray, seed: int = 1) -> np.ndarr
     ants = _import_ants()
     ants.config.set_ants_deterministic(True, seed)
     fixed = ants.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-    template = ants.from_numpy(np.ascontiguousarray(0.4 * maps[0] + 0.8 * maps[1] + 0.1 * maps[2], np.float32))
+    template = ants.from_numpy(
+        np.ascontiguousarray(0.4 * maps[0] + 0.8 * maps[1] + 0.1 * maps[2], np.float32)
+    )
     brain = volume > 0
 
     def moved(kind: str) -> tuple[float, np.ndarray]:
         reg = ants.registration(fixed=fixed, moving=template, type_of_transform=kind, aff_metric="mattes")
-        out = np.stack([ants.apply_transforms(fixed=fixed, moving=ants.from_numpy(np.ascontiguousarray(m)),
-                                              transformlist=reg["fwdtransforms"]).numpy() for m in maps])
+        out = np.stack(
+            [
+                ants.apply_transforms(
+                    fixed=fixed,
+                    moving=ants.from_numpy(np.ascontiguousarray(m)),
+                    transformlist=reg["fwdtransforms"],
+                ).numpy()
+                for m in maps
+            ]
+        )
         inside = out.sum(0) > 0.5
         return 2 * (inside & brain).sum() / max(inside.sum() + brain.sum(), 1), out
 

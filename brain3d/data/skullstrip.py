@@ -58,8 +58,9 @@ def threshold_mask(img: nib.Nifti1Image, erode_mm: float = 5.0, working_mm: floa
     if small is data:
         return brain
     step = np.array(small.shape) / np.array(data.shape)  # output voxel -> small-grid voxel
-    back = ndimage.affine_transform(brain.astype(np.float32), np.diag(step), offset=(step - 1) / 2,
-                                    output_shape=data.shape, order=1)
+    back = ndimage.affine_transform(
+        brain.astype(np.float32), np.diag(step), offset=(step - 1) / 2, output_shape=data.shape, order=1
+    )
     return back > 0.5
 
 

@@ -70,7 +70,9 @@ class MissingDataError(CohortError):
         self.hints = hints
         listed = "\n".join(f"  - {e}" for e in errors)
         how = "\n".join(f"  - {h}" for h in hints)
-        self.args = (f"{len(errors)} problem(s) with the real cohort:\n{listed}\nHow to get what is missing:\n{how}",)
+        self.args = (
+            f"{len(errors)} problem(s) with the real cohort:\n{listed}\nHow to get what is missing:\n{how}",
+        )
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,10 @@ class RealCohortConfig:
         missing = [k for k in ("brats_dir", "textbrats_dir", "ds000221_dir") if not cfg.get(k)]
         missing += [k for k in ("n_tumour", "n_healthy", "workers") if cfg.get(k) is None]
         if missing:
-            raise ParamsError(f"params: missing download.{', download.'.join(missing)} (needed by download.source: "
-                              "real; params.yaml's paper profile sets them)")
+            raise ParamsError(
+                f"params: missing download.{', download.'.join(missing)} (needed by download.source: "
+                "real; params.yaml's paper profile sets them)"
+            )
         if cfg.get("sha_cache"):
             sha_cache = root / cfg["sha_cache"]
         else:
@@ -199,7 +203,9 @@ def _seg_file(folder: Path, subject: str) -> Path | None:
     exact = _nifti(folder, f"{subject}_seg")
     if exact:
         return exact
-    named = [p for p in folder.iterdir() if "seg" in p.name.lower() and p.name.lower().endswith(NIFTI_SUFFIXES)]
+    named = [
+        p for p in folder.iterdir() if "seg" in p.name.lower() and p.name.lower().endswith(NIFTI_SUFFIXES)
+    ]
     return named[0] if len(named) == 1 else None
 
 
@@ -212,9 +218,13 @@ def find_brats_cases(brats_dir: Path) -> tuple[Path | None, list[BratsCase]]:
         brats_dir / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData",
     ]
     for folder in candidates:
-        subjects = sorted(p for p in folder.glob("BraTS20_Training_*") if p.is_dir() and BRATS_ID.match(p.name))
+        subjects = sorted(
+            p for p in folder.glob("BraTS20_Training_*") if p.is_dir() and BRATS_ID.match(p.name)
+        )
         if subjects:
-            return folder, [BratsCase(p.name, p, _nifti(p, f"{p.name}_flair"), _seg_file(p, p.name)) for p in subjects]
+            return folder, [
+                BratsCase(p.name, p, _nifti(p, f"{p.name}_flair"), _seg_file(p, p.name)) for p in subjects
+            ]
     return None, []
 
 
@@ -260,7 +270,9 @@ def _check_and_hash(path: Path) -> tuple[str, str]:
     return sha256_file(path), ""
 
 
-def hash_volumes(paths: list[Path], cache_path: Path, *, workers: int) -> tuple[dict[Path, str], dict[Path, str]]:
+def hash_volumes(
+    paths: list[Path], cache_path: Path, *, workers: int
+) -> tuple[dict[Path, str], dict[Path, str]]:
     """sha256 of each volume, and the reason for each unusable one.
 
     A file whose (path, size, mtime) matches the JSON cache at `cache_path` is not read again; the others are
@@ -288,7 +300,8 @@ def hash_volumes(paths: list[Path], cache_path: Path, *, workers: int) -> tuple[
             else:
                 errors[p] = reason
     fresh = {
-        str(p): {"size": stats[p].st_size, "mtime_ns": stats[p].st_mtime_ns, "sha256": sha} for p, sha in shas.items()
+        str(p): {"size": stats[p].st_size, "mtime_ns": stats[p].st_mtime_ns, "sha256": sha}
+        for p, sha in shas.items()
     }
     if fresh != cache:
         write_json(cache_path, fresh)
@@ -328,8 +341,9 @@ def fetch_ds000221(target: Path, acq: str, tag: str | None = None) -> None:
     except ImportError as exc:
         raise RuntimeError("openneuro-py is not installed: `pip install openneuro-py`") from exc
     target.mkdir(parents=True, exist_ok=True)
-    openneuro.download(dataset=DS000221, tag=tag, include=[flair_pattern(acq), "participants.tsv"],
-                       target_dir=str(target))
+    openneuro.download(
+        dataset=DS000221, tag=tag, include=[flair_pattern(acq), "participants.tsv"], target_dir=str(target)
+    )
 
 
 def fetch_textbrats(target: Path) -> None:
@@ -338,13 +352,19 @@ def fetch_textbrats(target: Path) -> None:
 
     target.mkdir(parents=True, exist_ok=True)
     with hub_online():
-        huggingface_hub.snapshot_download(repo_id=TEXTBRATS_REPO, repo_type="dataset", local_dir=str(target),
-                                          allow_patterns=[TEXTBRATS_PATTERN])
+        huggingface_hub.snapshot_download(
+            repo_id=TEXTBRATS_REPO,
+            repo_type="dataset",
+            local_dir=str(target),
+            allow_patterns=[TEXTBRATS_PATTERN],
+        )
 
 
 def kaggle_credentials() -> bool:
     """Whether the Kaggle client would find credentials: environment variables or a token file."""
-    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or os.environ.get("KAGGLE_API_TOKEN"):
+    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or os.environ.get(
+        "KAGGLE_API_TOKEN"
+    ):
         return True
     home = Path.home()
     dirs = [Path(os.environ["KAGGLE_CONFIG_DIR"])] if os.environ.get("KAGGLE_CONFIG_DIR") else []
@@ -385,8 +405,9 @@ def _fetch_missing(conf: RealCohortConfig, problems: _Problems) -> None:
         except Exception as exc:  # network, hub errors: reported with the other problems
             problems.add("textbrats", "textbrats", conf.textbrats_dir, f"fetch from the hub failed: {exc}")
     for acq in conf.healthy_acq:
-        enough = not _short(len(find_healthy_scans(conf.ds000221_dir, conf.healthy_acq)), conf.n_healthy,
-                            conf.allow_subset)
+        enough = not _short(
+            len(find_healthy_scans(conf.ds000221_dir, conf.healthy_acq)), conf.n_healthy, conf.allow_subset
+        )
         if enough and (conf.ds000221_dir / "participants.tsv").is_file():
             break
         try:
@@ -415,42 +436,84 @@ def _tumour_rows(conf: RealCohortConfig, problems: _Problems) -> list[dict]:
     train_dir, cases = find_brats_cases(conf.brats_dir)
     reports_dir, reports = find_textbrats_reports(conf.textbrats_dir)
     if train_dir is None:
-        problems.add("brats2020", "brats2020", conf.brats_dir, "no BraTS20_Training_XXX folders found here, "
-                     "in MICCAI_BraTS2020_TrainingData/ or in BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/")
+        problems.add(
+            "brats2020",
+            "brats2020",
+            conf.brats_dir,
+            "no BraTS20_Training_XXX folders found here, "
+            "in MICCAI_BraTS2020_TrainingData/ or in BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/",
+        )
     if reports_dir is None:
-        problems.add("textbrats", "textbrats", conf.textbrats_dir,
-                     "no BraTS20_Training_XXX/BraTS20_Training_XXX_flair_text.txt reports found here or in TextBraTSData/")
-    found = {int(BRATS_ID.match(c.subject).group(1)) for c in cases}
-    if train_dir is not None and not conf.allow_subset and len(found) < conf.n_tumour:
-        missing = sorted(set(range(1, conf.n_tumour + 1)) - found)
-        problems.add("brats2020", "brats2020", train_dir, f"{len(found)} of {conf.n_tumour} subjects; missing "
-                     f"BraTS20_Training_{_ranges(missing)} (or set allow_subset: true)")
-    unexpected = sorted(n for n in found if not 1 <= n <= conf.n_tumour)
-    if unexpected:
-        problems.add("brats2020", "brats2020", train_dir, f"unexpected subjects BraTS20_Training_{_ranges(unexpected)} "
-                     f"(expected 001-{conf.n_tumour:03d})")
-    rows = []
-    for case in cases:
-        if case.flair is None:
-            problems.add("brats2020", case.subject, case.folder, f"no {case.subject}_flair.nii or .nii.gz")
-        if case.seg is None:
-            problems.add("brats2020", case.subject, case.folder, f"no {case.subject}_seg.nii or .nii.gz")
-        report_path = reports.get(case.subject)
-        if report_path is None:
-            if reports_dir is not None:
-                problems.add("textbrats", case.subject, reports_dir / case.subject, "no TextBraTS FLAIR report")
-            continue
-        report = report_path.read_text(encoding="utf-8-sig").strip()
-        if not report:
-            problems.add("textbrats", case.subject, report_path, "empty TextBraTS report")
-        elif case.flair is not None and case.seg is not None:
-            rows.append({"subject": case.subject, "cohort": "tumour", "source": "brats2020", "volume": case.flair,
-                         "seg": case.seg, "report": report, "laterality": laterality_from_report(report),
-                         "skull_stripped": True})
+        problems.add(
+            "textbrats",
+            "textbrats",
+            conf.textbrats_dir,
+            "no BraTS20_Training_XXX/BraTS20_Training_XXX_flair_text.txt reports found here or in TextBraTSData/",
+        )
+    if train_dir is not None:
+        _check_case_numbers(conf, train_dir, cases, problems)
+    rows = [row for case in cases if (row := _case_row(case, reports, reports_dir, problems))]
     if train_dir is not None and not conf.allow_subset:
         for subject in sorted(set(reports) - {c.subject for c in cases}):
-            problems.add("brats2020", subject, reports[subject], "TextBraTS report without a BraTS FLAIR volume")
+            problems.add(
+                "brats2020", subject, reports[subject], "TextBraTS report without a BraTS FLAIR volume"
+            )
     return rows
+
+
+def _check_case_numbers(
+    conf: RealCohortConfig, train_dir: Path, cases: list[BratsCase], problems: _Problems
+) -> None:
+    """BraTS20_Training_001..n_tumour, no fewer (unless allow_subset) and none outside."""
+    found = {int(BRATS_ID.match(c.subject).group(1)) for c in cases}
+    if not conf.allow_subset and len(found) < conf.n_tumour:
+        missing = sorted(set(range(1, conf.n_tumour + 1)) - found)
+        problems.add(
+            "brats2020",
+            "brats2020",
+            train_dir,
+            f"{len(found)} of {conf.n_tumour} subjects; missing "
+            f"BraTS20_Training_{_ranges(missing)} (or set allow_subset: true)",
+        )
+    unexpected = sorted(n for n in found if not 1 <= n <= conf.n_tumour)
+    if unexpected:
+        problems.add(
+            "brats2020",
+            "brats2020",
+            train_dir,
+            f"unexpected subjects BraTS20_Training_{_ranges(unexpected)} (expected 001-{conf.n_tumour:03d})",
+        )
+
+
+def _case_row(
+    case: BratsCase, reports: dict[str, Path], reports_dir: Path | None, problems: _Problems
+) -> dict | None:
+    """The manifest row of one BraTS case, or None (its problems recorded) when a file or the report is missing."""
+    if case.flair is None:
+        problems.add("brats2020", case.subject, case.folder, f"no {case.subject}_flair.nii or .nii.gz")
+    if case.seg is None:
+        problems.add("brats2020", case.subject, case.folder, f"no {case.subject}_seg.nii or .nii.gz")
+    report_path = reports.get(case.subject)
+    if report_path is None:
+        if reports_dir is not None:
+            problems.add("textbrats", case.subject, reports_dir / case.subject, "no TextBraTS FLAIR report")
+        return None
+    report = report_path.read_text(encoding="utf-8-sig").strip()
+    if not report:
+        problems.add("textbrats", case.subject, report_path, "empty TextBraTS report")
+        return None
+    if case.flair is None or case.seg is None:
+        return None
+    return {
+        "subject": case.subject,
+        "cohort": "tumour",
+        "source": "brats2020",
+        "volume": case.flair,
+        "seg": case.seg,
+        "report": report,
+        "laterality": laterality_from_report(report),
+        "skull_stripped": True,
+    }
 
 
 def _healthy_rows(conf: RealCohortConfig, problems: _Problems) -> list[dict]:
@@ -461,11 +524,26 @@ def _healthy_rows(conf: RealCohortConfig, problems: _Problems) -> list[dict]:
     scans = find_healthy_scans(ds, conf.healthy_acq)
     if _short(len(scans), conf.n_healthy, conf.allow_subset):
         counts = ", ".join(f"{sum(s.acq == a for s in scans)} acq-{a}" for a in conf.healthy_acq)
-        problems.add("ds000221", DS000221, ds, f"{len(scans)} subjects with a FLAIR ({counts}), "
-                     f"{conf.n_healthy} needed (or set allow_subset: true)")
-    return [{"subject": s.subject, "cohort": "healthy", "source": DS000221, "volume": s.path, "seg": "",
-             "report": healthy_report(s.subject), "laterality": "none", "skull_stripped": False}
-            for s in scans[: conf.n_healthy]]
+        problems.add(
+            "ds000221",
+            DS000221,
+            ds,
+            f"{len(scans)} subjects with a FLAIR ({counts}), "
+            f"{conf.n_healthy} needed (or set allow_subset: true)",
+        )
+    return [
+        {
+            "subject": s.subject,
+            "cohort": "healthy",
+            "source": DS000221,
+            "volume": s.path,
+            "seg": "",
+            "report": healthy_report(s.subject),
+            "laterality": "none",
+            "skull_stripped": False,
+        }
+        for s in scans[: conf.n_healthy]
+    ]
 
 
 def _manifest_path(path: Path | str, root: Path) -> str:

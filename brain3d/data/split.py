@@ -8,10 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from brain3d.config import ParamsError
+
 SPLITS = ("train", "val", "test")
 
 
-def stratified_split(subjects: pd.DataFrame, *, fractions: tuple[float, float, float], seed: int) -> pd.DataFrame:
+def stratified_split(
+    subjects: pd.DataFrame, *, fractions: tuple[float, float, float], seed: int
+) -> pd.DataFrame:
     """Columns subject, split, cohort, laterality; refuses duplicate ids. `fractions` (train, val, test) and
     `seed` are the `split` params.
 
@@ -35,8 +39,19 @@ def stratified_split(subjects: pd.DataFrame, *, fractions: tuple[float, float, f
         if n_test + n_val > n:
             n_val = n - n_test
         labels = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
-        parts.append(pd.DataFrame({"subject": [ids[i] for i in order], "split": labels,
-                                   "cohort": cohort, "laterality": lat}))
+        parts.append(
+            pd.DataFrame(
+                {"subject": [ids[i] for i in order], "split": labels, "cohort": cohort, "laterality": lat}
+            )
+        )
     out = pd.concat(parts).sort_values("subject").reset_index(drop=True)
     assert not out["subject"].duplicated().any(), "a subject landed in two splits"
+    empty = [name for name, f in zip(SPLITS, fractions) if f > 0 and not (out["split"] == name).any()]
+    if empty:
+        sizes = ", ".join(f"{c}/{lat} {len(g)}" for (c, lat), g in subjects.groupby(["cohort", "laterality"]))
+        raise ParamsError(
+            f"split: no {' or '.join(empty)} subjects with fractions {tuple(fractions)}: each stratum "
+            f"(cohort/laterality) gives round(n x fraction) subjects, and these strata are too small "
+            f"({sizes}); add subjects or raise those fractions"
+        )
     return out

@@ -53,8 +53,14 @@ def _faithfulness(volume, labels, names, score_fn, explanations, lesion, setting
     rows = []
     for t, (name, exp) in enumerate(zip(names, explanations)):
         curve = deletion_curve(volume, labels, np.argsort(-exp.weights), score_fn, settings.deletion_steps)
-        row = {"model": model_name, "target": name, "score": exp.score, "r2": exp.r2,
-               "deletion_drop": deletion_auc(curve[:, t]), "deletion_drop_random_order": deletion_auc(random_curve[:, t])}
+        row = {
+            "model": model_name,
+            "target": name,
+            "score": exp.score,
+            "r2": exp.r2,
+            "deletion_drop": deletion_auc(curve[:, t]),
+            "deletion_drop_random_order": deletion_auc(random_curve[:, t]),
+        }
         if lesion is not None and lesion.any():
             row["lesion_share"], row["lesion_chance"] = lesion_share(labels, exp.weights, lesion)
             row["lesion_rank"] = lesion_rank(labels, exp.weights, lesion)
@@ -63,9 +69,16 @@ def _faithfulness(volume, labels, names, score_fn, explanations, lesion, setting
     return rows
 
 
-def explain_case(model: Brain3D, volume: np.ndarray, report: str, settings: LimeSettings, *,
-                 seg: np.ndarray | None = None, with_side: bool = False,
-                 randomised: Brain3D | None = None) -> CaseResult:
+def explain_case(
+    model: Brain3D,
+    volume: np.ndarray,
+    report: str,
+    settings: LimeSettings,
+    *,
+    seg: np.ndarray | None = None,
+    with_side: bool = False,
+    randomised: Brain3D | None = None,
+) -> CaseResult:
     """LIME for the report (and side) targets; faithfulness vs the true lesion and, optionally, the same
     numbers for a randomised model. The trained model's explanations are also drawn with the next seed: the
     rank correlation of the two (`stability`) says whether `n_samples` is enough for this case."""
@@ -92,6 +105,8 @@ def pick_cases(test: pd.DataFrame, per_class: int) -> list[str]:
     the first by subject id: deterministic."""
     picked = []
     for lat in ("left", "right", "bilateral"):
-        picked += sorted(test.loc[(test["cohort"] == "tumour") & (test["laterality"] == lat), "subject"])[:per_class]
+        picked += sorted(test.loc[(test["cohort"] == "tumour") & (test["laterality"] == lat), "subject"])[
+            :per_class
+        ]
     picked += sorted(test.loc[test["cohort"] == "healthy", "subject"])[:1]
     return picked

@@ -50,8 +50,12 @@ class LateralityCNN(nn.Module):
         super().__init__()
         blocks, c_in = [nn.MaxPool3d(downsample, ceil_mode=True)], 2  # a half and its mirrored counterpart
         for c in channels:
-            blocks += [nn.Conv3d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm3d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool3d(2, ceil_mode=True)]
+            blocks += [
+                nn.Conv3d(c_in, c, 3, padding=1, bias=False),
+                nn.BatchNorm3d(c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool3d(2, ceil_mode=True),
+            ]
             c_in = c
         self.trunk = nn.Sequential(*blocks)
         features = 2 * c_in  # max- and mean-pooled
@@ -64,11 +68,11 @@ class LateralityCNN(nn.Module):
         half (mirrored onto it) as a second channel, so a lesion stands out against the same place of the
         other hemisphere: (B, F) each."""
         half = x.shape[-1] // 2
-        left, right = x[..., :half], x[..., x.shape[-1] - half:].flip(-1)  # (B, 1, D, H, W//2) each
+        left, right = x[..., :half], x[..., x.shape[-1] - half :].flip(-1)  # (B, 1, D, H, W//2) each
         pairs = torch.cat([torch.cat([left, right], 1), torch.cat([right, left], 1)])  # (2B, 2, D, H, W//2)
         maps = self.trunk(pairs)  # (2B, C, d, h, w)
         pooled = torch.cat([maps.amax((2, 3, 4)), maps.mean((2, 3, 4))], 1)  # (2B, F)
-        return pooled[: len(x)], pooled[len(x):]
+        return pooled[: len(x)], pooled[len(x) :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         left, right = self.halves(x)
@@ -82,8 +86,14 @@ def _stack(volumes: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(x)[:, None]  # (N, 1, D, H, W)
 
 
-def train_cnn(volumes: Sequence[np.ndarray], labels: Sequence[str], settings: CnnSettings, seed: int,
-              device: str = "cpu", log: Callable[[dict, int], None] | None = None) -> LateralityCNN:
+def train_cnn(
+    volumes: Sequence[np.ndarray],
+    labels: Sequence[str],
+    settings: CnnSettings,
+    seed: int,
+    device: str = "cpu",
+    log: Callable[[dict, int], None] | None = None,
+) -> LateralityCNN:
     """Fit a LateralityCNN for `settings.epochs` epochs, AdamW with a cosine decay (no early stopping: nothing
     but the training subjects is seen). `log(metrics, epoch)` gets the mean training loss and the seconds
     so far."""
@@ -125,9 +135,16 @@ def predict(model: LateralityCNN, volumes: Sequence[np.ndarray], batch_size: int
     return [CLASSES[i] for i in logits.argmax(1).tolist()]
 
 
-def cnn_probe(train_volumes: Sequence[np.ndarray], train_y: Sequence[str], test_volumes: Sequence[np.ndarray],
-              test_y: Sequence[str], settings: CnnSettings, seed: int, device: str = "cpu",
-              log: Callable[[dict, int], None] | None = None) -> dict:
+def cnn_probe(
+    train_volumes: Sequence[np.ndarray],
+    train_y: Sequence[str],
+    test_volumes: Sequence[np.ndarray],
+    test_y: Sequence[str],
+    settings: CnnSettings,
+    seed: int,
+    device: str = "cpu",
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
     """Test accuracy of the CNN trained on the training subjects; same keys as `probe.linear_probe`."""
     model = train_cnn(train_volumes, train_y, settings, seed, device, log)
     return probe_result(predict(model, test_volumes, settings.batch_size), train_y, test_y)

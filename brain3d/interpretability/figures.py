@@ -30,20 +30,31 @@ def overlay(axes, volume: np.ndarray, attribution: np.ndarray, seg: np.ndarray |
     """Draw the three planes into `axes` (3 matplotlib axes)."""
     centre = centre_of(volume, seg, attribution)
     vmax = float(np.abs(attribution).max()) or 1.0
-    rows = zip(_planes(volume, centre), _planes(attribution, centre),
-               _planes(seg > 0 if seg is not None else np.zeros_like(volume, bool), centre))
+    rows = zip(
+        _planes(volume, centre),
+        _planes(attribution, centre),
+        _planes(seg > 0 if seg is not None else np.zeros_like(volume, bool), centre),
+    )
     for ax, ((plane, img), (_, att), (_, les)) in zip(axes, rows):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
-        ax.imshow(np.ma.masked_where(att == 0, att), cmap="bwr", vmin=-vmax, vmax=vmax, alpha=0.5,
-                  interpolation="nearest", aspect="auto")
+        ax.imshow(
+            np.ma.masked_where(att == 0, att),
+            cmap="bwr",
+            vmin=-vmax,
+            vmax=vmax,
+            alpha=0.5,
+            interpolation="nearest",
+            aspect="auto",
+        )
         if les.any():
             ax.contour(les, levels=[0.5], colors="lime", linewidths=0.8)
         ax.set_title(f"{title} — {plane}" if plane == "axial" else plane, fontsize=7)
         ax.axis("off")
 
 
-def save_case_figure(path: Path, volume: np.ndarray, attribution: np.ndarray, seg: np.ndarray | None,
-                     title: str) -> None:
+def save_case_figure(
+    path: Path, volume: np.ndarray, attribution: np.ndarray, seg: np.ndarray | None, title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,15 +62,22 @@ def save_case_figure(path: Path, volume: np.ndarray, attribution: np.ndarray, se
 
     fig, axes = plt.subplots(1, 3, figsize=(8, 3))
     overlay(axes, volume, attribution, seg, title)
-    fig.text(0.5, 0.01, "red: supports the score, blue: opposes; green: true lesion; radiological view",
-             ha="center", fontsize=6)
+    fig.text(
+        0.5,
+        0.01,
+        "red: supports the score, blue: opposes; green: true lesion; radiological view",
+        ha="center",
+        fontsize=6,
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
-def save_contact_sheet(path: Path, cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+def save_contact_sheet(
+    path: Path, cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]
+) -> None:
     """One row per case: (title, volume, attribution, seg)."""
     import matplotlib
 

@@ -24,8 +24,15 @@ def supervoxels(volume: np.ndarray, n_segments: int, compactness: float) -> np.n
     from skimage.segmentation import slic
 
     mask = volume > 0
-    return slic(volume.astype(np.float64), n_segments=n_segments, compactness=compactness, mask=mask,
-                channel_axis=None, start_label=1, enforce_connectivity=True)
+    return slic(
+        volume.astype(np.float64),
+        n_segments=n_segments,
+        compactness=compactness,
+        mask=mask,
+        channel_axis=None,
+        start_label=1,
+        enforce_connectivity=True,
+    )
 
 
 def perturb(volume: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -47,8 +54,16 @@ class Explanation:
         return np.concatenate([[0.0], self.weights])[labels]
 
 
-def explain(volume: np.ndarray, labels: np.ndarray, score_fn: ScoreFn, *, n_samples: int, batch_size: int,
-            seed: int, kernel_width: float = 0.25) -> list[Explanation]:
+def explain(
+    volume: np.ndarray,
+    labels: np.ndarray,
+    score_fn: ScoreFn,
+    *,
+    n_samples: int,
+    batch_size: int,
+    seed: int,
+    kernel_width: float = 0.25,
+) -> list[Explanation]:
     """LIME weights of every supervoxel, one Explanation per score column, from one set of samples."""
     from lime.lime_base import LimeBase
 
@@ -56,20 +71,28 @@ def explain(volume: np.ndarray, labels: np.ndarray, score_fn: ScoreFn, *, n_samp
     rng = np.random.default_rng(seed)
     design = rng.integers(0, 2, size=(n_samples, n_features)).astype(np.float32)
     design[0] = 1.0  # the unperturbed volume
-    scores = np.concatenate([_as_matrix(score_fn(perturb(volume, labels, design[i : i + batch_size])))
-                             for i in range(0, n_samples, batch_size)])  # (n_samples, T)
+    scores = np.concatenate(
+        [
+            _as_matrix(score_fn(perturb(volume, labels, design[i : i + batch_size])))
+            for i in range(0, n_samples, batch_size)
+        ]
+    )  # (n_samples, T)
     # cosine distance to the all-on vector, as lime_image does
     distances = 1.0 - design.sum(1) / (np.sqrt(n_features) * np.sqrt(np.maximum(design.sum(1), 1e-12)))
     out = []
     for column in range(scores.shape[1]):
         base = LimeBase(lambda d: np.sqrt(np.exp(-(d**2) / kernel_width**2)), random_state=seed)
-        intercept, pairs, r2, _ = base.explain_instance_with_data(design, scores, distances, label=column,
-                                                                   num_features=n_features)
+        intercept, pairs, r2, _ = base.explain_instance_with_data(
+            design, scores, distances, label=column, num_features=n_features
+        )
         weights = np.zeros(n_features)
         for index, weight in pairs:
             weights[index] = weight
-        out.append(Explanation(weights, float(intercept), float(scores[0, column]), float(r2), design,
-                               scores[:, column]))
+        out.append(
+            Explanation(
+                weights, float(intercept), float(scores[0, column]), float(r2), design, scores[:, column]
+            )
+        )
     return out
 
 
@@ -103,8 +126,9 @@ def lesion_rank(labels: np.ndarray, weights: np.ndarray, lesion: np.ndarray) -> 
     return int((weights > weights[main - 1]).sum()) + 1
 
 
-def deletion_curve(volume: np.ndarray, labels: np.ndarray, order: np.ndarray, score_fn: ScoreFn,
-                   steps: int | None = None) -> np.ndarray:
+def deletion_curve(
+    volume: np.ndarray, labels: np.ndarray, order: np.ndarray, score_fn: ScoreFn, steps: int | None = None
+) -> np.ndarray:
     """(steps + 1, T) scores after hiding the first k supervoxels of `order` (k = 0..steps), in one batch."""
     n = int(labels.max())
     steps = n if steps is None else min(steps, n)

@@ -33,8 +33,9 @@ def hemisphere_features(volumes: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray, test_y: Sequence[str],
-                 seed: int) -> dict:
+def linear_probe(
+    train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray, test_y: Sequence[str], seed: int
+) -> dict:
     """Test accuracy of a cross-validated linear probe, with the majority-class rate as chance."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
@@ -45,8 +46,10 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
     folds = int(min(5, counts.min()))
     if folds < 2:
         raise ValueError("every class needs at least 2 training subjects for the probe's cross-validation")
-    probe = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=folds,
-                                                                 max_iter=5000, random_state=seed))
+    probe = make_pipeline(
+        StandardScaler(),
+        LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=folds, max_iter=5000, random_state=seed),
+    )
     probe.fit(np.asarray(train_x).reshape(len(train_y), -1), train_y)
     return probe_result(probe.predict(np.asarray(test_x).reshape(len(test_y), -1)), train_y, test_y)
 
@@ -55,13 +58,23 @@ def probe_result(predicted: Sequence[str], train_y: Sequence[str], test_y: Seque
     """Test accuracy, and as chance the test share of the most frequent training class."""
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     values, counts = np.unique(train_y, return_counts=True)
-    return {"accuracy": float((np.asarray(predicted) == test_y).mean()),
-            "chance": float((test_y == values[counts.argmax()]).mean()),
-            "n_train": int(len(train_y)), "n_test": int(len(test_y))}
+    return {
+        "accuracy": float((np.asarray(predicted) == test_y).mean()),
+        "chance": float((test_y == values[counts.argmax()]).mean()),
+        "n_train": int(len(train_y)),
+        "n_test": int(len(test_y)),
+    }
 
 
-def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, seed: int, cnn: CnnSettings,
-                      device: str = "cpu", log: Callable[[dict, int], None] | None = None) -> dict:
+def laterality_probes(
+    visual,
+    splits: pd.DataFrame,
+    volumes_dir: str | Path,
+    seed: int,
+    cnn: CnnSettings,
+    device: str = "cpu",
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
     """Probe accuracy (train split -> test split) from the visual tokens of `visual` and, for reference, from
     `hemisphere_features` and from a supervised 3D CNN (`cnn_probe`, trained on `device`; `log` gets its
     training loss and seconds). `splits` has subject, split and laterality columns."""
@@ -74,8 +87,12 @@ def laterality_probes(visual, splits: pd.DataFrame, volumes_dir: str | Path, see
         volumes = [np.load(Path(volumes_dir) / f"{sid}.npy") for sid in rows["subject"]]
         data[split] = volumes, rows["laterality"].tolist()
     (vol_tr, y_tr), (vol_te, y_te) = data["train"], data["test"]
-    return {"visual_tokens": linear_probe(visual_tokens(visual, vol_tr).numpy(), y_tr,
-                                          visual_tokens(visual, vol_te).numpy(), y_te, seed),
-            "hemisphere_features": linear_probe(hemisphere_features(vol_tr), y_tr,
-                                                hemisphere_features(vol_te), y_te, seed),
-            "cnn_3d": cnn_probe(vol_tr, y_tr, vol_te, y_te, cnn, seed, device, log)}
+    return {
+        "visual_tokens": linear_probe(
+            visual_tokens(visual, vol_tr).numpy(), y_tr, visual_tokens(visual, vol_te).numpy(), y_te, seed
+        ),
+        "hemisphere_features": linear_probe(
+            hemisphere_features(vol_tr), y_tr, hemisphere_features(vol_te), y_te, seed
+        ),
+        "cnn_3d": cnn_probe(vol_tr, y_tr, vol_te, y_te, cnn, seed, device, log),
+    }

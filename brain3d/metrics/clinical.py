@@ -12,8 +12,16 @@ from collections.abc import Sequence
 # The negation-aware extractor lives with the report text (brain3d.data.findings), where training reads it too.
 from brain3d.data.findings import CATEGORIES, extract_negation_aware, words
 
-__all__ = ["CATEGORIES", "F1_COLUMNS", "asserts_pathology", "clinical_f1", "extract", "extract_negation_aware",
-           "set_f1", "words"]
+__all__ = [
+    "CATEGORIES",
+    "F1_COLUMNS",
+    "asserts_pathology",
+    "clinical_f1",
+    "extract",
+    "extract_negation_aware",
+    "set_f1",
+    "words",
+]
 
 #: Per-sample F1 column for each category.
 F1_COLUMNS = {"laterality": "lat_f1", "anatomy": "anat_f1", "pathology": "path_f1"}
@@ -38,8 +46,9 @@ def set_f1(predicted: set[str], reference: set[str]) -> float:
     return 2 * tp / (2 * tp + len(predicted - reference) + len(reference - predicted))
 
 
-def clinical_f1(predictions: Sequence[str], references: Sequence[str], *,
-                negation_aware: bool = False) -> dict[str, list[float]]:
+def clinical_f1(
+    predictions: Sequence[str], references: Sequence[str], *, negation_aware: bool = False
+) -> dict[str, list[float]]:
     """Per-sample keyword F1 per category, columns `lat_f1`, `anat_f1`, `path_f1`."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")

@@ -53,8 +53,13 @@ def _check_indices(indices: np.ndarray, n: int) -> np.ndarray:
     return indices
 
 
-def bootstrap(per_sample: pd.DataFrame, n_resamples: int | None = None, seed: int | None = None, *,
-              indices: np.ndarray | None = None) -> pd.DataFrame:
+def bootstrap(
+    per_sample: pd.DataFrame,
+    n_resamples: int | None = None,
+    seed: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Mean and 95 % percentile-bootstrap CI of each column, indexed by metric (columns mean, low, high).
 
     Resamples are `indices` (from `resample_indices`; pass the same matrix for every system) or, without them,
@@ -68,8 +73,14 @@ def bootstrap(per_sample: pd.DataFrame, n_resamples: int | None = None, seed: in
     return _summary(values, _check_indices(indices, len(values)), per_sample.columns)
 
 
-def paired_difference(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int | None = None, seed: int | None = None,
-                      *, indices: np.ndarray | None = None) -> pd.DataFrame:
+def paired_difference(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    n_resamples: int | None = None,
+    seed: int | None = None,
+    *,
+    indices: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Mean and 95 % CI of system A minus system B, per subject and per metric, over shared resamples.
 
     Both frames must hold the same subjects in the same order (their index) and the same columns; the

@@ -22,10 +22,17 @@ if TYPE_CHECKING:
 MODULES_DIR = Path(__file__).resolve().parent / "modules"
 #: Per-sample column -> the evaluate module that computes it (in the paper's column order).
 METRIC_MODULES: dict[str, str] = {
-    "bleu1": "bleu", "bleu4": "bleu",
-    "rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge",
-    "meteor": "meteor", "cider": "cider", "bertscore": "bertscore",
-    "lat_f1": "clinical_f1", "anat_f1": "clinical_f1", "path_f1": "clinical_f1",
+    "bleu1": "bleu",
+    "bleu4": "bleu",
+    "rouge1": "rouge",
+    "rouge2": "rouge",
+    "rougeL": "rouge",
+    "meteor": "meteor",
+    "cider": "cider",
+    "bertscore": "bertscore",
+    "lat_f1": "clinical_f1",
+    "anat_f1": "clinical_f1",
+    "path_f1": "clinical_f1",
 }
 METRICS: tuple[str, ...] = tuple(METRIC_MODULES)
 
@@ -39,9 +46,10 @@ def module_info(description: str, citation: str) -> evaluate.MetricInfo:
         description=description.strip(),
         citation=citation,
         inputs_description="predictions: list of generated reports; references: list of reference reports "
-                           "(same length). Returns one score per pair for each output column.",
-        features=datasets.Features({"predictions": datasets.Value("string"),
-                                    "references": datasets.Value("string")}),
+        "(same length). Returns one score per pair for each output column.",
+        features=datasets.Features(
+            {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+        ),
         homepage="https://arxiv.org/abs/2602.22098",
     )
 
@@ -72,8 +80,14 @@ def check_metrics(metrics: Sequence[str] | None) -> list[str]:
     return [m for m in METRICS if m in metrics]
 
 
-def score(predictions: list[str], references: list[str], metrics: list[str] | None = None, *,
-          bertscore_model: str | None = None, bertscore_layers: int | None = None) -> pd.DataFrame:
+def score(
+    predictions: list[str],
+    references: list[str],
+    metrics: list[str] | None = None,
+    *,
+    bertscore_model: str | None = None,
+    bertscore_layers: int | None = None,
+) -> pd.DataFrame:
     """Per-sample scores, one row per pair, one column per metric (SPEC §7 definitions).
 
     CIDEr takes its document frequencies from `references`, so pass the whole test set in one call.
@@ -98,7 +112,11 @@ def score(predictions: list[str], references: list[str], metrics: list[str] | No
         names = [n for n in names if n != "meteor"] + ["meteor"]
     import evaluate
 
-    modules = [load_module(n, model=bertscore_model, num_layers=bertscore_layers) if n == "bertscore"
-               else load_module(n) for n in names]
+    modules = [
+        load_module(n, model=bertscore_model, num_layers=bertscore_layers)
+        if n == "bertscore"
+        else load_module(n)
+        for n in names
+    ]
     results = evaluate.combine(modules).compute(predictions=predictions, references=references)
     return pd.DataFrame({c: results[c] for c in columns}, dtype=float)

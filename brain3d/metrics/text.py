@@ -45,8 +45,12 @@ def empty_rule(prediction: str, reference: str) -> float | None:
     return 1.0 if not pred and not ref else 0.0
 
 
-def _scored(predictions: Sequence[str], references: Sequence[str], names: Sequence[str],
-            compute: Callable[[list[str], list[str]], Scores]) -> Scores:
+def _scored(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    names: Sequence[str],
+    compute: Callable[[list[str], list[str]], Scores],
+) -> Scores:
     """Apply the empty-text rule and score the remaining pairs with `compute` (one batch call)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -70,8 +74,12 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> Scores:
         out: Scores = {"bleu1": [], "bleu4": []}
         for pred, ref in zip(preds, refs):
             hyp, ref_tokens = tokens(pred), [tokens(ref)]
-            out["bleu1"].append(sentence_bleu(ref_tokens, hyp, weights=(1, 0, 0, 0), smoothing_function=smooth))
-            out["bleu4"].append(sentence_bleu(ref_tokens, hyp, weights=(0.25,) * 4, smoothing_function=smooth))
+            out["bleu1"].append(
+                sentence_bleu(ref_tokens, hyp, weights=(1, 0, 0, 0), smoothing_function=smooth)
+            )
+            out["bleu4"].append(
+                sentence_bleu(ref_tokens, hyp, weights=(0.25,) * 4, smoothing_function=smooth)
+            )
         return out
 
     return _scored(predictions, references, ("bleu1", "bleu4"), compute)
@@ -102,8 +110,11 @@ def meteor(predictions: Sequence[str], references: Sequence[str]) -> Scores:
 
     def compute(preds: list[str], refs: list[str]) -> Scores:
         reader = load_wordnet()
-        return {"meteor": [meteor_score([tokens(ref)], tokens(pred), wordnet=reader)
-                           for pred, ref in zip(preds, refs)]}
+        return {
+            "meteor": [
+                meteor_score([tokens(ref)], tokens(pred), wordnet=reader) for pred, ref in zip(preds, refs)
+            ]
+        }
 
     return _scored(predictions, references, ("meteor",), compute)
 
@@ -163,8 +174,12 @@ def bert_scorer(model: str, num_layers: int) -> BERTScorer:
     return scorer
 
 
-def bertscore(predictions: Sequence[str], references: Sequence[str], model: str | None = None,
-              num_layers: int | None = None) -> Scores:
+def bertscore(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    model: str | None = None,
+    num_layers: int | None = None,
+) -> Scores:
     """BERTScore F1 (bert-score package, local encoder, no idf, no baseline rescaling)."""
     model, num_layers = resolve_bertscore(model, num_layers)
 

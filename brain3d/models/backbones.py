@@ -53,19 +53,32 @@ def _quantization(load_in_4bit: bool, allow_cpu_fallback: bool) -> dict:
     if not torch.cuda.is_available():
         from brain3d.runtime import precision_fallback
 
-        precision_fallback("4-bit NF4 loading of the LM needs CUDA (bitsandbytes), and this machine has none: "
-                           "the LM loads unquantised", allow_cpu_fallback)
+        precision_fallback(
+            "4-bit NF4 loading of the LM needs CUDA (bitsandbytes), and this machine has none: "
+            "the LM loads unquantised",
+            allow_cpu_fallback,
+        )
         return {}
     from transformers import BitsAndBytesConfig
 
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.bfloat16,
-                             llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+    )
     return {"quantization_config": bnb, "device_map": {"": 0}}
 
 
-def load_language_model(path: str | Path, *, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
-                        keep_vision: bool = False, allow_cpu_fallback: bool = False) -> LanguageModel:
+def load_language_model(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    load_in_4bit: bool = False,
+    keep_vision: bool = False,
+    allow_cpu_fallback: bool = False,
+) -> LanguageModel:
     """Load a Gemma 3 checkpoint (multimodal or text-only) from a local directory.
 
     `load_in_4bit`: NF4 (double quantisation, bf16 compute), which needs CUDA; without it a PrecisionError,
@@ -127,8 +140,13 @@ def read_backbones(path: str | Path = "models/foundation/backbones.json") -> dic
 def record_language_model(bb: dict, *, keep_vision: bool = False) -> LanguageModel:
     """The LM of a backbones record (data/models/backbones.json, a model card's `backbones`) at the record's
     dtype and 4-bit setting, with its CPU fallback policy."""
-    return load_language_model(bb["lm"], dtype=torch_dtype(bb["dtype"]), load_in_4bit=bb["load_in_4bit"],
-                               keep_vision=keep_vision, allow_cpu_fallback=bb.get("allow_cpu_fallback", False))
+    return load_language_model(
+        bb["lm"],
+        dtype=torch_dtype(bb["dtype"]),
+        load_in_4bit=bb["load_in_4bit"],
+        keep_vision=keep_vision,
+        allow_cpu_fallback=bb.get("allow_cpu_fallback", False),
+    )
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -155,8 +173,10 @@ def verify_local(section: dict, root: Path) -> dict:
     expected = {"vision": ("siglip", "siglip_vision_model"), "lm": ("gemma3", "gemma3_text")}
     for key in ("vision", "lm"):
         repo, path = section[f"{key}_repo"], root / section[key]
-        how = (f"accept the terms at https://huggingface.co/{repo}, run `hf auth login`, then "
-               f"`hf download {repo} --local-dir {section[key]}`")
+        how = (
+            f"accept the terms at https://huggingface.co/{repo}, run `hf auth login`, then "
+            f"`hf download {repo} --local-dir {section[key]}`"
+        )
         config = path / "config.json"
         if not config.exists():
             problems.append(f"{key}: no checkpoint at {path} — {how}")
@@ -171,8 +191,14 @@ def verify_local(section: dict, root: Path) -> dict:
         raise FileNotFoundError("backbones missing:\n  - " + "\n  - ".join(problems))
     from brain3d.io import fingerprint
 
-    return {"source": "local", "vision": section["vision"], "lm": section["lm"], "dtype": section["dtype"],
-            "load_in_4bit": section["load_in_4bit"], "allow_cpu_fallback": section["allow_cpu_fallback"],
-            "revisions": revisions,
-            "repos": {"vision": section["vision_repo"], "lm": section["lm_repo"]},
-            "fingerprint": fingerprint(revisions)}
+    return {
+        "source": "local",
+        "vision": section["vision"],
+        "lm": section["lm"],
+        "dtype": section["dtype"],
+        "load_in_4bit": section["load_in_4bit"],
+        "allow_cpu_fallback": section["allow_cpu_fallback"],
+        "revisions": revisions,
+        "repos": {"vision": section["vision_repo"], "lm": section["lm_repo"]},
+        "fingerprint": fingerprint(revisions),
+    }

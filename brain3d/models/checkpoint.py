@@ -20,14 +20,27 @@ def _rel(path: str | Path, start: Path) -> str:
     return os.path.relpath(Path(path).resolve(), start.resolve())
 
 
-def write_card(out_dir: Path, *, phase: str, model_cfg: ModelConfig, backbones: dict, visual: str | Path,
-               projector: str | Path | None, adapter: str | Path | None = None, extra: dict | None = None) -> None:
+def write_card(
+    out_dir: Path,
+    *,
+    phase: str,
+    model_cfg: ModelConfig,
+    backbones: dict,
+    visual: str | Path,
+    projector: str | Path | None,
+    adapter: str | Path | None = None,
+    extra: dict | None = None,
+) -> None:
     """Record what `load` needs; file paths may be anywhere, they are stored relative to `out_dir`."""
     out_dir = Path(out_dir)
     card = {
         "phase": phase,
         "model": asdict(model_cfg),
-        "backbones": {**backbones, "vision": _rel(backbones["vision"], out_dir), "lm": _rel(backbones["lm"], out_dir)},
+        "backbones": {
+            **backbones,
+            "vision": _rel(backbones["vision"], out_dir),
+            "lm": _rel(backbones["lm"], out_dir),
+        },
         "visual": _rel(visual, out_dir),
         "projector": _rel(projector, out_dir) if projector else None,
         "adapter": _rel(adapter, out_dir) if adapter else None,
@@ -50,7 +63,9 @@ def read_card(model_dir: str | Path) -> dict:
     # The one backward-compatible read: a card written before `model.inflation` existed was trained with the
     # paper's RGB-averaged inflation, so it loads as "mean"; every other key must be on the card.
     m = {"inflation": "mean", **card["model"]}
-    card["model_config"] = ModelConfig(**{**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])})
+    card["model_config"] = ModelConfig(
+        **{**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])}
+    )
     return card
 
 

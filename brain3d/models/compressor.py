@@ -48,7 +48,9 @@ def grid_positions(grid: tuple[int, int, int], n_freqs: int, device=None) -> tor
     """(D*h*w, 6 * n_freqs) Fourier features of each grid cell's (z, y, x), each coordinate scaled to [-1, 1],
     z-major like the token sequence: sin and cos of pi * 2^k * coordinate, k < n_freqs. Defined at any grid
     size, so one resampler serves the demo's and the paper's token grids."""
-    axes = [torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device) for n in grid]
+    axes = [
+        torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device) for n in grid
+    ]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (N, 3)
     angles = coords[..., None] * (math.pi * 2.0 ** torch.arange(n_freqs, device=device))  # (N, 3, F)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (N, 6F)
@@ -61,8 +63,12 @@ class PerceiverLayer(nn.Module):
         super().__init__()
         self.norm_tokens, self.norm_latents = nn.LayerNorm(width), nn.LayerNorm(width)
         self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, mlp_ratio * width), nn.GELU(),
-                                 nn.Linear(mlp_ratio * width, width))
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, mlp_ratio * width),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * width, width),
+        )
 
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         q = self.norm_latents(latents)
@@ -103,6 +109,8 @@ def build_compressor(kind: str, *, n_tokens: int, grid: tuple[int, int, int], wi
     if kind == "grid_pool":
         pool = GridPool(tuple(grid))
         if pool.n_tokens != n_tokens:
-            raise ValueError(f"model.grid {tuple(grid)} gives {pool.n_tokens} tokens, model.n_tokens is {n_tokens}")
+            raise ValueError(
+                f"model.grid {tuple(grid)} gives {pool.n_tokens} tokens, model.n_tokens is {n_tokens}"
+            )
         return pool
     raise ValueError(f"unknown compressor '{kind}'; choose one of {COMPRESSORS}")

@@ -33,8 +33,9 @@ def vision_transformer(model: nn.Module) -> nn.Module:
     raise TypeError(f"{type(model).__name__} is not a SigLIP vision model")
 
 
-def token_grid(volume_shape: tuple[int, int, int], patch: int, kd: int, depth_stride: int, depth_pad: int
-               ) -> tuple[int, int, int]:
+def token_grid(
+    volume_shape: tuple[int, int, int], patch: int, kd: int, depth_stride: int, depth_pad: int
+) -> tuple[int, int, int]:
     """(D', h, w) token grid of the inflated patch embedding, e.g. (65, 9, 9) for 64x128x128, p=14, kd=2."""
     d, h, w = volume_shape
     return ((d + 2 * depth_pad - kd) // depth_stride + 1, h // patch, w // patch)
@@ -47,7 +48,9 @@ def inflate_kernel(w2d: torch.Tensor, kd: int, inflation: str) -> torch.Tensor:
     """(C, 3, p, q) RGB patch kernel -> (C, 1, kd, p, q) grey depth kernel; `inflation` as in the module doc."""
     if inflation not in INFLATIONS:
         raise ValueError(f"model.inflation must be one of {', '.join(INFLATIONS)}, not {inflation!r}")
-    grey = w2d.mean(dim=1, keepdim=True) if inflation == "mean" else w2d.sum(dim=1, keepdim=True)  # (C, 1, p, q)
+    grey = (
+        w2d.mean(dim=1, keepdim=True) if inflation == "mean" else w2d.sum(dim=1, keepdim=True)
+    )  # (C, 1, p, q)
     if inflation == "center":
         w3d = torch.zeros_like(grey).unsqueeze(2).repeat(1, 1, kd, 1, 1)  # (C, 1, kd, p, q)
         w3d[:, :, kd // 2] = grey
@@ -63,8 +66,16 @@ class InflatedPatchEmbed(nn.Module):
         super().__init__()
         c_out, _, p, q = conv2d.weight.shape
         w3d = inflate_kernel(conv2d.weight.detach(), kd, inflation)  # before building: a bad name fails first
-        self.proj = nn.Conv3d(1, c_out, kernel_size=(kd, p, q), stride=(depth_stride, p, q),
-                              padding=(depth_pad, 0, 0), bias=conv2d.bias is not None)
+        # in the backbone's dtype: a float32 patch embedding in front of bf16 layers fails outside autocast
+        self.proj = nn.Conv3d(
+            1,
+            c_out,
+            kernel_size=(kd, p, q),
+            stride=(depth_stride, p, q),
+            padding=(depth_pad, 0, 0),
+            bias=conv2d.bias is not None,
+            dtype=conv2d.weight.dtype,
+        )
         with torch.no_grad():
             self.proj.weight.copy_(w3d)
             if conv2d.bias is not None:
@@ -102,16 +113,25 @@ class VolumeEncoder(nn.Module):
     `inflation`: the `model` params (no defaults: `ModelConfig` carries them).
     """
 
-    def __init__(self, vision: nn.Module, volume_shape: tuple[int, int, int], *, kd: int, depth_stride: int,
-                 depth_pad: int, inflation: str):
+    def __init__(
+        self,
+        vision: nn.Module,
+        volume_shape: tuple[int, int, int],
+        *,
+        kd: int,
+        depth_stride: int,
+        depth_pad: int,
+        inflation: str,
+    ):
         super().__init__()
         vt = vision_transformer(vision)
         conv = vt.embeddings.patch_embedding
         self.patch_size = conv.kernel_size[0]
         self.grid = token_grid(volume_shape, self.patch_size, kd, depth_stride, depth_pad)
         self.volume_shape = tuple(volume_shape)
-        self.patch_embed = InflatedPatchEmbed(conv, kd=kd, depth_stride=depth_stride, depth_pad=depth_pad,
-                                              inflation=inflation)
+        self.patch_embed = InflatedPatchEmbed(
+            conv, kd=kd, depth_stride=depth_stride, depth_pad=depth_pad, inflation=inflation
+        )
         self.pos = PositionalEmbedding3D(vt.embeddings.position_embedding.weight, self.grid)
         self.encoder = vt.encoder
         self.post_layernorm = vt.post_layernorm

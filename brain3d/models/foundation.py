@@ -1,6 +1,6 @@
-"""Demo stand-in backbones, trained by the pipeline itself from the TRAIN split (and, for SigLIP, a
-pretraining corpus) and saved in the same Hugging Face formats as the real ones, so that every later stage
-runs the paper's code path unchanged:
+"""Demo stand-in backbones: how they are built and saved, in the same Hugging Face formats as the real ones,
+so that every later stage runs the paper's code path unchanged (brain3d/training/standins.py trains them from
+the TRAIN split and, for SigLIP, a pretraining corpus):
 
 - a Gemma-style tokenizer (byte-fallback BPE with Gemma's special tokens) trained on the reports;
 - a SigLIP image-text model (`SiglipModel`) trained on 2D axial slices with slice-level captions
@@ -16,17 +16,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from brain3d.data.views import radiological
-from brain3d.training.loop import FitResult, TrainConfig, fit
-
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
-                  "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+SPECIAL_TOKENS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<mask>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
 # Gemma's chat format (turns, images as <start_of_image> placeholders the processor expands).
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<start_of_turn>"
@@ -39,7 +42,7 @@ CHAT_TEMPLATE = (
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A GemmaTokenizer (BPE, byte fallback, "▁" for spaces) with Gemma's special and image tokens."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import GemmaTokenizer
 
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
@@ -47,105 +50,26 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tk.normalizer = normalizers.Replace(" ", "▁")
     tk.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_previous")
     tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + byte_tokens,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + byte_tokens, show_progress=False
+    )
     tk.train_from_iterator(texts, trainer)
     model = json.loads(tk.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return GemmaTokenizer(
-        vocab=model["vocab"], merges=merges, additional_special_tokens=SPECIAL_TOKENS[5:],
-        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                              "image_token": "<image_soft_token>"},
+    tokenizer = GemmaTokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
     )
-
-
-# ----------------------------------------------------------------------------- SigLIP on slices
-def slice_captions(volume: np.ndarray, seg: np.ndarray | None, min_brain: float = 0.05) -> list[tuple[int, str]]:
-    """(slice index, caption) for the axial slices that contain brain. A caption says whether the slice shows a
-    lesion and on which side (project convention: W index < W/2 is the subject's left). Lesion slices are a
-    minority of a volume, so "no lesion" slices are thinned to as many as there are lesion slices (evenly
-    spaced, deterministic): a balanced task that a small ViT learns in a few CPU minutes."""
-    _, _, w = volume.shape
-    lesion, clear = [], []
-    for d in range(volume.shape[0]):
-        if (volume[d] > 0).mean() < min_brain:
-            continue
-        cols = np.nonzero(seg[d] > 0)[1] if seg is not None else np.zeros(0)
-        if cols.size < 3:
-            clear.append((d, "axial FLAIR slice, no lesion"))
-            continue
-        left = (cols < w / 2).mean()
-        side = "both hemispheres" if min(left, 1 - left) > 0.25 else f"the {'left' if left > 0.5 else 'right'} hemisphere"
-        lesion.append((d, f"axial FLAIR slice, lesion in {side}"))
-    keep = max(len(lesion), 1)
-    if len(clear) > keep:
-        clear = [clear[i] for i in np.linspace(0, len(clear) - 1, keep).round().astype(int)]
-    return sorted(lesion + clear)
-
-
-class _SliceData(Dataset):
-    def __init__(self, images: list[np.ndarray], captions: list[str], tokenizer, max_length: int):
-        self.images = images
-        enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True)
-        self.ids = torch.tensor(enc["input_ids"])
-        ids_of = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-        self.groups = torch.tensor([ids_of[c] for c in captions])
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        image = torch.from_numpy(self.images[i])[None].expand(3, -1, -1)  # grey -> RGB, [0, 1]
-        return (image - 0.5) / 0.5, self.ids[i], self.groups[i]
-
-
-def _collate_slices(items):
-    images, ids, groups = zip(*items)
-    return torch.stack(images), torch.stack(ids), torch.stack(groups)
-
-
-def caption_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Image-to-caption cross-entropy over the DISTINCT captions of the batch (UniCL-style contrastive loss):
-    slices sharing a caption are not pushed apart as SigLIP's pairwise loss would need many epochs to learn."""
-    images, ids, groups = batch
-    distinct, target = torch.unique(groups, return_inverse=True)
-    first = torch.stack([(groups == g).nonzero()[0, 0] for g in distinct])
-    image = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
-    text = F.normalize(model.get_text_features(input_ids=ids[first]).pooler_output, dim=-1)
-    logits = image @ text.T * model.logit_scale.exp()
-    return F.cross_entropy(logits, target)
-
-
-def train_siglip(volumes: dict[str, list], tokenizer, arch: dict, cfg: TrainConfig, state_dir: Path,
-                 tracker=None) -> tuple[nn.Module, FitResult]:
-    """`volumes[split]` = [(volume, seg or None), ...]; returns the trained SiglipModel."""
-    from transformers import SiglipConfig, SiglipModel
-
-    image_size = volumes["train"][0][0].shape[-1]
-    text_len = arch.get("text_max_length", 32)
-    config = SiglipConfig(
-        text_config=dict(hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
-                         num_hidden_layers=arch["text_layers"], num_attention_heads=arch["heads"],
-                         vocab_size=len(tokenizer), max_position_embeddings=text_len,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
-                           num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"],
-                           image_size=image_size, patch_size=arch["patch"]),
-    )
-    model = SiglipModel(config)
-    data = {}
-    for split, items in volumes.items():
-        images, captions = [], []
-        for volume, seg in items:
-            for d, caption in slice_captions(volume, seg):
-                images.append(radiological(volume[d]).astype(np.float32))
-                captions.append(caption)
-        data[split] = _SliceData(images, captions, tokenizer, text_len)
-    params = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    result = fit(model, params, caption_loss, data["train"], data["val"], _collate_slices, cfg,
-                 state_dir=state_dir, tracker=tracker, desc="siglip")
-    return model, result
+    # the turn markers are special too (one token each, never split), as in Gemma's own tokenizer: the
+    # constructor's additional_special_tokens no longer registers them, and the chat turns were read as bytes
+    turns = [AddedToken(t, special=True, normalized=False) for t in ("<start_of_turn>", "<end_of_turn>")]
+    tokenizer.add_tokens(turns, special_tokens=True)
+    return tokenizer
 
 
 def save_siglip(model: nn.Module, tokenizer, out_dir: Path) -> None:
@@ -154,37 +78,39 @@ def save_siglip(model: nn.Module, tokenizer, out_dir: Path) -> None:
     size = model.config.vision_config.image_size
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    SiglipImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                         do_rescale=False).save_pretrained(out_dir)
-
-
-# ----------------------------------------------------------------------------- Gemma 3
-class _ReportData(Dataset):
-    def __init__(self, reports: list[str]):
-        self.reports = reports
-
-    def __len__(self) -> int:
-        return len(self.reports)
-
-    def __getitem__(self, i: int) -> str:
-        return self.reports[i]
+    SiglipImageProcessor(
+        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_rescale=False
+    ).save_pretrained(out_dir)
 
 
 def build_gemma3(tokenizer, vision_config: dict, arch: dict) -> nn.Module:
-    """A randomly initialised Gemma3ForConditionalGeneration of the stand-in size."""
+    """A randomly initialised Gemma3ForConditionalGeneration of the stand-in size (`arch`: params.yaml
+    `foundation.gemma`; `vocab_size`, default the tokenizer's, sizes the embedding as a real checkpoint's)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     ids = tokenizer.convert_tokens_to_ids
-    text = dict(hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
-                num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"],
-                num_key_value_heads=arch["kv_heads"], head_dim=arch["head_dim"], vocab_size=len(tokenizer),
-                sliding_window=arch.get("sliding_window", 512), max_position_embeddings=arch["max_positions"],
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
-    config = Gemma3Config(text_config=text, vision_config=vision_config,
-                          mm_tokens_per_image=arch["mm_tokens_per_image"],
-                          boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
-                          image_token_index=ids("<image_soft_token>"))
+    text = dict(
+        hidden_size=arch["hidden"],
+        intermediate_size=arch["intermediate"],
+        num_hidden_layers=arch["layers"],
+        num_attention_heads=arch["heads"],
+        num_key_value_heads=arch["kv_heads"],
+        head_dim=arch["head_dim"],
+        vocab_size=arch.get("vocab_size", len(tokenizer)),
+        sliding_window=arch.get("sliding_window", 512),
+        max_position_embeddings=arch["max_positions"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision_config,
+        mm_tokens_per_image=arch["mm_tokens_per_image"],
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )
     model = Gemma3ForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -192,40 +118,18 @@ def build_gemma3(tokenizer, vision_config: dict, arch: dict) -> nn.Module:
     return model
 
 
-def train_gemma3(siglip: nn.Module, tokenizer, reports: dict[str, list[str]], arch: dict, cfg: TrainConfig,
-                 state_dir: Path, tracker=None) -> tuple[nn.Module, FitResult]:
-    """Gemma 3 stand-in: vision tower from the SigLIP stand-in, language model pretrained on reports."""
-    from transformers import AutoModelForCausalLM
-
-    model = build_gemma3(tokenizer, siglip.config.vision_config.to_dict(), arch)
-    model.model.vision_tower.load_state_dict(siglip.vision_model.state_dict())
-    with torch.device("meta"):
-        causal = AutoModelForCausalLM.from_config(model.config.text_config)
-    causal.model, causal.lm_head = model.model.language_model, model.lm_head
-
-    def collate(texts):
-        enc = tokenizer([tokenizer.bos_token + t + tokenizer.eos_token for t in texts], add_special_tokens=False,
-                        padding=True, return_tensors="pt")
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        return enc["input_ids"], enc["attention_mask"], labels
-
-    def loss_fn(m, batch):
-        ids, mask, labels = batch
-        return m(input_ids=ids, attention_mask=mask, labels=labels).loss
-
-    params = [{"params": list(causal.parameters()), "lr": cfg.lr}]
-    result = fit(causal, params, loss_fn, _ReportData(reports["train"]), _ReportData(reports["val"]), collate,
-                 cfg, state_dir=state_dir, tracker=tracker, desc="gemma3")
-    return model, result
-
-
 def save_gemma3(model: nn.Module, tokenizer, out_dir: Path) -> None:
     from transformers import Gemma3ImageProcessor, Gemma3Processor
 
     size = model.config.vision_config.image_size
-    image_processor = Gemma3ImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3,
-                                           image_std=[0.5] * 3, do_pan_and_scan=False)
-    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
-                                image_seq_length=model.config.mm_tokens_per_image)
+    image_processor = Gemma3ImageProcessor(
+        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_pan_and_scan=False
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        image_seq_length=model.config.mm_tokens_per_image,
+    )
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

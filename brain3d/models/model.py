@@ -38,8 +38,9 @@ class ModelConfig:
     @classmethod
     def from_params(cls, cfg: dict) -> ModelConfig:
         m = cfg["model"]
-        return config.from_section(cls, {**m, "volume_shape": tuple(cfg["preprocess"]["shape"]),
-                                         "grid": tuple(m["grid"])})
+        return config.from_section(
+            cls, {**m, "volume_shape": tuple(cfg["preprocess"]["shape"]), "grid": tuple(m["grid"])}
+        )
 
 
 @dataclass
@@ -67,8 +68,13 @@ class Decoding:
         """`generate()` keyword arguments. The repetition penalty runs as an ExemptRepetitionPenalty over the
         generated tokens only (the first `prompt_length` ids are the prompt: a chat prompt that names "lesion"
         must not make the report avoid it), sparing `repetition_exempt` (which needs the `tokenizer`)."""
-        out = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                   no_repeat_ngram_size=self.no_repeat_ngram_size, do_sample=self.do_sample, **self.extra)
+        out = dict(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            do_sample=self.do_sample,
+            **self.extra,
+        )
         if self.repetition_penalty != 1.0:
             if self.repetition_exempt and tokenizer is None:
                 raise ValueError("Decoding.repetition_exempt needs the tokenizer")
@@ -114,10 +120,17 @@ class VisualTokenizer(nn.Module):
 
     def __init__(self, vision: nn.Module, cfg: ModelConfig):
         super().__init__()
-        self.encoder = VolumeEncoder(vision, cfg.volume_shape, kd=cfg.kd, depth_stride=cfg.depth_stride,
-                                     depth_pad=cfg.depth_pad, inflation=cfg.inflation)
-        self.compressor = build_compressor(cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid,
-                                            width=self.encoder.hidden_size)
+        self.encoder = VolumeEncoder(
+            vision,
+            cfg.volume_shape,
+            kd=cfg.kd,
+            depth_stride=cfg.depth_stride,
+            depth_pad=cfg.depth_pad,
+            inflation=cfg.inflation,
+        )
+        self.compressor = build_compressor(
+            cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid, width=self.encoder.hidden_size
+        )
 
     @property
     def width(self) -> int:
@@ -130,7 +143,9 @@ class VisualTokenizer(nn.Module):
 class Brain3D(nn.Module):
     """Projector + LM over (cached) visual tokens; `visual` (the VisualTokenizer) is optional."""
 
-    def __init__(self, lm: LanguageModel, vision_width: int, prompt: str, visual: VisualTokenizer | None = None):
+    def __init__(
+        self, lm: LanguageModel, vision_width: int, prompt: str, visual: VisualTokenizer | None = None
+    ):
         super().__init__()
         self.lm_ref = lm
         self.lm = lm.causal  # registered so that .to()/.train()/.eval() reach the LM (and its LoRA layers)
@@ -158,7 +173,7 @@ class Brain3D(nn.Module):
         visual = self.projector(z.to(self.device))
         ids = torch.tensor(self.prompt_ids, device=self.device)
         prompt = self.lm.get_input_embeddings()(ids)[None].expand(z.shape[0], -1, -1)
-        return torch.cat([visual, prompt.to(visual.dtype)], dim=1)
+        return torch.cat([visual.to(prompt.dtype), prompt], dim=1)  # in the LM's dtype (bf16 on the paper)
 
     def _teacher_forcing(self, z: torch.Tensor, reports: list[str]):
         tok = self.lm_ref.tokenizer
@@ -173,16 +188,25 @@ class Brain3D(nn.Module):
         prefix = self._prefix(z)
         embeds = torch.cat([prefix, self.lm.get_input_embeddings()(ids).to(prefix.dtype)], dim=1)
         n_prefix = prefix.shape[1]
-        attention = torch.cat([torch.ones(len(reports), n_prefix, dtype=torch.long, device=self.device), mask], 1)
-        labels = torch.cat([torch.full((len(reports), n_prefix), -100, device=self.device),
-                            ids.masked_fill(mask == 0, -100)], dim=1)
+        attention = torch.cat(
+            [torch.ones(len(reports), n_prefix, dtype=torch.long, device=self.device), mask], 1
+        )
+        labels = torch.cat(
+            [
+                torch.full((len(reports), n_prefix), -100, device=self.device),
+                ids.masked_fill(mask == 0, -100),
+            ],
+            dim=1,
+        )
         return embeds, attention, labels
 
     def forward(self, z: torch.Tensor, reports: list[str]) -> torch.Tensor:
         """Masked next-token cross-entropy on the report tokens (mean over tokens)."""
         embeds, attention, labels = self._teacher_forcing(z, reports)
         logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits[:, :-1].float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
 
     @torch.no_grad()
     def log_likelihood(self, z: torch.Tensor, reports: list[str], reduction: str = "mean") -> torch.Tensor:
@@ -204,7 +228,12 @@ class Brain3D(nn.Module):
         prefix = self._prefix(z)
         attention = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
         torch.manual_seed(seed)
-        out = self.lm.generate(inputs_embeds=prefix, attention_mask=attention, use_cache=True,
-                               pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                               **decoding.kwargs(self.lm_ref.tokenizer))
+        out = self.lm.generate(
+            inputs_embeds=prefix,
+            attention_mask=attention,
+            use_cache=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            **decoding.kwargs(self.lm_ref.tokenizer),
+        )
         return [t.strip() for t in self.lm_ref.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -56,8 +56,10 @@ def load_trainable(model: nn.Module, path: Path) -> None:
     state = load_file(str(path))
     expected = set(trainable_state(model))
     if set(state) != expected:
-        raise RuntimeError(f"{path}: checkpoint keys do not match the trainable parameters "
-                           f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})")
+        raise RuntimeError(
+            f"{path}: checkpoint keys do not match the trainable parameters "
+            f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -73,10 +75,31 @@ def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float
     return factor
 
 
-def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module, object], torch.Tensor],
-        train_set: Dataset, val_set: Dataset, collate: Callable, cfg: TrainConfig, *, state_dir: Path,
-        tracker: Tracker | None = None, desc: str = "train", progress: bool = True,
-        sample_weights: list[float] | None = None) -> FitResult:
+def val_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Validation batches in order; a last batch of one sample joins the one before it (a loss over pairs,
+    InfoNCE, is undefined on one sample: 3 validation subjects at batch size 2 would stop phase 1)."""
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    if batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] += last
+    return batches
+
+
+def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
+    model: nn.Module,
+    param_groups: list[dict],
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    train_set: Dataset,
+    val_set: Dataset,
+    collate: Callable,
+    cfg: TrainConfig,
+    *,
+    state_dir: Path,
+    tracker: Tracker | None = None,
+    desc: str = "train",
+    progress: bool = True,
+    sample_weights: list[float] | None = None,
+) -> FitResult:
     """Train `model` (only parameters with requires_grad), keeping the best epoch by validation loss.
 
     `loss_fn` returns the loss, or (loss, parts): a dict of named scalar terms of it, averaged per epoch
@@ -99,7 +122,8 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
     bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     accelerator = Accelerator(
         mixed_precision="bf16" if bf16 else "no",
-        gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.cuda.is_available(),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     state_dir = Path(state_dir)
@@ -109,19 +133,39 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
         order = {"shuffle": True, "generator": g}
     else:
         if len(sample_weights) != len(train_set) or min(sample_weights) < 0 or not sum(sample_weights) > 0:
-            raise ValueError(f"sample_weights: {len(train_set)} non-negative weights with a positive sum needed")
-        order = {"sampler": WeightedRandomSampler(sample_weights, len(train_set), replacement=True, generator=g)}
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, collate_fn=collate,
-                              drop_last=len(train_set) > cfg.batch_size, **order)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+            raise ValueError(
+                f"sample_weights: {len(train_set)} non-negative weights with a positive sum needed"
+            )
+        order = {
+            "sampler": WeightedRandomSampler(sample_weights, len(train_set), replacement=True, generator=g)
+        }
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        collate_fn=collate,
+        drop_last=len(train_set) > cfg.batch_size,
+        **order,
+    )
+    val_loader = DataLoader(
+        val_set, batch_sampler=val_batches(len(val_set), cfg.batch_size), collate_fn=collate
+    )
     optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(
+        model, optimizer, train_loader, val_loader
+    )
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     schedule = warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
-    state = {"epoch": 0, "step": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "done": False}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_val": float("inf"),
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "history": [],
+        "done": False,
+    }
     raw = accelerator.unwrap_model(model)
     if (state_dir / "state.json").exists():
         state = io.read_json(state_dir / "state.json")
@@ -135,15 +179,20 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
         train_loader.set_epoch(epoch)
         model.train()
         t0, total, count, parts = time.perf_counter(), 0.0, 0, {}
-        bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not (progress and main),
-                   leave=False)
+        bar = tqdm(
+            train_loader,
+            desc=f"{desc} epoch {epoch}/{cfg.epochs}",
+            disable=not (progress and main),
+            leave=False,
+        )
         for batch in bar:
             with accelerator.accumulate(model):
                 loss, batch_parts = _split(loss_fn(model, batch))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm
+                    )
                     for group, base in zip(optimizer.param_groups, base_lrs):
                         group["lr"] = base * schedule(state["step"])
                     state["step"] += 1
@@ -154,18 +203,23 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
             for k, v in batch_parts.items():
                 parts[k] = parts.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{total / count:.4f}")
-        train_loss = float(accelerator.reduce(torch.tensor(total / max(count, 1), device=accelerator.device),
-                                              "mean"))
+        train_loss = float(
+            accelerator.reduce(torch.tensor(total / max(count, 1), device=accelerator.device), "mean")
+        )
         val_loss, val_parts = evaluate_loss(model, loss_fn, val_loader, accelerator, with_parts=True)
         improved = val_loss < state["best_val"] - 1e-6
         state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:
             state.update(best_val=val_loss, best_epoch=epoch)
         # the history becomes a DVC plot: no wall time in it (it goes to MLflow only)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "lr": optimizer.param_groups[0]["lr"],
-               **{f"train_{k}": _mean(accelerator, v, count) for k, v in parts.items()},
-               **{f"val_{k}": v for k, v in val_parts.items()}}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            **{f"train_{k}": _mean(accelerator, v, count) for k, v in parts.items()},
+            **{f"val_{k}": v for k, v in val_parts.items()},
+        }
         state["history"].append(row)
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
         if main:
@@ -176,10 +230,14 @@ def fit(model: nn.Module, param_groups: list[dict], loss_fn: Callable[[nn.Module
             with io.atomic_path(state_dir / "optimizer.pt") as tmp:
                 torch.save(optimizer.state_dict(), tmp)
             io.write_json(state_dir / "state.json", state)  # last: marks the epoch complete
-            tracker.log_metrics({**{k: v for k, v in row.items() if k != "epoch"},
-                                 "epoch_seconds": time.perf_counter() - t0}, step=epoch)
-            accelerator.print(f"{desc} epoch {epoch}: train {train_loss:.4f} val {val_loss:.4f}"
-                              + (" *" if improved else ""))
+            tracker.log_metrics(
+                {**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": time.perf_counter() - t0},
+                step=epoch,
+            )
+            accelerator.print(
+                f"{desc} epoch {epoch}: train {train_loss:.4f} val {val_loss:.4f}"
+                + (" *" if improved else "")
+            )
         accelerator.wait_for_everyone()
 
     load_trainable(accelerator.unwrap_model(model), state_dir / "best.safetensors")

@@ -100,20 +100,27 @@ def findings_tensors(reports: list[str]) -> dict[str, torch.Tensor]:
     def multi_hot(field: str, n: int) -> torch.Tensor:
         return torch.tensor([getattr(f, field) for f in rows], dtype=torch.float32).reshape(len(rows), n)
 
-    return {"presence": torch.tensor([float(f.presence) for f in rows]),
-            "side": torch.tensor([f.side for f in rows], dtype=torch.long),
-            "anatomy": multi_hot("anatomy", len(ANATOMY)), "pathology": multi_hot("pathology", len(PATHOLOGY))}
+    return {
+        "presence": torch.tensor([float(f.presence) for f in rows]),
+        "side": torch.tensor([f.side for f in rows], dtype=torch.long),
+        "anatomy": multi_hot("anatomy", len(ANATOMY)),
+        "pathology": multi_hot("pathology", len(PATHOLOGY)),
+    }
 
 
-def findings_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def findings_loss(
+    logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Per-term findings losses: CE over side (undefined side masked out; 0 when a batch has none), BCE over
     presence, anatomy and pathology (means over the batch)."""
     side_ok = targets["side"] != UNDEFINED_SIDE
     side = F.cross_entropy(logits["side"], targets["side"], ignore_index=UNDEFINED_SIDE, reduction="sum")
-    return {"side": side / side_ok.sum().clamp(min=1),
-            "presence": F.binary_cross_entropy_with_logits(logits["presence"][:, 0], targets["presence"]),
-            "anatomy": F.binary_cross_entropy_with_logits(logits["anatomy"], targets["anatomy"]),
-            "pathology": F.binary_cross_entropy_with_logits(logits["pathology"], targets["pathology"])}
+    return {
+        "side": side / side_ok.sum().clamp(min=1),
+        "presence": F.binary_cross_entropy_with_logits(logits["presence"][:, 0], targets["presence"]),
+        "anatomy": F.binary_cross_entropy_with_logits(logits["anatomy"], targets["anatomy"]),
+        "pathology": F.binary_cross_entropy_with_logits(logits["pathology"], targets["pathology"]),
+    }
 
 
 @torch.no_grad()
@@ -123,8 +130,10 @@ def text_embeddings(lm: LanguageModel, reports: list[str], batch_size: int = 16)
     device = next(decoder.parameters()).device
     out = []
     for start in range(0, len(reports), batch_size):
-        ids = [[tok.bos_token_id] + tok(r, add_special_tokens=False)["input_ids"]
-               for r in reports[start : start + batch_size]]
+        ids = [
+            [tok.bos_token_id] + tok(r, add_special_tokens=False)["input_ids"]
+            for r in reports[start : start + batch_size]
+        ]
         longest = max(map(len, ids))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         x = torch.tensor([i + [pad] * (longest - len(i)) for i in ids], device=device)
@@ -141,8 +150,13 @@ class _Phase1Data(Dataset):
     sample (`flip_text`, p = 0.5) is the mirrored volume with the side-swapped report: its text embedding and
     its side target (left <-> right) swap with the image; anatomy and pathology stay."""
 
-    def __init__(self, cohort: Cohort, text: torch.Tensor, flip_text: torch.Tensor | None,
-                 findings: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        cohort: Cohort,
+        text: torch.Tensor,
+        flip_text: torch.Tensor | None,
+        findings: dict[str, torch.Tensor] | None = None,
+    ):
         self.cohort, self.text, self.flip_text, self.findings = cohort, text, flip_text, findings
         self.volumes = [torch.from_numpy(cohort.volume(i)) for i in range(len(cohort))]
 
@@ -190,9 +204,19 @@ def phase1_loss(infonce: InfoNCE, findings_weight: float):
     return loss_fn
 
 
-def train_phase1(visual: VisualTokenizer, lm: LanguageModel, train: Cohort, val: Cohort, cfg: TrainConfig, *,
-                 temperature: float, laterality_flip: bool, findings_weight: float, state_dir: Path, tracker=None
-                 ) -> tuple[ContrastiveModel, FitResult]:
+def train_phase1(
+    visual: VisualTokenizer,
+    lm: LanguageModel,
+    train: Cohort,
+    val: Cohort,
+    cfg: TrainConfig,
+    *,
+    temperature: float,
+    laterality_flip: bool,
+    findings_weight: float,
+    state_dir: Path,
+    tracker=None,
+) -> tuple[ContrastiveModel, FitResult]:
     """Contrastive (and, with findings_weight > 0, findings-grounded) training of the visual tokenizer; the LM
     stays frozen (its text embeddings are cached)."""
     if cfg.batch_size < 2:
@@ -203,22 +227,35 @@ def train_phase1(visual: VisualTokenizer, lm: LanguageModel, train: Cohort, val:
     data = {}
     for name, cohort in (("train", train), ("val", val)):
         text = text_embeddings(lm, cohort.reports)
-        flipped = text_embeddings(lm, [swap_laterality(r) for r in cohort.reports]) if laterality_flip else None
+        flipped = (
+            text_embeddings(lm, [swap_laterality(r) for r in cohort.reports]) if laterality_flip else None
+        )
         targets = findings_tensors(cohort.reports) if findings_weight > 0 else None
         data[name] = _Phase1Data(cohort, text, flipped if name == "train" else None, targets)
     model = ContrastiveModel(visual, lm.hidden_size, findings=findings_weight > 0)
     loss_fn = phase1_loss(InfoNCE(temperature), findings_weight)
 
     params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-    result = fit(model, params, loss_fn, data["train"], data["val"], _collate_phase1, cfg, state_dir=state_dir,
-                 tracker=tracker, desc="phase1")
+    result = fit(
+        model,
+        params,
+        loss_fn,
+        data["train"],
+        data["val"],
+        _collate_phase1,
+        cfg,
+        state_dir=state_dir,
+        tracker=tracker,
+        desc="phase1",
+    )
     return model, result
 
 
 # ----------------------------------------------------------------------------- phase 2
 @torch.no_grad()
-def visual_tokens(visual: VisualTokenizer, volumes: list[np.ndarray], batch_size: int = 4,
-                  flip: bool = False) -> torch.Tensor:
+def visual_tokens(
+    visual: VisualTokenizer, volumes: list[np.ndarray], batch_size: int = 4, flip: bool = False
+) -> torch.Tensor:
     """(N, K, Cv) visual tokens of preprocessed volumes (optionally mirrored)."""
     visual.eval()
     device = next(visual.parameters()).device
@@ -269,23 +306,44 @@ def normal_weights(reports: list[str], normal_weight: float) -> list[float] | No
     return [1.0 if findings_targets(r).presence else float(normal_weight) for r in reports]
 
 
-def train_phase2(model: Brain3D, train_tokens: torch.Tensor, train_reports: list[str], val_tokens: torch.Tensor,
-                 val_reports: list[str], cfg: TrainConfig, param_groups: list[dict], *, state_dir: Path,
-                 normal_weight: float, flipped_train_tokens: torch.Tensor | None = None, tracker=None,
-                 desc: str = "phase2") -> FitResult:
+def train_phase2(
+    model: Brain3D,
+    train_tokens: torch.Tensor,
+    train_reports: list[str],
+    val_tokens: torch.Tensor,
+    val_reports: list[str],
+    cfg: TrainConfig,
+    param_groups: list[dict],
+    *,
+    state_dir: Path,
+    normal_weight: float,
+    flipped_train_tokens: torch.Tensor | None = None,
+    tracker=None,
+    desc: str = "phase2",
+) -> FitResult:
     """Masked next-token CE over cached visual tokens; `param_groups` says what trains (2A vs 2B); normal
     reports are drawn `normal_weight` times as often as reports with a finding (normal_weights)."""
     train_set = _Phase2Data(train_tokens, train_reports, flipped_train_tokens)
     val_set = _Phase2Data(val_tokens, val_reports)
-    return fit(model, param_groups, lambda m, b: m(*b), train_set, val_set, _collate_phase2, cfg,
-               state_dir=state_dir, tracker=tracker, desc=desc,
-               sample_weights=normal_weights(train_reports, normal_weight))
-
+    return fit(
+        model,
+        param_groups,
+        lambda m, b: m(*b),
+        train_set,
+        val_set,
+        _collate_phase2,
+        cfg,
+        state_dir=state_dir,
+        tracker=tracker,
+        desc=desc,
+        sample_weights=normal_weights(train_reports, normal_weight),
+    )
 
 
 # ----------------------------------------------------------------------------- stage helpers
-def load_backbones(bb: dict, model_cfg: ModelConfig, *, visual_weights: str | Path | None = None
-                   ) -> tuple[VisualTokenizer, LanguageModel]:
+def load_backbones(
+    bb: dict, model_cfg: ModelConfig, *, visual_weights: str | Path | None = None
+) -> tuple[VisualTokenizer, LanguageModel]:
     """The visual tokenizer (optionally with phase-1 weights) and the frozen LM from a backbone record."""
     from safetensors.torch import load_file
 
@@ -304,10 +362,16 @@ def run_key(sections: dict, files: list[str | Path]) -> str:
     return io.fingerprint({"params": sections, "files": {str(f): io.sha256_file(f) for f in files}})
 
 
-def write_training_record(name: str, result: FitResult, curves_dir: Path, summary_dir: Path, tracker=None) -> dict:
+def write_training_record(
+    name: str, result: FitResult, curves_dir: Path, summary_dir: Path, tracker=None
+) -> dict:
     """Per-epoch curve CSV (a DVC plot) and a summary JSON (DVC metrics) of one training."""
-    summary = {"best_val_loss": result.best_val, "best_epoch": result.best_epoch,
-               "epochs_run": len(result.history), "stopped_early": result.stopped_early}
+    summary = {
+        "best_val_loss": result.best_val,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+    }
     io.write_csv(curves_dir / f"{name}.csv", pd.DataFrame(result.history))
     io.write_json(summary_dir / f"{name}.json", summary)
     if tracker is not None:
@@ -345,5 +409,14 @@ def phase2_inputs(cfg: dict, laterality_flip: bool) -> Phase2Inputs:
     inputs = [paths.BACKBONES, visual_path, paths.SPLITS, paths.MANIFEST]
     key = run_key({"model": cfg["model"], "shape": cfg["preprocess"]["shape"]}, inputs)
     return Phase2Inputs(
-        model_cfg, bb, lm, visual.width, train, val, cached_tokens(visual, train, key), cached_tokens(visual, val, key),
-        cached_tokens(visual, train, key, flip=True) if laterality_flip else None, inputs)
+        model_cfg,
+        bb,
+        lm,
+        visual.width,
+        train,
+        val,
+        cached_tokens(visual, train, key),
+        cached_tokens(visual, val, key),
+        cached_tokens(visual, train, key, flip=True) if laterality_flip else None,
+        inputs,
+    )

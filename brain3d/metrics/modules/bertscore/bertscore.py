@@ -14,7 +14,9 @@ class Bertscore(evaluate.Metric):
         super().__init__(**kwargs)
 
     def _info(self) -> evaluate.MetricInfo:
-        return module_info(__doc__, "Zhang et al., BERTScore: Evaluating Text Generation with BERT, ICLR 2020.")
+        return module_info(
+            __doc__, "Zhang et al., BERTScore: Evaluating Text Generation with BERT, ICLR 2020."
+        )
 
     def _download_and_prepare(self, dl_manager) -> None:
         text.bert_scorer(self.model, self.num_layers)

@@ -10,7 +10,10 @@ class Bleu(evaluate.Metric):
     """Returns {"bleu1": [...], "bleu4": [...]}, one score per prediction/reference pair."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return module_info(__doc__, "Papineni et al., BLEU: a Method for Automatic Evaluation of Machine Translation, ACL 2002.")
+        return module_info(
+            __doc__,
+            "Papineni et al., BLEU: a Method for Automatic Evaluation of Machine Translation, ACL 2002.",
+        )
 
     def _compute(self, predictions: list[str], references: list[str]) -> dict[str, list[float]]:
         return text.bleu(predictions, references)

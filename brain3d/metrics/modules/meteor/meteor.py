@@ -11,7 +11,9 @@ class Meteor(evaluate.Metric):
     and loaded on first use (see `brain3d.metrics.wordnet`)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return module_info(__doc__, "Banerjee and Lavie, METEOR: An Automatic Metric for MT Evaluation, ACL Workshop 2005.")
+        return module_info(
+            __doc__, "Banerjee and Lavie, METEOR: An Automatic Metric for MT Evaluation, ACL Workshop 2005."
+        )
 
     def _compute(self, predictions: list[str], references: list[str]) -> dict[str, list[float]]:
         return text.meteor(predictions, references)

@@ -1,0 +1,161 @@
+"""The paper profile, rehearsed: `dvc repro evaluate` with `profile: paper` on a miniature paper world
+(brain3d/rehearsal.py: BraTS 2020 CBICA layout at 240 x 240 x 155, TextBraTS reports, ds000221 BIDS FLAIRs
+with skull, MedSigLIP-448 / MedGemma-1.5-4B-IT snapshots of the real classes at tiny widths), at the paper's
+volume shape (64 x 128 x 128 -> 65 x 9 x 9 tokens -> 32), 64 slices x 256 image tokens for the slice
+baselines, and 4-bit requested (a CPU falls back, said and logged). Every stage's outputs are checked; the
+numbers are not results. `lime` is left out: its probe's cross-validation needs 2 training subjects per class,
+more than a CPU-sized rehearsal holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+N_TUMOUR, N_HEALTHY = 6, 3  # 3 per stratum (left, right, healthy): 1 train, 1 val, 1 test each
+STAGES = (
+    "download",
+    "preprocess",
+    "split",
+    "corpus",
+    "foundation",
+    "phase1",
+    "phase2a",
+    "phase2b",
+    "generate@phase1",
+    "generate@phase2a",
+    "generate@phase2b",
+    "generate@phase2b_shuffled",
+    "baseline@medgemma_slices",
+    "baseline@med3dvlm",
+    "slices_ft",
+    "evaluate",
+)
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    from tiny_pipeline import make_repo, paper_params
+
+    from brain3d.rehearsal import write_world
+
+    tmp = tmp_path_factory.mktemp("rehearsal")
+    t0 = time.perf_counter()
+    world = {
+        **write_world(tmp / "world", n_tumour=N_TUMOUR, n_healthy=N_HEALTHY, sides=("left", "right")),
+        "n_tumour": N_TUMOUR,
+        "n_healthy": N_HEALTHY,
+    }
+    repo = make_repo(tmp, "repo", shrink=lambda p: paper_params(p, world))
+    repo.env["BRAIN3D_THREADS"] = str(min(2, os.cpu_count() or 1))  # alone in its test: both cores
+    world_s = time.perf_counter() - t0
+    try:
+        out = repo.dvc("repro", "evaluate", label="dvc repro evaluate (paper)", timeout=1500)
+    finally:
+        (tmp / "rehearsal.log").write_text("\n".join(repo.log))
+    print(f"rehearsal: world {world_s:.0f} s, dvc repro {repo.seconds['dvc repro evaluate (paper)']:.0f} s")
+    return repo, world, out
+
+
+def test_every_paper_stage_ran_on_the_miniature_world(rehearsal):
+    repo, world, out = rehearsal
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out, stage
+    assert "Running stage 'lime'" not in out
+    manifest = pd.read_csv(repo.path / "data/raw/manifest.csv")
+    assert sorted(manifest["source"].unique()) == ["brats2020", "ds000221"]
+    assert (manifest["cohort"] == "tumour").sum() == N_TUMOUR and (
+        manifest["cohort"] == "healthy"
+    ).sum() == N_HEALTHY
+    qc = pd.read_csv(repo.path / "data/preprocessed/qc.csv")
+    assert qc["sequence"].eq("FLAIR").all(), qc[
+        ["subject", "sequence"]
+    ]  # BraTS and ds000221 FLAIRs read FLAIR
+
+
+def test_foundation_recorded_the_snapshot_revisions_and_the_4bit_fallback(rehearsal):
+    repo, world, _ = rehearsal
+    record = json.loads((repo.path / "models/foundation/backbones.json").read_text())
+    assert record["source"] == "local" and record["load_in_4bit"] and record["allow_cpu_fallback"]
+    meta = world["lm"] / ".cache/huggingface/download/config.json.metadata"
+    assert record["revisions"]["lm"] == meta.read_text().split()[0]
+    phase2b = [r for r in repo.mlflow_runs() if r.get("stage") == "phase2b"]
+    assert phase2b, "no MLflow run of phase2b"
+    assert "4-bit NF4" in repo.mlflow_params(phase2b[0]["run_id"])["precision_fallback"]
+
+
+def test_the_model_has_the_papers_token_geometry(rehearsal):
+    repo, *_ = rehearsal
+    card = json.loads((repo.path / "models/phase2b/brain3d.json").read_text())
+    assert card["model"]["volume_shape"] == [64, 128, 128] and card["model"]["n_tokens"] == 32
+    from transformers import AutoConfig
+
+    lm = AutoConfig.from_pretrained(
+        card["backbones"]["lm"]
+        if os.path.isabs(card["backbones"]["lm"])
+        else repo.path / "models/phase2b" / card["backbones"]["lm"]
+    )
+    assert (
+        lm.mm_tokens_per_image == 256
+        and lm.vision_config.patch_size == 14
+        and lm.vision_config.image_size == 896
+    )
+
+
+def test_every_system_was_scored_or_says_why_not(rehearsal):
+    repo, *_ = rehearsal
+    metrics = json.loads((repo.path / "reports/metrics.json").read_text())
+    for name in ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft"):
+        assert name in metrics, name
+    main = (repo.path / "reports/tables/main.md").read_text()
+    assert "med3dvlm | not run:" in main
+    preds = pd.read_json(repo.path / "reports/predictions/medgemma_slices.jsonl", lines=True)
+    assert len(preds) == len(pd.read_csv(repo.path / "data/splits.csv").query("split == 'test'")) > 0
+
+
+def test_the_gpu_benchmark_runs_end_to_end_at_tiny_widths(tmp_path):
+    """benchmarks/paper_gpu.py is meant for a CUDA machine; the same code at tiny widths on the CPU keeps it
+    from rotting until one is lent (its figures here mean nothing for a GPU)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks/paper_gpu.py"),
+            "--scale",
+            "tiny",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--json",
+            str(tmp_path / "gpu.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads((tmp_path / "gpu.json").read_text())
+    for key in (
+        "token_cache_s_per_volume",
+        "phase1_microbatch_s",
+        "phase2b_microbatch_s",
+        "generate_reports_per_s",
+    ):
+        assert figures[key] > 0, key
+    assert figures["gpu_hours"]["total"] == pytest.approx(
+        sum(v for k, v in figures["gpu_hours"].items() if k != "total")
+    )
+    assert "ratio:" in out.stdout
