@@ -14,28 +14,12 @@ import time
 
 import pandas as pd
 import pytest
+from tiny_pipeline import DVC_STAGES
 
 pytestmark = pytest.mark.slow
 
 N_TUMOUR, N_HEALTHY = 6, 3  # 3 per stratum (left, right, healthy): 1 train, 1 val, 1 test each
-STAGES = (
-    "download",
-    "preprocess",
-    "split",
-    "corpus",
-    "foundation",
-    "phase1",
-    "phase2a",
-    "phase2b",
-    "generate@phase1",
-    "generate@phase2a",
-    "generate@phase2b",
-    "generate@phase2b_shuffled",
-    "baseline@medgemma_slices",
-    "baseline@med3dvlm",
-    "slices_ft",
-    "evaluate",
-)
+STAGES = [s for s in DVC_STAGES if s != "lime"]  # the DAG up to `evaluate`
 
 
 @pytest.fixture(scope="module")
