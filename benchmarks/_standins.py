@@ -41,38 +41,21 @@ def reports(n: int, seed: int) -> list[str]:
 def build(out: Path, cfg: dict, seed: int = 0) -> tuple[Path, Path]:
     """Random SigLIP (image = the volume's in-plane size, demo patch) and Gemma 3 checkpoints under `out`."""
     import torch
-    from transformers import SiglipConfig, SiglipModel
 
-    from brain3d.models.foundation import build_gemma3, save_gemma3, save_siglip, train_tokenizer
+    from brain3d.models.foundation import (
+        build_gemma3,
+        build_siglip,
+        save_gemma3,
+        save_siglip,
+        train_tokenizer,
+    )
 
     f = cfg["foundation"]
     s, g = f["siglip"], f["gemma"]
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(reports(400, seed) + [cfg["model"]["prompt"]], f["tokenizer_vocab"])
     image_size = int(cfg["preprocess"]["shape"][-1])
-    siglip = SiglipModel(
-        SiglipConfig(
-            text_config=dict(
-                hidden_size=s["hidden"],
-                intermediate_size=s["intermediate"],
-                num_hidden_layers=s["text_layers"],
-                num_attention_heads=s["heads"],
-                vocab_size=len(tokenizer),
-                max_position_embeddings=32,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            ),
-            vision_config=dict(
-                hidden_size=s["hidden"],
-                intermediate_size=s["intermediate"],
-                num_hidden_layers=s["layers"],
-                num_attention_heads=s["heads"],
-                image_size=image_size,
-                patch_size=s["patch"],
-            ),
-        )
-    )
+    siglip = build_siglip(tokenizer, s, image_size)
     save_siglip(siglip, tokenizer, out / "siglip")
     gemma = build_gemma3(tokenizer, siglip.config.vision_config.to_dict(), g)
     gemma.model.vision_tower.load_state_dict(siglip.vision_model.state_dict())

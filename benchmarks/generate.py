@@ -47,7 +47,6 @@ def main() -> None:
     from brain3d.generation import decoding_from_params, generate_reports
     from brain3d.models.backbones import load_language_model, load_vision_model
     from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
-    from brain3d.training.phases import visual_tokens
 
     cfg = _standins.demo_params()
     model_cfg = ModelConfig.from_params(cfg)
@@ -58,7 +57,7 @@ def main() -> None:
     runtime.seed_everything(args.seed)
     model = Brain3D(lm, visual.width, model_cfg.prompt).eval()
     g = torch.Generator().manual_seed(args.seed)
-    tokens = visual_tokens(visual, list(torch.rand(n, *model_cfg.volume_shape, generator=g).numpy()))
+    tokens = visual.encode(list(torch.rand(n, *model_cfg.volume_shape, generator=g).numpy()))
     decoding = decoding_from_params(
         {**cfg["generate"], "max_new_tokens": args.max_new_tokens, "min_new_tokens": min_new}
     )

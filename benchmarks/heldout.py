@@ -96,18 +96,17 @@ def main() -> None:
     runtime.set_offline_env()
     runtime.setup()
     from brain3d.generation import decoding_from_params, generate_reports
-    from brain3d.models import checkpoint
-    from brain3d.training.phases import visual_tokens
+    from brain3d.models.model import Brain3D
 
     cfg = config.load(args.params)
     df, volumes = cohort(args.subjects, args.seed, cfg, args.workers)
     arrays = [np.load(volumes / f"{s}.npy") for s in df["subject"]]
     rows, written = [], []
     for model_dir in args.models:
-        model = checkpoint.load(model_dir, "cpu")
+        model = Brain3D.from_pretrained(model_dir, "cpu")
         preds = generate_reports(
             model,
-            visual_tokens(model.visual, arrays),
+            model.visual.encode(arrays),
             decoding_from_params(cfg["generate"]),
             batch_size=16,
             seed=cfg["generate"]["seed"],

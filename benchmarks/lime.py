@@ -80,9 +80,9 @@ def conv_net_score(seed: int = 0):
 
 def model_score(model_dir: str, device: str):
     from brain3d.interpretability.targets import case_scores
-    from brain3d.models import checkpoint
+    from brain3d.models.model import Brain3D
 
-    model = checkpoint.load(model_dir, device)
+    model = Brain3D.from_pretrained(model_dir, device)
     return case_scores(model, REPORT, with_side=False)[1], tuple(model.visual.encoder.volume_shape)
 
 

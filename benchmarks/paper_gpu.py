@@ -82,7 +82,6 @@ def main() -> None:  # noqa: C901 (one measurement after another, as the paper t
         raise SystemExit(
             "paper_gpu.py: no CUDA device (use --scale tiny --device cpu to check the code path)"
         )
-    from peft import LoraConfig, get_peft_model
 
     from brain3d.data.reports import healthy_report
     from brain3d.generation import decoding_from_params
@@ -156,15 +155,7 @@ def main() -> None:  # noqa: C901 (one measurement after another, as the paper t
 
     # phase 2B: projector + LoRA over the (4-bit) LM, teacher forcing a report
     p2 = cfg["phase2b"]
-    get_peft_model(
-        lm.full,
-        LoraConfig(
-            r=p2["lora_rank"],
-            lora_alpha=p2["lora_alpha"],
-            lora_dropout=p2["lora_dropout"],
-            target_modules=lm.lora_target_regex(),
-        ),
-    )
+    lm.add_lora(p2["lora_rank"], p2["lora_alpha"], p2["lora_dropout"])
     model = Brain3D(lm, visual.width, model_cfg.prompt).train()
     model.projector.to(device)  # the LM is placed already (a 4-bit one by its device map)
     tokens = torch.randn(batch, model_cfg.n_tokens, visual.width, device=device)

@@ -40,11 +40,9 @@ def main() -> None:
     n_threads = _standins.threads()
     _standins.quiet()
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from brain3d.models.backbones import load_language_model, load_vision_model
     from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
-    from brain3d.training.phases import visual_tokens
 
     cfg = _standins.demo_params()
     section = cfg[f"phase{args.phase}"]
@@ -57,15 +55,7 @@ def main() -> None:
     visual.eval().requires_grad_(False)  # frozen in phase 2
     runtime.seed_everything(args.seed)
     if args.phase == "2b":
-        get_peft_model(
-            lm.full,
-            LoraConfig(
-                r=section["lora_rank"],
-                lora_alpha=section["lora_alpha"],
-                lora_dropout=section["lora_dropout"],
-                target_modules=lm.lora_target_regex(),
-            ),
-        )
+        lm.add_lora(section["lora_rank"], section["lora_alpha"], section["lora_dropout"])
     model = Brain3D(lm, visual.width, model_cfg.prompt)
     model.train()
     groups = [{"params": list(model.projector.parameters()), "lr": section["lr"]}]
@@ -80,7 +70,7 @@ def main() -> None:
     volumes = torch.rand(batch, 1, *model_cfg.volume_shape, generator=g)
     reports = _standins.reports(batch, args.seed + 1)
     t0 = time.perf_counter()
-    cached = visual_tokens(visual, [v[0].numpy() for v in volumes])  # as phases.cached_tokens computes them
+    cached = visual.encode([v[0].numpy() for v in volumes])  # as VisualTokenizer.cached_encode computes them
     cache_s = time.perf_counter() - t0
 
     def step(z: torch.Tensor | None) -> float:

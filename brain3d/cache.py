@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from brain3d.paths import repo_root
+
 CODE_ROOTS = ("brain3d", "stages")  # dvc.yaml deps under these folders are code
 _stage_key: str | None = None  # fingerprint of the running stage's deps (bind_stage)
 
@@ -85,7 +87,7 @@ def content_fingerprint(paths: list[Path], root: Path) -> str:
 
 def bind_stage(module: str, dvc_yaml: str | Path = "dvc.yaml") -> str:
     """Key every cache of this process on the deps (code and data) of the DVC stage `module` (called by
-    `stage.run`). Without a dvc.yaml (a stage run outside the repository) the whole package stays the key."""
+    `entrypoint.run`). Without a dvc.yaml (a stage run outside the repository) the whole package stays the key."""
     global _stage_key
     if Path(dvc_yaml).exists():
         _stage_key = content_fingerprint(stage_deps(module, dvc_yaml), Path(dvc_yaml).parent)
@@ -103,8 +105,6 @@ def cache_dir(kind: str, key: str) -> Path:
     if os.environ.get("BRAIN3D_CACHE"):
         base = Path(os.environ["BRAIN3D_CACHE"])
     else:
-        from brain3d.tracking import repo_root
-
         base = repo_root() / ".cache" / "brain3d"
     digest = hashlib.sha256(f"{key}\0{stage_key()}".encode()).hexdigest()[:16]
     path = base / kind / digest

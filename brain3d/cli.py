@@ -9,6 +9,9 @@ that wrote it (directory, profile, training data, revision) and says "research u
 A scan that cannot be read (missing, not a NIfTI, 4D, NaN, not a brain, not FLAIR-like) gets one line on
 stderr at the end, naming it and the reason, while the other scans go on; the exit status is then 2.
 Never a traceback.
+
+One module for one command (about 480 lines): its parser, input expansion, worker preprocessing, model
+description and result writing are steps of `report` that nothing else uses; the work itself is library code.
 """
 
 from __future__ import annotations
@@ -234,7 +237,8 @@ def model_info(model_dir: Path, card: dict) -> dict:
     directory is a DVC output of a Brain3D checkout, and its intended use."""
     import yaml
 
-    from brain3d.tracking import git_sha, repo_root
+    from brain3d.paths import repo_root
+    from brain3d.tracking import git_sha
 
     model_dir = model_dir.resolve()
     profile, trained_on = {  # the foundation stage records where the backbones came from
@@ -316,10 +320,10 @@ def _preprocessed(scans: list[Path], shape, kwargs: dict, workers: int):
 
 def write_rows(path: Path, rows: list[dict]) -> None:
     """--out: JSON lines, or a CSV with findings, side probabilities, model and timings flattened into columns."""
-    from brain3d import io
+    from brain3d import fileio
 
     if path.suffix == ".jsonl":
-        io.write_jsonl(path, rows)
+        fileio.write_jsonl(path, rows)
     elif path.suffix == ".csv":
         import pandas as pd
 
@@ -337,7 +341,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
             }
             for r in rows
         ]
-        io.write_csv(path, pd.DataFrame(flat))
+        fileio.write_csv(path, pd.DataFrame(flat))
     else:
         raise ValueError(f"--out {path}: use a .jsonl or .csv file name")
 
@@ -352,8 +356,9 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
     from tqdm.auto import tqdm
 
     from brain3d.models import checkpoint
+    from brain3d.models.model import Brain3D
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = runtime.device() if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     params = args.params or _default_params()
@@ -393,7 +398,7 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
         leave=False,
         disable=not sys.stderr.isatty(),
     )
-    for scan, pre, reason, prep_s in _preprocessed(scans, card["model_config"].volume_shape, kwargs, workers):
+    for scan, pre, reason, prep_s in _preprocessed(scans, card["model"]["volume_shape"], kwargs, workers):
         bar.update()
         if pre is None:
             failed.append((scan, reason))
@@ -410,7 +415,7 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
         load_s = 0.0
         if model is None:
             t0 = time.perf_counter()
-            model = checkpoint.load(model_dir, device)
+            model = Brain3D.from_pretrained(model_dir, device)
             load_s = time.perf_counter() - t0
             if info["profile"] == "demo":
                 print(DEMO_WARNING.format(dir=model_dir), file=sys.stderr)

@@ -1,5 +1,8 @@
-"""The pipeline's file layout (relative to the repository root); dvc.yaml declares the same paths."""
+"""The pipeline's file layout (relative to the repository root; dvc.yaml declares the same paths), and where
+that root is (`repo_root`)."""
 
+import os
+import subprocess
 from pathlib import Path
 
 RAW = Path("data/raw")
@@ -21,3 +24,22 @@ TRAINING = REPORTS / "training"
 
 def model_dir(phase: str) -> Path:
     return MODELS / phase
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The project root that owns mlflow.db. Inside a queued DVC experiment's temporary workspace
+    (`<root>/.dvc/tmp/exps/...`) this is the main repository, so no run is lost with the workspace."""
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i, part in enumerate(parts):
+        if part == ".dvc" and parts[i + 1 : i + 3] == ("tmp", "exps"):
+            return Path(*parts[:i])
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True
+        )
+        if out.returncode == 0:
+            return Path(out.stdout.strip())
+    except OSError:
+        pass
+    return here

@@ -52,7 +52,7 @@ FALLBACKS: list[str] = []  # what this process runs at a lower precision than it
 def precision_fallback(message: str, allow: bool) -> None:
     """A precision the params ask for and this machine cannot give: refuse with `message` (PrecisionError)
     unless `allow` (`foundation.allow_cpu_fallback`); allowed, say it in one line on stderr and keep it in
-    FALLBACKS, which `stage.run` records in the stage's MLflow run (tag `precision_fallback`)."""
+    FALLBACKS, which `entrypoint.run` records in the stage's MLflow run (tag `precision_fallback`)."""
     import sys
 
     from brain3d.config import PrecisionError
@@ -63,6 +63,13 @@ def precision_fallback(message: str, allow: bool) -> None:
         )
     print(f"precision fallback: {message}", file=sys.stderr)
     FALLBACKS.append(message)
+
+
+def device() -> str:
+    """Where inference and training run: "cuda" when a GPU is visible, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def is_main_process() -> bool:

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from brain3d.paths import repo_root
+
 EXPERIMENT = "brain3d"
 
 
@@ -53,25 +55,6 @@ class MlflowTracker(Tracker):
             self._mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
         elif path.exists():
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-
-def repo_root(start: str | Path | None = None) -> Path:
-    """The project root that owns mlflow.db. Inside a queued DVC experiment's temporary workspace
-    (`<root>/.dvc/tmp/exps/...`) this is the main repository, so no run is lost with the workspace."""
-    here = Path(start or os.getcwd()).resolve()
-    parts = here.parts
-    for i, part in enumerate(parts):
-        if part == ".dvc" and parts[i + 1 : i + 3] == ("tmp", "exps"):
-            return Path(*parts[:i])
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True
-        )
-        if out.returncode == 0:
-            return Path(out.stdout.strip())
-    except OSError:
-        pass
-    return here
 
 
 def tracking_uri(root: Path | None = None) -> str:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from brain3d import config, io
-from brain3d.metrics.tables import LABELS, cell, markdown_table
+from brain3d import config, fileio
+from brain3d.metrics.formatting import LABELS, cell, markdown_table
 
 ABLATED = (
     "phase2b.lora_rank",
@@ -363,18 +363,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     doc = json.loads(args.from_json.read_text()) if args.from_json else exp_show(args.all_commits, args.rev)
     table = build_table(doc, args.system)
-    io.write_csv(args.out.with_suffix(".csv"), table)
+    fileio.write_csv(args.out.with_suffix(".csv"), table)
     text = markdown(table, args.system)
-    io.write_text(args.out.with_suffix(".md"), text)
+    fileio.write_text(args.out.with_suffix(".md"), text)
     print(text)
     runs = seed_runs(doc)
     if len(runs) > 1:
         long = seed_table(runs)
         seeds_out = args.out.with_name("seeds")
-        io.write_csv(seeds_out.with_suffix(".csv"), long)
+        fileio.write_csv(seeds_out.with_suffix(".csv"), long)
         base_seed = next(seed for name, seed, *_ in runs if not name.startswith("seed-"))  # the commit's
         seeds_text = seeds_markdown(long, base_seed)
-        io.write_text(seeds_out.with_suffix(".md"), seeds_text)
+        fileio.write_text(seeds_out.with_suffix(".md"), seeds_text)
         print(seeds_text)
 
 

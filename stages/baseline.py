@@ -8,18 +8,17 @@ says why, and no numbers.
 import sys
 
 import pandas as pd
-import torch
 
-from brain3d import io, paths, stage
+from brain3d import entrypoint, fileio, paths, runtime
 from brain3d.baselines import NotRunnable, med3dvlm
 from brain3d.baselines.slices import SlicePrompt, SliceSequence, finetune, load_processor
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
+from brain3d.data.split import SplitSubjects
 from brain3d.generation import decoding_from_params
 from brain3d.models.backbones import read_backbones, record_language_model
-from brain3d.runtime import seed_everything
 from brain3d.training.loop import TrainConfig
-from brain3d.training.phases import Cohort, run_key
+from brain3d.training.phases import run_key
 
 DESCRIPTIONS = {
     "medgemma_slices": "MedGemma slice sequence, zero-shot (demo: the Gemma 3 stand-in)",
@@ -31,7 +30,7 @@ DESCRIPTIONS = {
 def slice_model(cfg: dict) -> SliceSequence:
     b, bb = cfg["baselines"], read_backbones(paths.BACKBONES)
     lm = record_language_model(bb, keep_vision=True)
-    lm.full.to("cuda" if torch.cuda.is_available() else "cpu")
+    lm.full.to(runtime.device())
     prompt = SlicePrompt(b["instruction"], b["question"], b["n_slices"])
     return SliceSequence(lm, load_processor(bb["lm"]), prompt, decoding=decoding_from_params(cfg["generate"]))
 
@@ -39,9 +38,9 @@ def slice_model(cfg: dict) -> SliceSequence:
 def main() -> None:
     name = sys.argv[1]
     out_dir = paths.MODELS / "baselines" / name
-    with stage.run(f"baseline@{name}", ("baselines", "generate")) as (cfg, tracker):
+    with entrypoint.run(f"baseline@{name}", ("baselines", "generate")) as (cfg, tracker):
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
-        test = Cohort.load(splits, df, "test", paths.VOLUMES)
+        test = SplitSubjects.load(splits, df, "test", paths.VOLUMES)
         volumes = [test.volume(i) for i in range(len(test))]
         meta = {
             "system": name,
@@ -61,8 +60,8 @@ def main() -> None:
                 if name == "slices_ft":
                     # phase 2B's budget; its 3D-only key is not a dependency (dvc.yaml) nor part of the resume key
                     p = {k: v for k, v in cfg["phase2b"].items() if k != "laterality_flip"}
-                    seed_everything(p["seed"])
-                    train, val = (Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
+                    runtime.seed_everything(p["seed"])
+                    train, val = (SplitSubjects.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
                     data = {
                         c: ([x.volume(i) for i in range(len(x))], x.reports)
                         for c, x in (("t", train), ("v", val))
@@ -86,7 +85,7 @@ def main() -> None:
                         tracker=tracker,
                     )
                     peft_model.save_pretrained(out_dir / "adapter")
-                    io.write_csv(out_dir / "curve.csv", pd.DataFrame(result.history))
+                    fileio.write_csv(out_dir / "curve.csv", pd.DataFrame(result.history))
                 preds = seq.predict(
                     volumes, batch_size=cfg["baselines"]["batch_size"], seed=cfg["generate"]["seed"]
                 )
@@ -97,9 +96,9 @@ def main() -> None:
             {"subject": s, "split": "test", "reference": r, "prediction": p}
             for s, r, p in zip(test.subjects, test.reports, preds)
         ]
-        io.write_jsonl(paths.PREDICTIONS / f"{name}.jsonl", rows)
-        io.write_json(paths.PREDICTIONS / f"{name}.json", meta)
-        io.write_json(out_dir / "baseline.json", meta)
+        fileio.write_jsonl(paths.PREDICTIONS / f"{name}.jsonl", rows)
+        fileio.write_json(paths.PREDICTIONS / f"{name}.json", meta)
+        fileio.write_json(out_dir / "baseline.json", meta)
         tracker.log_metrics({"ran": float(meta["status"] == "ok"), "n_test": len(rows)})
         tracker.log_artifact(paths.PREDICTIONS / f"{name}.json", "predictions")
 

@@ -6,12 +6,12 @@ in the standardised space and data/corpus/manifest.csv (brain3d/data/corpus.py).
 
 import time
 
-from brain3d import paths, stage
+from brain3d import entrypoint, paths
 from brain3d.data.corpus import generate_corpus
 
 
 def main() -> None:
-    with stage.run("corpus", ("corpus",)) as (cfg, tracker):
+    with entrypoint.run("corpus", ("corpus",)) as (cfg, tracker):
         c, pre = cfg["corpus"], cfg["preprocess"]
         t0 = time.perf_counter()
         df = generate_corpus(

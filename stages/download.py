@@ -6,14 +6,14 @@ OpenNeuro ds000221 at the locations given in params, failing with one message th
 
 from pathlib import Path
 
-from brain3d import stage
+from brain3d import entrypoint
 from brain3d.data import manifest
 
 OUT = Path("data/raw")
 
 
 def main() -> None:
-    with stage.run("download", ("download",)) as (cfg, tracker):
+    with entrypoint.run("download", ("download",)) as (cfg, tracker):
         params = cfg["download"]
         root = Path.cwd()
         if params["source"] == "phantom":

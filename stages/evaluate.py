@@ -4,12 +4,12 @@ metrics.json."""
 
 import pandas as pd
 
-from brain3d import io, paths, stage
-from brain3d.metrics.tables import evaluate_systems
+from brain3d import entrypoint, fileio, paths
+from brain3d.metrics.evaluation import evaluate_systems
 
 
 def main() -> None:
-    with stage.run("evaluate", ("evaluate",)) as (cfg, tracker):
+    with entrypoint.run("evaluate", ("evaluate",)) as (cfg, tracker):
         e = cfg["evaluate"]
         test = pd.read_csv(paths.SPLITS).query("split == 'test'")[["subject", "cohort", "laterality"]]
         evaluate_systems(
@@ -21,7 +21,7 @@ def main() -> None:
             n_resamples=e["n_resamples"],
             seed=e["seed"],
         )
-        metrics = io.read_json(paths.REPORTS / "metrics.json")
+        metrics = fileio.read_json(paths.REPORTS / "metrics.json")
         tracker.log_metrics(
             {
                 f"{system}.{k}": v

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brain3d import io, paths, stage
+from brain3d import entrypoint, fileio, paths
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
 from brain3d.models import foundation as fd
@@ -45,12 +45,12 @@ def _corpus_items() -> list:
 
 
 def main() -> None:
-    with stage.run("foundation", ("foundation",)) as (cfg, tracker):
+    with entrypoint.run("foundation", ("foundation",)) as (cfg, tracker):
         f = cfg["foundation"]
         if f["source"] == "local":
             record = verify_local(f, Path.cwd())
             for name in ("siglip", "gemma3"):
-                io.write_text(paths.CURVES / f"foundation_{name}.csv", "epoch,train_loss,val_loss\n")
+                fileio.write_text(paths.CURVES / f"foundation_{name}.csv", "epoch,train_loss,val_loss\n")
         else:
             splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
             volumes, reports = {}, {}
@@ -61,13 +61,13 @@ def main() -> None:
             tokenizer = fd.train_tokenizer(
                 reports["train"] + captions + [cfg["model"]["prompt"]], f["tokenizer_vocab"]
             )
-            key = io.fingerprint(
+            key = fileio.fingerprint(
                 {
                     "foundation": f,
-                    "splits": io.sha256_file(paths.SPLITS),
-                    "manifest": io.sha256_file(paths.MANIFEST),
+                    "splits": fileio.sha256_file(paths.SPLITS),
+                    "manifest": fileio.sha256_file(paths.MANIFEST),
                     "preprocess": cfg["preprocess"],
-                    "corpus": io.sha256_file(paths.CORPUS / "manifest.csv"),
+                    "corpus": fileio.sha256_file(paths.CORPUS / "manifest.csv"),
                 }
             )  # file hashes
             pretrain = {"train": volumes["train"] + _corpus_items(), "val": volumes["val"]}
@@ -92,9 +92,9 @@ def main() -> None:
             )
             fd.save_gemma3(gemma, tokenizer, OUT / "gemma3")
             for name, res in (("siglip", res_s), ("gemma3", res_g)):
-                io.write_csv(paths.CURVES / f"foundation_{name}.csv", pd.DataFrame(res.history))
+                fileio.write_csv(paths.CURVES / f"foundation_{name}.csv", pd.DataFrame(res.history))
                 tracker.log_metrics({f"{name}_best_val": res.best_val, f"{name}_epochs": len(res.history)})
-            weights = [io.sha256_file(OUT / d / "model.safetensors") for d in ("siglip", "gemma3")]
+            weights = [fileio.sha256_file(OUT / d / "model.safetensors") for d in ("siglip", "gemma3")]
             record = {
                 "source": "standins",
                 "vision": str(OUT / "siglip"),
@@ -102,9 +102,9 @@ def main() -> None:
                 "dtype": f["dtype"],
                 "load_in_4bit": f["load_in_4bit"],
                 "allow_cpu_fallback": f["allow_cpu_fallback"],
-                "fingerprint": io.fingerprint(weights),
+                "fingerprint": fileio.fingerprint(weights),
             }
-        io.write_json(paths.BACKBONES, record)
+        fileio.write_json(paths.BACKBONES, record)
         tracker.log_artifact(paths.BACKBONES)
 
 

@@ -12,11 +12,11 @@ import sys
 import pandas as pd
 import torch
 
-from brain3d import io, paths, stage
+from brain3d import entrypoint, fileio, paths, runtime
 from brain3d.data import manifest
+from brain3d.data.split import SplitSubjects
 from brain3d.generation import decoding_from_params, derangement, generate_reports
-from brain3d.models import checkpoint
-from brain3d.training.phases import Cohort, visual_tokens
+from brain3d.models.model import Brain3D
 
 DESCRIPTIONS = {
     "phase1": "Brain3D after phase 1 only (contrastive encoder, untrained projector)",
@@ -29,11 +29,13 @@ DESCRIPTIONS = {
 def main() -> None:
     system, model_name = sys.argv[1], sys.argv[2]
     shuffled = len(sys.argv) > 3 and sys.argv[3].lower() in ("true", "shuffled")
-    with stage.run(f"generate@{system}", ("generate",)) as (cfg, tracker):
+    with entrypoint.run(f"generate@{system}", ("generate",)) as (cfg, tracker):
         g = cfg["generate"]
-        model = checkpoint.load(paths.model_dir(model_name), "cuda" if torch.cuda.is_available() else "cpu")
-        test = Cohort.load(pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST), "test", paths.VOLUMES)
-        tokens = visual_tokens(model.visual, [test.volume(i) for i in range(len(test))])
+        model = Brain3D.from_pretrained(paths.model_dir(model_name), runtime.device())
+        test = SplitSubjects.load(
+            pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST), "test", paths.VOLUMES
+        )
+        tokens = model.visual.encode(test.volumes())
         if shuffled:
             tokens = tokens[torch.from_numpy(derangement(len(test), g["seed"]))]
         preds = generate_reports(
@@ -43,8 +45,8 @@ def main() -> None:
             {"subject": s, "split": "test", "reference": r, "prediction": p}
             for s, r, p in zip(test.subjects, test.reports, preds)
         ]
-        io.write_jsonl(paths.PREDICTIONS / f"{system}.jsonl", rows)
-        io.write_json(
+        fileio.write_jsonl(paths.PREDICTIONS / f"{system}.jsonl", rows)
+        fileio.write_json(
             paths.PREDICTIONS / f"{system}.json",
             {
                 "system": system,

@@ -7,26 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from brain3d import io, paths, stage
+from brain3d import entrypoint, fileio, paths, runtime
 from brain3d.data import manifest
 from brain3d.interpretability.cases import LimeSettings, explain_case, pick_cases
 from brain3d.interpretability.cnn_probe import CnnSettings
 from brain3d.interpretability.figures import save_case_figure, save_contact_sheet
 from brain3d.interpretability.probe import laterality_probes
 from brain3d.interpretability.targets import randomised_copy
-from brain3d.models import checkpoint
+from brain3d.models.model import Brain3D
 
 OUT = Path("reports/lime")
 
 
 def main() -> None:
-    with stage.run("lime", ("lime",)) as (cfg, tracker):
+    with entrypoint.run("lime", ("lime",)) as (cfg, tracker):
         settings = LimeSettings.from_params(cfg["lime"])
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = checkpoint.load(paths.model_dir("phase2b"), device)
+        device = runtime.device()
+        model = Brain3D.from_pretrained(paths.model_dir("phase2b"), device)
         randomised = randomised_copy(model, settings.seed)
         splits = pd.read_csv(paths.SPLITS)
         test = splits.query("split == 'test'").merge(manifest.read(paths.MANIFEST)[["subject", "report"]])
@@ -41,7 +40,7 @@ def main() -> None:
                 model, volume, case["report"], settings, seg=seg, with_side=with_side, randomised=randomised
             )
             rows += [{"subject": sid, "laterality": case["laterality"], **r} for r in result.rows]
-            io.write_json(
+            fileio.write_json(
                 OUT / "weights" / f"{sid}.json",
                 {t: e.weights.tolist() for t, e in result.explanations.items()},
             )
@@ -60,7 +59,7 @@ def main() -> None:
             )
         save_contact_sheet(OUT / "contact_sheet.png", sheet)
         table = pd.DataFrame(rows)
-        io.write_csv(OUT / "faithfulness.csv", table)
+        fileio.write_csv(OUT / "faithfulness.csv", table)
         summary = table.groupby(["model", "target"]).mean(numeric_only=True).round(4)
         metrics = {
             f"{m}_{t}_{k}": float(v) for (m, t), r in summary.iterrows() for k, v in r.items() if v == v
@@ -69,7 +68,7 @@ def main() -> None:
         stability = {
             sid: dict(zip(g["target"], g["stability"].round(4))) for sid, g in trained.groupby("subject")
         }
-        io.write_json(OUT / "faithfulness.json", {**metrics, "stability_per_case": stability})
+        fileio.write_json(OUT / "faithfulness.json", {**metrics, "stability_per_case": stability})
         tracker.log_metrics(metrics)
         for name in ("faithfulness.csv", "contact_sheet.png", "figures"):
             tracker.log_artifact(OUT / name, "lime" if name != "figures" else "lime/figures")
@@ -85,7 +84,7 @@ def main() -> None:
             device,
             tracker.log_metrics,
         )
-        io.write_json(OUT / "token_probe.json", probe)
+        fileio.write_json(OUT / "token_probe.json", probe)
         tracker.log_metrics({f"probe_{k}_accuracy": v["accuracy"] for k, v in probe.items()})
         print(
             "laterality probe (test accuracy):",

@@ -8,12 +8,12 @@ paper's "Phase 1 only" system (trained encoder, untrained projector).
 import pandas as pd
 import torch
 
-from brain3d import io, paths, stage
+from brain3d import entrypoint, fileio, paths
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
+from brain3d.data.split import SplitSubjects
 from brain3d.models.backbones import read_backbones
-from brain3d.models.checkpoint import write_card
-from brain3d.models.model import Brain3D, ModelConfig
+from brain3d.models.model import Brain3D, ModelConfig, load_backbones
 from brain3d.runtime import is_main_process, seed_everything
 from brain3d.training import phases
 from brain3d.training.loop import TrainConfig
@@ -22,12 +22,12 @@ OUT = paths.model_dir("phase1")
 
 
 def main() -> None:
-    with stage.run("phase1", ("model", "phase1")) as (cfg, tracker):
+    with entrypoint.run("phase1", ("model", "phase1")) as (cfg, tracker):
         p, model_cfg, bb = cfg["phase1"], ModelConfig.from_params(cfg), read_backbones(paths.BACKBONES)
         seed_everything(p["seed"])
-        visual, lm = phases.load_backbones(bb, model_cfg)
+        visual, lm = load_backbones(bb, model_cfg)
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
-        train, val = (phases.Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
+        train, val = (SplitSubjects.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
         key = phases.run_key(
             {"model": cfg["model"], "phase1": p, "shape": cfg["preprocess"]["shape"]},
             [paths.BACKBONES, paths.SPLITS, paths.MANIFEST],
@@ -47,22 +47,13 @@ def main() -> None:
         if not is_main_process():
             return
         torch.manual_seed(p["seed"])
-        brain3d = Brain3D(lm, visual.width, model_cfg.prompt)
-        z = phases.visual_tokens(visual, [train.volume(i) for i in range(min(16, len(train)))])
+        brain3d = Brain3D(lm, visual.width, model_cfg.prompt, visual=visual)
+        z = visual.encode([train.volume(i) for i in range(min(16, len(train)))])
         brain3d.projector.calibrate(z, brain3d.text_rms())
-        io.save_safetensors(OUT / "visual.safetensors", visual.state_dict())
-        io.save_safetensors(OUT / "head.safetensors", model.head.state_dict())
+        brain3d.save_pretrained(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb)
+        fileio.save_safetensors(OUT / "head.safetensors", model.head.state_dict())
         if model.findings is not None:  # (B, K, Cv) tokens -> presence, side, anatomy, pathology logits
-            io.save_safetensors(OUT / "findings.safetensors", model.findings.state_dict())
-        io.save_safetensors(OUT / "projector.safetensors", brain3d.projector.state_dict())
-        write_card(
-            OUT,
-            phase="phase1",
-            model_cfg=model_cfg,
-            backbones=bb,
-            visual=OUT / "visual.safetensors",
-            projector=OUT / "projector.safetensors",
-        )
+            fileio.save_safetensors(OUT / "findings.safetensors", model.findings.state_dict())
         phases.write_training_record("phase1", result, paths.CURVES, paths.TRAINING, tracker)
 
 

@@ -4,7 +4,7 @@ sequence each scan looks like and its fitted tissue intensities) and a QC montag
 
 from pathlib import Path
 
-from brain3d import stage
+from brain3d import entrypoint
 from brain3d.data import manifest
 from brain3d.data.preprocess import preprocess_cohort
 from brain3d.data.qc import montage
@@ -13,7 +13,7 @@ OUT = Path("data/preprocessed")
 
 
 def main() -> None:
-    with stage.run("preprocess", ("preprocess",)) as (cfg, tracker):
+    with entrypoint.run("preprocess", ("preprocess",)) as (cfg, tracker):
         p = cfg["preprocess"]
         df = manifest.read("data/raw/manifest.csv")
         qc, ok = preprocess_cohort(

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from brain3d import io, stage
+from brain3d import entrypoint, fileio
 from brain3d.data import manifest
 from brain3d.data.split import stratified_split
 
@@ -11,11 +11,11 @@ OUT = Path("data/splits.csv")
 
 
 def main() -> None:
-    with stage.run("split", ("split",)) as (cfg, tracker):
+    with entrypoint.run("split", ("split",)) as (cfg, tracker):
         p = cfg["split"]
         df = manifest.read("data/preprocessed/manifest.csv")
         splits = stratified_split(df, fractions=tuple(p["fractions"]), seed=p["seed"])
-        io.write_csv(OUT, splits)
+        fileio.write_csv(OUT, splits)
         table = splits.groupby(["split", "cohort", "laterality"]).size().unstack(fill_value=0)
         tracker.log_metrics({f"n_{s}": int((splits["split"] == s).sum()) for s in ("train", "val", "test")})
         tracker.log_artifact(OUT)

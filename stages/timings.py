@@ -4,7 +4,7 @@
 
 Reads mlflow.db with sqlite directly (no MLflow import): for every stage, its latest finished MLflow run (of
 DVC experiment NAME with --exp; the workspace's runs are tagged `dvc_exp` = "workspace"), with the cost metrics
-`stage.run` logs: stage_seconds, startup_seconds (imports before the work), peak_rss_mb and threads (blank where
+`entrypoint.run` logs: stage_seconds, startup_seconds (imports before the work), peak_rss_mb and threads (blank where
 a run did not log them). Prints one Markdown table with each stage's share of the total, slowest first.
 """
 

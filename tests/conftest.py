@@ -105,9 +105,7 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from brain3d import io
     from brain3d.models.backbones import load_language_model, load_vision_model
-    from brain3d.models.checkpoint import write_card
     from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
 
     torch.manual_seed(0)
@@ -130,11 +128,8 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
         for name, param in lora.named_parameters():
             if "lora_B" in name:  # a trained adapter is not the zero-initialised one
                 param.normal_(0.0, 0.02)
-    model = Brain3D(lm, visual.width, cfg.prompt)
-    io.save_safetensors(out / "visual.safetensors", visual.state_dict())
-    io.save_safetensors(out / "projector.safetensors", model.projector.state_dict())
-    lora.save_pretrained(out / "adapter")
-    write_card(
+    model = Brain3D(lm, visual.width, cfg.prompt, visual=visual)
+    model.save_pretrained(
         out,
         phase="phase2b",
         model_cfg=cfg,
@@ -145,9 +140,7 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
             "dtype": "float32",
             "load_in_4bit": False,
         },
-        visual=out / "visual.safetensors",
-        projector=out / "projector.safetensors",
-        adapter=out / "adapter",
+        adapter=lora,
     )
     return out
 

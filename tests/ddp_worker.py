@@ -1,7 +1,7 @@
 """One rank of the DDP test (tests/test_ddp.py): phase 2B (projector + LoRA) over fixed visual tokens, run by
 `torchrun --nproc_per_node 2 tests/ddp_worker.py LM_DIR OUT_DIR`, as stages/phase2b.py does.
 
-Every rank records the files it wrote through `brain3d.io` (the training loop's only writer) and its loss
+Every rank records the files it wrote through `brain3d.fileio` (the training loop's only writer) and its loss
 history in OUT_DIR/rank<r>.json; rank 0 alone saves the projector and the LoRA adapter, as the stage does."""
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ runtime.setup(int(os.environ["BRAIN3D_THREADS"]))
 
 import torch  # noqa: E402
 from conftest import PROMPT, REPORTS  # noqa: E402  (this script's folder, tests/, is on sys.path)
-from peft import LoraConfig, get_peft_model  # noqa: E402
 
-from brain3d import io  # noqa: E402
+from brain3d import fileio  # noqa: E402
 from brain3d.models.backbones import load_language_model  # noqa: E402
 from brain3d.models.model import Brain3D  # noqa: E402
 from brain3d.training import loop, phases  # noqa: E402
@@ -41,20 +40,18 @@ def main() -> None:
         "save_npy",
         "atomic_path",
     ):  # record every write of this rank
-        original = getattr(io, name)
+        original = getattr(fileio, name)
 
         def recorder(path, *args, _original=original, **kwargs):
             written.append(Path(path).name)
             return _original(path, *args, **kwargs)
 
-        setattr(io, name, recorder)
-    assert loop.io is io
+        setattr(fileio, name, recorder)
+    assert loop.fileio is fileio
 
     runtime.seed_everything(0)  # same initial projector/LoRA on every rank (DDP also broadcasts rank 0's)
     lm = load_language_model(lm_dir)
-    lora = get_peft_model(
-        lm.full, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.05, target_modules=lm.lora_target_regex())
-    )
+    lora = lm.add_lora(2, 4, 0.05)
     model = Brain3D(lm, VISION_WIDTH, PROMPT)
     g = torch.Generator().manual_seed(1)
     train_tokens = torch.randn(12, K, VISION_WIDTH, generator=g)
@@ -95,7 +92,7 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     if not runtime.is_main_process():
         return
-    io.save_safetensors(out / "model" / "projector.safetensors", model.projector.state_dict())
+    fileio.save_safetensors(out / "model" / "projector.safetensors", model.projector.state_dict())
     lora.save_pretrained(out / "model" / "adapter")
 
 

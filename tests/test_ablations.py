@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brain3d.metrics.tables import cell
+from brain3d.metrics.formatting import cell
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "tests" / "data" / "dvc_exp_show.json"

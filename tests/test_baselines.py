@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from brain3d.baselines import NotRunnable
+from brain3d.baselines import NotRunnable, slices
 from brain3d.baselines.med3dvlm import Med3DVLMConfig, check_runnable, env_commands, prepare_input
 from brain3d.baselines.slices import SlicePrompt, SliceSequence, load_processor
 from brain3d.models.backbones import load_language_model
@@ -116,7 +116,7 @@ def test_the_answer_is_found_without_processing_the_slices_twice(seq, monkeypatc
     reports = ["Left frontal lesion.", "A large mass is seen in the right temporal lobe with edema."]
     fast = seq.loss([volume_with_left_lesion()] * 2, reports)
     assert len(calls) == 1, "the slices were encoded twice"
-    monkeypatch.setattr(seq, "_answer_start", lambda ids: None)  # as if the tokenizer merged the header
+    monkeypatch.setattr(slices, "_answer_start", lambda ids, header: None)  # as if the tokenizer merged it
     slow = seq.loss([volume_with_left_lesion()] * 2, reports)
     assert len(calls) == 3
     assert torch.equal(seen[0], seen[1]) and torch.equal(fast, slow)

@@ -399,9 +399,9 @@ def test_side_probability_is_the_models_and_follows_the_side(tiny_model_dir):
 
     from brain3d.cli import side_probabilities
     from brain3d.data.reports import swap_laterality
-    from brain3d.models import checkpoint
+    from brain3d.models.model import Brain3D
 
-    model = checkpoint.load(tiny_model_dir, "cpu")
+    model = Brain3D.from_pretrained(tiny_model_dir, "cpu")
     torch.manual_seed(0)
     z = model.visual(torch.rand(1, 1, *model.visual.encoder.volume_shape))
     text = "A lesion is seen in the left frontal lobe with surrounding edema."

@@ -9,6 +9,8 @@ import torch
 
 from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
 from brain3d.data.reports import HEALTHY_TEMPLATES, swap_laterality
+from brain3d.data.split import SplitSubjects
+from brain3d.data.views import mirror
 from brain3d.training import phases
 from brain3d.training.losses import InfoNCE
 
@@ -89,14 +91,14 @@ REPORTS = {
 }
 
 
-def _cohort(tmp_path, name: str, sides: list, seed: int) -> phases.Cohort:
+def _cohort(tmp_path, name: str, sides: list, seed: int) -> SplitSubjects:
     rng = np.random.default_rng(seed)
     folder = tmp_path / name
     folder.mkdir()
     subjects = [f"{name}{i:03d}" for i in range(len(sides))]
     for sid, side in zip(subjects, sides):
         np.save(folder / f"{sid}.npy", _blob_volume(side, rng))
-    return phases.Cohort(subjects, [REPORTS[s] for s in sides], folder)
+    return SplitSubjects(subjects, [REPORTS[s] for s in sides], folder)
 
 
 def test_a_flipped_sample_mirrors_volume_text_and_side_together(tmp_path):
@@ -111,7 +113,7 @@ def test_a_flipped_sample_mirrors_volume_text_and_side_together(tmp_path):
             volume, t, target = data[i]
             flipped = bool(t[0] == 1)
             original = torch.from_numpy(cohort.volume(i))
-            assert torch.equal(volume[0], phases.mirror(original) if flipped else original)
+            assert torch.equal(volume[0], mirror(original) if flipped else original)
             want = mirror_side(int(targets["side"][i])) if flipped else int(targets["side"][i])
             assert int(target["side"]) == want
             assert torch.equal(target["pathology"], targets["pathology"][i])

@@ -10,7 +10,7 @@ import torch
 
 from brain3d.data.findings import SIDES, UNDEFINED_SIDE, mirror_side
 from brain3d.data.reports import laterality_from_report, swap_laterality
-from brain3d.training.phases import mirror
+from brain3d.data.views import mirror
 
 SWAPPED = {
     "left": "right",

@@ -287,10 +287,10 @@ def test_settings_from_params_ignore_other_keys_and_need_every_field():
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from brain3d.models import checkpoint
+    from brain3d.models.model import Brain3D
 
     torch.manual_seed(0)
-    return checkpoint.load(tiny_model_dir, "cpu")
+    return Brain3D.from_pretrained(tiny_model_dir, "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -172,13 +172,15 @@ def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean
         projector=None,
     )
     card = read_card(tmp_path)
-    assert card["model_config"] == cfg
-    visual = VisualTokenizer(medsiglip_like(), card["model_config"])  # the card's mode reaches the encoder
+    assert ModelConfig(**card["model"]) == cfg
+    visual = VisualTokenizer(
+        medsiglip_like(), ModelConfig(**card["model"])
+    )  # the card's mode reaches the encoder
     assert torch.count_nonzero(visual.encoder.patch_embed.proj.weight[:, :, 0]) == 0
     old = json.loads((tmp_path / CARD).read_text())
     del old["model"]["inflation"]  # a card written before model.inflation existed
     (tmp_path / CARD).write_text(json.dumps(old))
-    assert read_card(tmp_path)["model_config"].inflation == "mean"
+    assert ModelConfig(**read_card(tmp_path)["model"]).inflation == "mean"
 
 
 def test_positional_embedding_keeps_the_pretrained_grid_when_sizes_match():
@@ -333,7 +335,7 @@ def test_labels_cover_only_report_tokens(brain3d):
     n_prefix = 32 + len(brain3d.prompt_ids)
     assert embeds.shape[1] == labels.shape[1] == attention.shape[1]
     assert (labels[:, :n_prefix] == -100).all()
-    report_tokens = brain3d.lm_ref.tokenizer("Normal study.", add_special_tokens=False)["input_ids"]
+    report_tokens = brain3d.tokenizer("Normal study.", add_special_tokens=False)["input_ids"]
     assert (labels[1] != -100).sum() == len(report_tokens) + 1  # + EOS
     assert labels[1, n_prefix + len(report_tokens)] == brain3d.eos_id
 
@@ -375,9 +377,7 @@ def test_summed_log_likelihood_is_the_mean_times_the_report_tokens_and_eos(brain
     z = torch.randn(2, 32, 16)
     reports = ["No lesion.", "A lesion is seen in the left frontal lobe with marked edema."]
     mean, total = brain3d.log_likelihood(z, reports), brain3d.log_likelihood(z, reports, reduction="sum")
-    n = torch.tensor(
-        [len(brain3d.lm_ref.tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in reports]
-    )
+    n = torch.tensor([len(brain3d.tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in reports])
     assert torch.allclose(total, mean * n, atol=1e-4) and n[1] > n[0]
     with pytest.raises(ValueError, match="reduction"):
         brain3d.log_likelihood(z, reports, reduction="max")
@@ -403,7 +403,7 @@ def test_exempt_repetition_penalty_is_transformers_penalty_except_for_exempt_ids
 def test_repetition_exempt_spares_every_spelling_of_the_side_words(brain3d):
     from brain3d.models.model import word_token_ids
 
-    tok = brain3d.lm_ref.tokenizer
+    tok = brain3d.tokenizer
     ids = word_token_ids(tok, ["left", "right"])
     assert ids and {tok.decode([i]).strip().lower() for i in ids} <= {"left", "right"}
     for i in range(len(tok)):  # every entry that is exactly the word, however the vocabulary spells it
@@ -443,7 +443,7 @@ def test_4bit_without_cuda_refuses_unless_a_fallback_is_allowed(tiny_gemma3_dir,
 def test_a_stage_records_its_precision_fallback_in_mlflow(tmp_path, monkeypatch):
     from contextlib import contextmanager
 
-    from brain3d import runtime, stage
+    from brain3d import entrypoint, runtime
 
     logged = {}
 
@@ -463,9 +463,9 @@ def test_a_stage_records_its_precision_fallback_in_mlflow(tmp_path, monkeypatch)
 
     shutil.copy(Path(__file__).parents[1] / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(stage, "mlflow_run", fake_run)
+    monkeypatch.setattr(entrypoint, "mlflow_run", fake_run)
     monkeypatch.setattr(runtime, "FALLBACKS", [])
-    with stage.run("phase2b", ("phase2b",)):
+    with entrypoint.run("phase2b", ("phase2b",)):
         runtime.precision_fallback("4-bit NF4 needs CUDA", allow=True)
     assert logged["precision_fallback"] == "4-bit NF4 needs CUDA"
 
@@ -552,3 +552,69 @@ def test_the_stand_in_tokenizer_keeps_gemma_turn_and_image_markers_whole(tiny_to
         tokens = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
         assert tokens[0] == "<start_of_turn>" and tokens[-2:] == ["<end_of_turn>", "<start_of_image>"]
         assert len(tok) == 400  # no new entries: the markers were in the trained vocabulary
+
+
+def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directory(
+    tmp_path, tiny_siglip_dir, tiny_gemma3_dir
+):
+    """`from_pretrained` rebuilds the saved model: same weights (visual, projector, LoRA: a LoRA left out would
+    change the likelihood, its B matrices being non-zero), same report likelihood, and a card whose file paths
+    are relative, so the directory can move with its backbones."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from brain3d.models.checkpoint import read_card
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(
+        volume_shape=(8, 28, 28),
+        kd=2,
+        depth_stride=1,
+        depth_pad=1,
+        inflation="sum",
+        compressor="grid_pool",
+        n_tokens=4,
+        grid=(1, 2, 2),
+        prompt=PROMPT,
+    )
+    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
+    lm = load_language_model(tiny_gemma3_dir)
+    lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    model = Brain3D(lm, visual.width, cfg.prompt, visual=visual).eval()
+    with torch.no_grad():
+        model.projector.vis_scale.fill_(0.7)
+    backbones = {
+        "vision": str(tiny_siglip_dir),
+        "lm": str(tiny_gemma3_dir),
+        "dtype": "float32",
+        "load_in_4bit": False,
+    }
+    model.save_pretrained(tmp_path / "m", phase="phase2b", model_cfg=cfg, backbones=backbones, adapter=lora)
+
+    loaded = Brain3D.from_pretrained(tmp_path / "m")
+    assert not loaded.training and loaded.visual is not None
+    for mine, theirs in ((model.visual, loaded.visual), (model.projector, loaded.projector)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    volume = torch.rand(2, 1, 8, 28, 28)
+    report = ["Mass lesion in the left frontal lobe.", "No abnormality."]
+    with torch.no_grad():
+        expected = model.log_likelihood(model.visual(volume), report)
+        got = loaded.log_likelihood(loaded.visual(volume), report)
+    assert torch.allclose(expected, got, atol=1e-5)
+    card = json.loads((tmp_path / "m" / "brain3d.json").read_text())
+    assert card["visual"] == "visual.safetensors" and card["adapter"] == "adapter"
+    assert ModelConfig(**read_card(tmp_path / "m")["model"]) == cfg
+    (tmp_path / "m" / "brain3d.json").write_text(json.dumps({**card, "adapter": None}))
+    with torch.no_grad():
+        without_lora = Brain3D.from_pretrained(tmp_path / "m").log_likelihood(model.visual(volume), report)
+    assert not torch.allclose(expected, without_lora, atol=1e-3)  # the adapter is what the first check read
+    with pytest.raises(ValueError, match="no visual tokenizer"):
+        Brain3D(lm, visual.width, cfg.prompt).save_pretrained(
+            tmp_path / "n", phase="phase2a", model_cfg=cfg, backbones=backbones
+        )

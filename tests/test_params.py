@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brain3d import config, stage
+from brain3d import config, entrypoint
 from brain3d.params_schema import OPTIONAL, SCHEMA, VALUE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def test_a_stage_stops_before_any_work_with_one_line(tmp_path, monkeypatch, caps
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with("phase2b.lora_rnak", 4), sort_keys=False))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        with stage.run("phase2b", ("model", "phase2b")):
+        with entrypoint.run("phase2b", ("model", "phase2b")):
             pytest.fail("the stage body ran")
     assert exc.value.code == 1
     assert capsys.readouterr().err.strip() == f"phase2b: error: {TYPO}"
@@ -247,9 +247,9 @@ def test_bad_input_found_by_a_stage_exits_1_with_one_line(tmp_path, monkeypatch,
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(stage, "mlflow_run", fake_run)
+    monkeypatch.setattr(entrypoint, "mlflow_run", fake_run)
     with pytest.raises(SystemExit) as exc:
-        with stage.run("preprocess", ("preprocess",)):
+        with entrypoint.run("preprocess", ("preprocess",)):
             raise InputError("sub-07", "data/sub-07/flair.nii.gz", "empty volume (every voxel is 0)")
     assert exc.value.code == 1 and runs == ["preprocess"]
     err = capsys.readouterr().err
@@ -257,7 +257,7 @@ def test_bad_input_found_by_a_stage_exits_1_with_one_line(tmp_path, monkeypatch,
         "preprocess: error: sub-07 (data/sub-07/flair.nii.gz): empty volume (every voxel is 0)"
     ]
     with pytest.raises(RuntimeError, match="a bug"):
-        with stage.run("preprocess", ("preprocess",)):
+        with entrypoint.run("preprocess", ("preprocess",)):
             raise RuntimeError("a bug")
     assert "error:" not in capsys.readouterr().err
 

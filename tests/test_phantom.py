@@ -26,7 +26,7 @@ from brain3d.data.phantom import (
     wt_volume_ml,
 )
 from brain3d.data.reports import healthy_report
-from brain3d.io import read_json, sha256_file
+from brain3d.fileio import read_json, sha256_file
 
 N, SEED = 10, 3  # 2 healthy; tumours 4 left, 3 right, 1 bilateral (largest remainder of the paper's mix)
 # The paper's cohort mix as fixed test inputs (params.yaml's demo profile sets the pipeline's own).

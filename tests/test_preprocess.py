@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brain3d import config, io
+from brain3d import config, fileio
 from brain3d.data import manifest, nifti
 from brain3d.data.manifest import CohortError, InputError
 from brain3d.data.preprocess import preprocess_cohort, resample, standardize, standardize_with_grid
@@ -199,7 +199,7 @@ def _rows(tmp_path, good, n=3):
                 seg="",
                 report="Left frontal lesion.",
                 laterality="left",
-                sha256=io.sha256_file(path),
+                sha256=fileio.sha256_file(path),
                 skull_stripped=True,
             )
         )
@@ -272,7 +272,7 @@ def test_cohort_resumes_from_cache(tmp_path, good, monkeypatch):
     data = np.asarray(img.dataobj).copy()
     data[: data.shape[0] // 3] = 0  # s1 loses a third of its brain: another file, another volume
     nib.save(nib.Nifti1Image(data, img.affine), str(tmp_path / "s1.nii.gz"))
-    rows[1]["sha256"] = io.sha256_file(tmp_path / "s1.nii.gz")
+    rows[1]["sha256"] = fileio.sha256_file(tmp_path / "s1.nii.gz")
     calls.clear()
     qc3, _ = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "out3", on_error="fail", **COHORT)
     assert calls == ["s1"], "only the changed subject is preprocessed again"
@@ -298,7 +298,7 @@ def test_a_volume_that_is_not_a_brain_is_refused(tmp_path):
         seg="",
         report="Normal.",
         laterality="none",
-        sha256=io.sha256_file(path),
+        sha256=fileio.sha256_file(path),
         skull_stripped=True,
     )
     with pytest.raises(CohortError, match="does not look like a brain FLAIR"):

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from brain3d.interpretability.cnn_probe import CnnSettings, LateralityCNN, cnn_probe, predict, train_cnn
-from brain3d.interpretability.probe import hemisphere_features, laterality_probes, linear_probe
+from brain3d.interpretability.cnn_probe import CnnSettings, LateralityCNN, predict, train_cnn
+from brain3d.interpretability.probe import cnn_probe, hemisphere_features, laterality_probes, linear_probe
+from brain3d.models.model import VisualTokenizer
 
 # small enough for a few seconds on one thread (the real values live in params.yaml: lime.cnn)
 CNN = CnnSettings(epochs=12, batch_size=8, lr=0.01, weight_decay=0.01, channels=[4, 8, 8], downsample=1)
@@ -57,6 +58,8 @@ class _HemisphereMax(torch.nn.Module):
         half = x.shape[-1] // 2
         sides = [x[..., :half].amax((1, 2, 3, 4)), x[..., half:].amax((1, 2, 3, 4))]
         return self.scale * torch.stack(sides, 1)[..., None]
+
+    encode = VisualTokenizer.encode  # batches, mirrors and stacks volumes as the real tokenizer does
 
 
 def test_laterality_probes_read_volumes_of_the_splits_and_leave_undefined_out(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from brain3d import config, io
+from brain3d import config, fileio
 from brain3d.data.atlas import flair_like, mni
 from brain3d.data.preprocess import preprocess_cohort, standardize, tissue_maps
 from brain3d.data.sequence import check_sequence
@@ -99,7 +99,7 @@ def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_sc
                 seg="",
                 report="Normal.",
                 laterality="none",
-                sha256=io.sha256_file(path),
+                sha256=fileio.sha256_file(path),
                 skull_stripped=True,
             )
         )

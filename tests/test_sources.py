@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brain3d.data import manifest, sources
+from brain3d.data import fetch, layouts, manifest, sources
 from brain3d.data.manifest import CohortError
 from brain3d.data.reports import healthy_report
 
@@ -164,7 +164,7 @@ def test_every_problem_in_one_message_with_how_to_get_it(full: Path) -> None:
         sources.BRATS_URL,
         "KAGGLE_USERNAME",
         "pip install kaggle",
-        sources.KAGGLE_DATASET,
+        fetch.KAGGLE_DATASET,
         "Jupitern52/TextBraTS",
         "openneuro-py download --dataset ds000221",
     ):
@@ -192,7 +192,7 @@ def test_counts_and_workers_have_no_default(tmp_path: Path) -> None:
 def test_healthy_pick_is_deterministic_and_prefers_highres(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     make_ds000221(ds, highres=["010009", "010004", "010007"], lowres=["010001", "010002", "010004"])
-    picked = sources.find_healthy_scans(ds)
+    picked = layouts.find_healthy_scans(ds)
     assert [(s.subject, s.acq) for s in picked] == [
         ("sub-010004", "highres"),
         ("sub-010007", "highres"),
@@ -200,7 +200,7 @@ def test_healthy_pick_is_deterministic_and_prefers_highres(tmp_path: Path) -> No
         ("sub-010001", "lowres"),
         ("sub-010002", "lowres"),
     ]
-    assert [s.subject for s in sources.find_healthy_scans(ds, ("lowres", "highres"))][:3] == [
+    assert [s.subject for s in layouts.find_healthy_scans(ds, ("lowres", "highres"))][:3] == [
         "sub-010001",
         "sub-010002",
         "sub-010004",
@@ -341,7 +341,7 @@ def test_brats_fetch_needs_kaggle_credentials(full: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     df = sources.build_real_cohort(_cfg(full), full, fetch=True)
-    assert fake.kaggle == [(sources.KAGGLE_DATASET, str(full / "data/brats"), True)]
+    assert fake.kaggle == [(fetch.KAGGLE_DATASET, str(full / "data/brats"), True)]
     assert (
         df.volume.str.startswith("data/brats/BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/").sum()
         == 3

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from brain3d import io
-from brain3d.metrics.tables import System, best_baseline, evaluate_systems
+from brain3d import fileio
+from brain3d.metrics.evaluation import System, best_baseline, evaluate_systems
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +40,7 @@ def make_subjects(n: int = 9) -> pd.DataFrame:
 
 
 def write_system(pred_dir, name, subjects, predict, *, status="ok", reason="", baseline=False):
-    io.write_json(
+    fileio.write_json(
         pred_dir / f"{name}.json",
         {
             "system": name,
@@ -51,7 +51,7 @@ def write_system(pred_dir, name, subjects, predict, *, status="ok", reason="", b
         },
     )
     if status == "ok":
-        io.write_jsonl(
+        fileio.write_jsonl(
             pred_dir / f"{name}.jsonl",
             [
                 {"subject": r.subject, "split": "test", "reference": r.reference, "prediction": predict(r)}
@@ -192,7 +192,7 @@ def test_systems_must_share_reference_texts(tmp_path):
 
 
 def test_ok_system_without_predictions_is_an_error(tmp_path):
-    io.write_json(tmp_path / "empty.json", {"system": "empty", "status": "ok"})
+    fileio.write_json(tmp_path / "empty.json", {"system": "empty", "status": "ok"})
     with pytest.raises(ValueError, match="marked ok but"):
         evaluate_systems(tmp_path, make_subjects(3), tmp_path / "out", metrics=["bleu1"], **FAST)
 

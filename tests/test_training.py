@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from brain3d.io import read_json
+from brain3d.fileio import read_json
 from brain3d.training.loop import TrainConfig, fit
 from brain3d.training.losses import InfoNCE
 

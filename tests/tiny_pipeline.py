@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# Stages as they name their MLflow runs (brain3d.stage.run's first argument).
+# Stages as they name their MLflow runs (brain3d.entrypoint.run's first argument).
 UPSTREAM = ("download", "preprocess", "split", "corpus", "foundation", "phase1", "phase2a")
 STAGES = (
     *UPSTREAM,

@@ -101,7 +101,8 @@ class SliceSequence:
         """Next-token CE on the answer (report) tokens only; the prompt, slices and padding are masked."""
         enc = self.encode(volumes, reports).to(self.device)
         labels = enc["input_ids"].clone()
-        starts = [self._answer_start(row) for row in enc["input_ids"]]
+        header = self.processor.tokenizer("<start_of_turn>model\n", add_special_tokens=False)["input_ids"]
+        starts = [_answer_start(row, header) for row in enc["input_ids"]]
         if None in starts:  # the tokenizer merged the turn header into the answer: count the prompt instead
             prompt_only = self.encode(
                 volumes
@@ -112,16 +113,16 @@ class SliceSequence:
         labels[enc["attention_mask"] == 0] = -100
         return self.lm.full(**enc, labels=labels).loss
 
-    def _answer_start(self, ids: torch.Tensor) -> int | None:
-        """Position of the first answer token of one (right-padded) row: just after its last
-        "<start_of_turn>model\\n", the generation prompt, found in the ids so that the 64 slices are not
-        processed a second time; None where those ids are not the header's own tokenization."""
-        header = self.processor.tokenizer("<start_of_turn>model\n", add_special_tokens=False)["input_ids"]
-        turns = (ids == header[0]).nonzero()
-        if len(turns) == 0:
-            return None
-        start = int(turns[-1])
-        return start + len(header) if ids[start : start + len(header)].tolist() == header else None
+
+def _answer_start(ids: torch.Tensor, header: list[int]) -> int | None:
+    """Position of the first answer token of one (right-padded) row: just after its last `header` (the ids of
+    "<start_of_turn>model\\n", the generation prompt), found in the ids so that the 64 slices are not processed
+    a second time; None where those ids are not the header's own tokenization."""
+    turns = (ids == header[0]).nonzero()
+    if len(turns) == 0:
+        return None
+    start = int(turns[-1])
+    return start + len(header) if ids[start : start + len(header)].tolist() == header else None
 
 
 class _VolumeReports(Dataset):
@@ -176,20 +177,11 @@ def finetune(
     """LoRA on the language model's q/k/v/o + the multimodal projector (the slice-model counterpart of
     phase 2B's LoRA + projector), masked CE on the report, normal reports drawn as in phase 2B.
     Returns (peft model, FitResult)."""
-    from peft import LoraConfig, get_peft_model
 
     from brain3d.training.loop import fit
     from brain3d.training.phases import normal_weights
 
-    peft_model = get_peft_model(
-        seq.lm.full,
-        LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=seq.lm.lora_target_regex(),
-        ),
-    )
+    peft_model = seq.lm.add_lora(lora_rank, lora_alpha, lora_dropout)
     projector = seq.lm.full.model.multi_modal_projector
     for p in projector.parameters():
         p.requires_grad_(True)

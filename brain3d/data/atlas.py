@@ -104,7 +104,7 @@ def mni(resolution_mm: int = 2) -> MNIAtlas:
     import dataclasses
 
     from brain3d.cache import cache_dir
-    from brain3d.io import atomic_path
+    from brain3d.fileio import atomic_path
 
     path = cache_dir("atlas", f"mni{resolution_mm}") / "atlas.npz"
     if path.exists():

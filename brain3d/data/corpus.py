@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brain3d import io
+from brain3d import fileio
 from brain3d.config import ParamsError
 from brain3d.data.phantom import SubjectSpec, plan_cohort, simulate_brain
 from brain3d.data.preprocess import resample_labels, standardize_with_grid
@@ -77,8 +77,8 @@ def generate_corpus(
         )
     out_dir = Path(out_dir)
     specs = plan_corpus(n_subjects, seed, healthy_fraction, laterality_mix)
-    cache = cache_dir("corpus", io.fingerprint({"shape": list(shape), "fov_mm": fov_mm}))  # + the code
-    stems = {s.subject: str(cache / f"{s.subject}-{io.fingerprint(asdict(s))}") for s in specs}
+    cache = cache_dir("corpus", fileio.fingerprint({"shape": list(shape), "fov_mm": fov_mm}))  # + the code
+    stems = {s.subject: str(cache / f"{s.subject}-{fileio.fingerprint(asdict(s))}") for s in specs}
     todo = [s for s in specs if not Path(f"{stems[s.subject]}.seg.npy").exists()]
     jobs = (delayed(_subject_to_cache)(s, tuple(shape), fov_mm, stems[s.subject]) for s in todo)
     for _ in tqdm(
@@ -102,11 +102,11 @@ def generate_corpus(
                 "subject": s.subject,
                 "cohort": s.cohort,
                 "laterality": s.side,
-                "sha256": io.fingerprint([io.sha256_file(volume), io.sha256_file(seg)]),
+                "sha256": fileio.fingerprint([fileio.sha256_file(volume), fileio.sha256_file(seg)]),
             }
         )
     manifest = pd.DataFrame(rows, columns=COLUMNS)
-    io.write_csv(out_dir / MANIFEST, manifest)
+    fileio.write_csv(out_dir / MANIFEST, manifest)
     return manifest
 
 
@@ -115,5 +115,5 @@ def _subject_to_cache(
 ) -> None:
     """Worker: one subject into the cache; the seg, written last, marks it done."""
     volume, seg = standardised_subject(spec, shape, fov_mm)
-    io.save_npy(f"{stem}.npy", volume)
-    io.save_npy(f"{stem}.seg.npy", seg)
+    fileio.save_npy(f"{stem}.npy", volume)
+    fileio.save_npy(f"{stem}.seg.npy", seg)

@@ -93,7 +93,7 @@ def read(path: str | Path) -> pd.DataFrame:
 
 
 def write(path: str | Path, rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
-    from brain3d.io import write_csv
+    from brain3d.fileio import write_csv
 
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     df = df[COLUMNS].sort_values("subject").reset_index(drop=True)

@@ -6,6 +6,9 @@ inferior->superior, H posterior->anterior, W from the subject's LEFT (index 0) t
 is aligned with the world (scanner RAS) axes and centred on the brain, so an oblique or flipped file
 ends in the same orientation as any other. One function, `standardize`, is used by training, the
 baselines, LIME and the CLI.
+
+Kept whole (about 410 lines): the grid, resampling, the brain/FLAIR checks and the cohort driver with its
+resumable cache are the steps of that one function's pipeline, and split apart they would be read together.
 """
 
 from __future__ import annotations
@@ -320,7 +323,7 @@ def preprocess_cohort(
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    from brain3d import io
+    from brain3d import fileio
     from brain3d.cache import cache_dir, link_or_copy
     from brain3d.data import manifest as mf
 
@@ -328,7 +331,7 @@ def preprocess_cohort(
         raise ValueError(f"preprocess.on_error must be 'fail' or 'skip', got '{on_error}'")
     problems = mf.validate(manifest, root)
     bad = {e.subject for e in problems}
-    key = io.fingerprint(
+    key = fileio.fingerprint(
         {
             "shape": list(shape),
             "skull_strip": skull_strip,
@@ -376,9 +379,9 @@ def preprocess_cohort(
     qc = qc[
         ["subject", "status", "error", *[c for c in qc.columns if c not in ("subject", "status", "error")]]
     ]
-    io.write_csv(out_dir / "qc.csv", qc.drop(columns=RUN_SPECIFIC, errors="ignore"))
+    fileio.write_csv(out_dir / "qc.csv", qc.drop(columns=RUN_SPECIFIC, errors="ignore"))
     ok = pd.DataFrame(ok_rows, columns=mf.COLUMNS)
-    io.write_csv(out_dir / "manifest.csv", ok)
+    fileio.write_csv(out_dir / "manifest.csv", ok)
     return qc, ok
 
 
@@ -386,7 +389,7 @@ def _preprocess_to_cache(
     row, root: str, stem: str, shape, skull_strip: str, fov_mm, min_similarity: float, sequence: str
 ):
     """Worker: preprocess one subject into the cache; returns an InputError instead of raising."""
-    from brain3d import io
+    from brain3d import fileio
     from brain3d.data.manifest import resolve_path
     from brain3d.runtime import set_offline_env
 
@@ -408,8 +411,8 @@ def _preprocess_to_cache(
         return exc
     except Exception as exc:  # an unexpected failure of one subject must not hide the others
         return InputError(row.subject, row.volume, f"{type(exc).__name__}: {exc}")
-    io.save_npy(f"{stem}.npy", out.volume)
+    fileio.save_npy(f"{stem}.npy", out.volume)
     if out.seg is not None:
-        io.save_npy(f"{stem}.seg.npy", out.seg)
-    io.write_json(f"{stem}.json", out.qc)  # written last: its presence marks the subject done
+        fileio.save_npy(f"{stem}.seg.npy", out.seg)
+    fileio.write_json(f"{stem}.json", out.qc)  # written last: its presence marks the subject done
     return None

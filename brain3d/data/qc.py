@@ -29,7 +29,7 @@ def montage(out_dir: Path, manifest, path: Path, max_subjects: int = 120) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from brain3d.io import atomic_path
+    from brain3d.fileio import atomic_path
 
     rows = list(manifest.itertuples(index=False))[:max_subjects]
     n = max(len(rows), 1)

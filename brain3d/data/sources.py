@@ -30,18 +30,16 @@ subjects, whatever order the filesystem lists them in.
 
 Fetching (only with fetch, and only for a dataset that falls short): ds000221 with openneuro-py, one
 acquisition at a time in preference order until enough subjects exist; TextBraTS FLAIR reports with
-`huggingface_hub.snapshot_download`; BraTS with the Kaggle API when credentials exist. Stages run with
-HF_HUB_OFFLINE=1 (brain3d.runtime) so no model is ever pulled by accident; `hub_online` lifts it for the one
-TextBraTS call and restores it afterwards. Clients are imported only when a fetch needs them.
+`huggingface_hub.snapshot_download`; BraTS with the Kaggle API when credentials exist. The clients are in
+brain3d.data.fetch; this module decides what to fetch. Where each dataset keeps its files:
+brain3d.data.layouts. What stays here (about 420 lines, a third of it this documentation) is the check of
+the three datasets against each other and the params, one collected error for all of them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,17 +47,28 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 
+from brain3d.data.fetch import (
+    DS000221,
+    KAGGLE_DATASET,
+    TEXTBRATS_PATTERN,
+    TEXTBRATS_REPO,
+    fetch_brats_kaggle,
+    fetch_ds000221,
+    fetch_textbrats,
+    flair_pattern,
+)
+from brain3d.data.layouts import (
+    BRATS_ID,
+    BratsCase,
+    find_brats_cases,
+    find_healthy_scans,
+    find_textbrats_reports,
+)
 from brain3d.data.manifest import COLUMNS, CohortError, InputError
 from brain3d.data.reports import healthy_report, laterality_from_report
-from brain3d.io import sha256_file, write_json
+from brain3d.fileio import sha256_file, write_json
 
-BRATS_ID = re.compile(r"^BraTS20_Training_(\d{3})$")
 BRATS_URL = "https://www.med.upenn.edu/cbica/brats2020/data.html"
-KAGGLE_DATASET = "awsaf49/brats20-dataset-training-validation"
-TEXTBRATS_REPO = "Jupitern52/TextBraTS"
-TEXTBRATS_PATTERN = "*_flair_text.txt"
-DS000221 = "ds000221"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class MissingDataError(CohortError):
@@ -149,25 +158,6 @@ class RealCohortConfig:
         )
 
 
-@dataclass(frozen=True)
-class BratsCase:
-    """One BraTS20_Training_XXX folder; a missing file is None."""
-
-    subject: str
-    folder: Path
-    flair: Path | None
-    seg: Path | None
-
-
-@dataclass(frozen=True)
-class HealthyScan:
-    """The FLAIR chosen for one ds000221 subject."""
-
-    subject: str
-    acq: str
-    path: Path
-
-
 class _Problems:
     """Problems collected across sources; `raise_if_any` raises them together, with the hints they need."""
 
@@ -183,75 +173,6 @@ class _Problems:
     def raise_if_any(self, conf: RealCohortConfig) -> None:
         if self.errors:
             raise MissingDataError(self.errors, [conf.hint(s) for s in self.sources])
-
-
-# ---------------------------------------------------------------- discovery
-
-
-def flair_pattern(acq: str) -> str:
-    """Glob of one ds000221 FLAIR acquisition, relative to the BIDS root (openneuro-py include syntax)."""
-    return f"sub-*/ses-01/anat/sub-*_ses-01_acq-{acq}_FLAIR.nii.gz"
-
-
-def _nifti(folder: Path, stem: str) -> Path | None:
-    return next((folder / f"{stem}{s}" for s in NIFTI_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
-
-
-def _seg_file(folder: Path, subject: str) -> Path | None:
-    """`<id>_seg.nii[.gz]`, else the folder's only NIfTI named like a segmentation (the Kaggle mirror's
-    case 355 ships `W39_1998.09.19_Segm.nii`)."""
-    exact = _nifti(folder, f"{subject}_seg")
-    if exact:
-        return exact
-    named = [
-        p for p in folder.iterdir() if "seg" in p.name.lower() and p.name.lower().endswith(NIFTI_SUFFIXES)
-    ]
-    return named[0] if len(named) == 1 else None
-
-
-def find_brats_cases(brats_dir: Path) -> tuple[Path | None, list[BratsCase]]:
-    """The training folder that holds BraTS20_Training_XXX subjects (CBICA layout or Kaggle mirror), and its
-    cases sorted by id; (None, []) when there is none. Other files (name_mapping.csv, ...) are ignored."""
-    candidates = [
-        brats_dir,
-        brats_dir / "MICCAI_BraTS2020_TrainingData",
-        brats_dir / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData",
-    ]
-    for folder in candidates:
-        subjects = sorted(
-            p for p in folder.glob("BraTS20_Training_*") if p.is_dir() and BRATS_ID.match(p.name)
-        )
-        if subjects:
-            return folder, [
-                BratsCase(p.name, p, _nifti(p, f"{p.name}_flair"), _seg_file(p, p.name)) for p in subjects
-            ]
-    return None, []
-
-
-def find_textbrats_reports(textbrats_dir: Path) -> tuple[Path | None, dict[str, Path]]:
-    """The TextBraTSData folder and its FLAIR report per subject id; (None, {}) when there is none."""
-    for folder in (textbrats_dir, textbrats_dir / "TextBraTSData"):
-        reports = {
-            p.parent.name: p
-            for p in folder.glob("BraTS20_Training_*/BraTS20_Training_*_flair_text.txt")
-            if BRATS_ID.match(p.parent.name) and p.name == f"{p.parent.name}_flair_text.txt"
-        }
-        if reports:
-            return folder, dict(sorted(reports.items()))
-    return None, {}
-
-
-def find_healthy_scans(ds_dir: Path, acq_order: Iterable[str] = ("highres", "lowres")) -> list[HealthyScan]:
-    """Every ds000221 subject's most preferred FLAIR, ordered by (acquisition preference, subject id): the
-    healthy pick is the head of this list."""
-    best: dict[str, HealthyScan] = {}
-    for acq in acq_order:
-        for path in sorted(ds_dir.glob(flair_pattern(acq))):
-            subject = path.parts[-4]
-            if path.name.startswith(f"{subject}_") and subject not in best:
-                best[subject] = HealthyScan(subject, acq, path)
-    ranks = {acq: i for i, acq in enumerate(acq_order)}
-    return sorted(best.values(), key=lambda s: (ranks[s.acq], s.subject))
 
 
 # ---------------------------------------------------------------- hashing
@@ -308,82 +229,7 @@ def hash_volumes(
     return shas, errors
 
 
-# ---------------------------------------------------------------- fetching
-
-
-@contextlib.contextmanager
-def hub_online() -> Iterator[None]:
-    """Allow the Hugging Face hub inside the block, whatever HF_HUB_OFFLINE says, then restore it.
-
-    huggingface_hub reads HF_HUB_OFFLINE once, at import, into `constants.HF_HUB_OFFLINE`; both that and the
-    environment variable (for subprocesses) are switched.
-    """
-    from huggingface_hub import constants
-
-    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "0"
-    constants.HF_HUB_OFFLINE = False
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved_flag
-        if saved_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved_env
-
-
-def fetch_ds000221(target: Path, acq: str, tag: str | None = None) -> None:
-    """Download one FLAIR acquisition of ds000221 and participants.tsv into `target` (openneuro-py skips
-    files already there)."""
-    try:
-        import openneuro
-    except ImportError as exc:
-        raise RuntimeError("openneuro-py is not installed: `pip install openneuro-py`") from exc
-    target.mkdir(parents=True, exist_ok=True)
-    openneuro.download(
-        dataset=DS000221, tag=tag, include=[flair_pattern(acq), "participants.tsv"], target_dir=str(target)
-    )
-
-
-def fetch_textbrats(target: Path) -> None:
-    """Download the TextBraTS FLAIR reports (text only, not the feature arrays) into `target`."""
-    import huggingface_hub
-
-    target.mkdir(parents=True, exist_ok=True)
-    with hub_online():
-        huggingface_hub.snapshot_download(
-            repo_id=TEXTBRATS_REPO,
-            repo_type="dataset",
-            local_dir=str(target),
-            allow_patterns=[TEXTBRATS_PATTERN],
-        )
-
-
-def kaggle_credentials() -> bool:
-    """Whether the Kaggle client would find credentials: environment variables or a token file."""
-    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or os.environ.get(
-        "KAGGLE_API_TOKEN"
-    ):
-        return True
-    home = Path.home()
-    dirs = [Path(os.environ["KAGGLE_CONFIG_DIR"])] if os.environ.get("KAGGLE_CONFIG_DIR") else []
-    dirs += [home / ".kaggle", Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"]
-    return any((d / name).is_file() for d in dirs for name in ("kaggle.json", "access_token"))
-
-
-def fetch_brats_kaggle(target: Path, dataset: str = KAGGLE_DATASET) -> None:
-    """Download and unzip the Kaggle mirror of BraTS 2020 (all modalities, ~4 GB) into `target`."""
-    if not kaggle_credentials():
-        raise RuntimeError("no Kaggle credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json)")
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as exc:
-        raise RuntimeError("the Kaggle client is not installed: `pip install kaggle`") from exc
-    api = KaggleApi()
-    api.authenticate()
-    target.mkdir(parents=True, exist_ok=True)
-    api.dataset_download_files(dataset, path=str(target), unzip=True, quiet=False)
+# ---------------------------------------------------------------- fetching what is missing
 
 
 def _short(found: int, expected: int, allow_subset: bool) -> bool:

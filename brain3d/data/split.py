@@ -1,9 +1,13 @@
-"""Subject-level train/val/test split, stratified by cohort x laterality, deterministic.
+"""Subject-level train/val/test split, stratified by cohort x laterality, deterministic, and the subjects of
+one split with their reports and volumes (`SplitSubjects`).
 
 Every system (ours, the baselines, every ablation) is scored on the test subjects written here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,3 +59,29 @@ def stratified_split(
             f"({sizes}); add subjects or raise those fractions"
         )
     return out
+
+
+@dataclass
+class SplitSubjects:
+    """The subjects of one split (sorted by id) with their reports and preprocessed volumes."""
+
+    subjects: list[str]
+    reports: list[str]
+    volumes_dir: Path
+
+    @classmethod
+    def load(
+        cls, splits: pd.DataFrame, manifest: pd.DataFrame, split: str, volumes_dir: Path
+    ) -> SplitSubjects:
+        rows = splits[splits["split"] == split].merge(manifest[["subject", "report"]], on="subject")
+        rows = rows.sort_values("subject")
+        return cls(list(rows["subject"]), list(rows["report"]), Path(volumes_dir))
+
+    def volume(self, i: int) -> np.ndarray:
+        return np.load(self.volumes_dir / f"{self.subjects[i]}.npy")
+
+    def volumes(self) -> list[np.ndarray]:
+        return [self.volume(i) for i in range(len(self))]
+
+    def __len__(self) -> int:
+        return len(self.subjects)

@@ -5,6 +5,7 @@ Radiological display (= the voxel order SimpleITK gives for DICOM-derived LPS NI
 columns from the subject's RIGHT to LEFT. The project convention (SPEC §3) has rows posterior->anterior
 and columns left->right, so the view flips H and W. One definition, used by the 3D encoder (so volumes
 reach SigLIP in the orientation it was pretrained on), the slice baselines, Med3DVLM and the figures.
+`mirror` is the other view: the volume mirrored across the mid-sagittal plane (the laterality flip).
 """
 
 from __future__ import annotations
@@ -19,3 +20,10 @@ def radiological(volume):
     import torch
 
     return torch.flip(volume, dims=(-2, -1))
+
+
+def mirror(volume):
+    """Mirror a (..., D, H, W) torch tensor across the mid-sagittal plane: W (left->right) is the last axis."""
+    import torch
+
+    return torch.flip(volume, dims=(-1,))

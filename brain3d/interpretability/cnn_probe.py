@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from brain3d import config
-from brain3d.interpretability.probe import CLASSES, probe_result
+from brain3d.data.findings import SIDES as CLASSES  # left, right, bilateral, none: the probe's classes
 
 #: The class index of each class after mirroring along W.
 _SWAP = torch.tensor([CLASSES.index(c) for c in ("right", "left", "bilateral", "none")])
@@ -133,18 +133,3 @@ def predict(model: LateralityCNN, volumes: Sequence[np.ndarray], batch_size: int
     x = _stack(volumes)
     logits = torch.cat([model.eval()(xb.to(device)).cpu() for xb in x.split(batch_size)])  # (N, 4)
     return [CLASSES[i] for i in logits.argmax(1).tolist()]
-
-
-def cnn_probe(
-    train_volumes: Sequence[np.ndarray],
-    train_y: Sequence[str],
-    test_volumes: Sequence[np.ndarray],
-    test_y: Sequence[str],
-    settings: CnnSettings,
-    seed: int,
-    device: str = "cpu",
-    log: Callable[[dict, int], None] | None = None,
-) -> dict:
-    """Test accuracy of the CNN trained on the training subjects; same keys as `probe.linear_probe`."""
-    model = train_cnn(train_volumes, train_y, settings, seed, device, log)
-    return probe_result(predict(model, test_volumes, settings.batch_size), train_y, test_y)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from brain3d.data.views import radiological
-from brain3d.io import atomic_path
+from brain3d.fileio import atomic_path
 
 
 def _planes(array: np.ndarray, centre: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:

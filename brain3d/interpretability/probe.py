@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from brain3d.interpretability.cnn_probe import CnnSettings
+from brain3d.data.findings import SIDES
+from brain3d.interpretability.cnn_probe import CnnSettings, predict, train_cnn
 
 #: Laterality classes the probe predicts: those a report states, and healthy ("none"); "undefined" is left out.
-CLASSES = ("left", "right", "bilateral", "none")
+CLASSES = SIDES
 
 
 def hemisphere_features(volumes: Sequence[np.ndarray]) -> np.ndarray:
@@ -66,6 +65,22 @@ def probe_result(predicted: Sequence[str], train_y: Sequence[str], test_y: Seque
     }
 
 
+def cnn_probe(
+    train_volumes: Sequence[np.ndarray],
+    train_y: Sequence[str],
+    test_volumes: Sequence[np.ndarray],
+    test_y: Sequence[str],
+    settings: CnnSettings,
+    seed: int,
+    device: str = "cpu",
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Test accuracy of the supervised 3D CNN (cnn_probe.py) trained on the training subjects; same keys as
+    `linear_probe`."""
+    model = train_cnn(train_volumes, train_y, settings, seed, device, log)
+    return probe_result(predict(model, test_volumes, settings.batch_size), train_y, test_y)
+
+
 def laterality_probes(
     visual,
     splits: pd.DataFrame,
@@ -78,8 +93,6 @@ def laterality_probes(
     """Probe accuracy (train split -> test split) from the visual tokens of `visual` and, for reference, from
     `hemisphere_features` and from a supervised 3D CNN (`cnn_probe`, trained on `device`; `log` gets its
     training loss and seconds). `splits` has subject, split and laterality columns."""
-    from brain3d.interpretability.cnn_probe import cnn_probe
-    from brain3d.training.phases import visual_tokens
 
     data = {}
     for split in ("train", "test"):
@@ -89,7 +102,7 @@ def laterality_probes(
     (vol_tr, y_tr), (vol_te, y_te) = data["train"], data["test"]
     return {
         "visual_tokens": linear_probe(
-            visual_tokens(visual, vol_tr).numpy(), y_tr, visual_tokens(visual, vol_te).numpy(), y_te, seed
+            visual.encode(vol_tr).numpy(), y_tr, visual.encode(vol_te).numpy(), y_te, seed
         ),
         "hemisphere_features": linear_probe(
             hemisphere_features(vol_tr), y_tr, hemisphere_features(vol_te), y_te, seed

@@ -42,7 +42,7 @@ def randomised_copy(model: Brain3D, seed: int) -> Brain3D:
     with torch.no_grad():
         visual.encoder.pos.depth.normal_(0.0, 0.02)
         visual.encoder.pos.spatial.normal_(0.0, 0.02)
-    clone = Brain3D(model.lm_ref, visual.width, model.prompt, visual=visual)
+    clone = Brain3D(model.language_model, visual.width, model.prompt, visual=visual)
     with torch.no_grad():
         clone.projector.vis_scale.fill_(float(model.projector.vis_scale))
     return clone.to(model.device).eval()

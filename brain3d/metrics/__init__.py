@@ -2,7 +2,8 @@
 
 `score` computes every metric through local `evaluate` modules (no hub); `bootstrap` and
 `paired_difference` resample per-sample scores with one shared index matrix; the evaluation driver that
-writes tables, figures and DVC metrics is `brain3d.metrics.tables.evaluate_systems`.
+writes tables, figures and DVC metrics is `brain3d.metrics.evaluation.evaluate_systems` (tables rendered by
+`brain3d.metrics.formatting`, the forest plot drawn by `brain3d.metrics.plots`).
 """
 
 from brain3d.metrics.resampling import bootstrap, paired_difference, resample_indices

@@ -42,6 +42,16 @@ class LanguageModel:
         """Token embeddings exactly as the LM sees them (scaled)."""
         return self.causal.get_input_embeddings()(ids)
 
+    def add_lora(self, rank: int, alpha: float, dropout: float = 0.0):
+        """Inject LoRA (rank, alpha, dropout) into the language model's q/k/v/o, in place; the PeftModel (what
+        saves the adapter) is returned."""
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=self.lora_target_regex()
+        )
+        return get_peft_model(self.full, config)
+
     def lora_target_regex(self) -> str:
         """q/k/v/o projections of the LANGUAGE model only: a plain name list would also hit the vision tower."""
         return rf"^{re.escape(self.decoder_prefix)}\.layers\.\d+\.self_attn\.({'|'.join(LORA_PROJECTIONS)})$"
@@ -189,7 +199,7 @@ def verify_local(section: dict, root: Path) -> dict:
         revisions[key] = section.get(f"{key}_revision") or _revision(path) or "unknown"
     if problems:
         raise FileNotFoundError("backbones missing:\n  - " + "\n  - ".join(problems))
-    from brain3d.io import fingerprint
+    from brain3d.fileio import fingerprint
 
     return {
         "source": "local",

@@ -1,5 +1,11 @@
-"""Saving and loading a trained Brain3D: `<dir>/brain3d.json` names the backbones, the model config and
-the weight files (paths relative to the JSON), so `--model models/phase2b` is self-describing."""
+"""The card of a trained Brain3D's directory (written and read by `Brain3D.save_pretrained` /
+`Brain3D.from_pretrained`, brain3d/models/model.py): one directory whose card, `<dir>/brain3d.json`, names the backbones, the model config and the weight files
+(paths relative to the card), so `--model models/phase2b` is self-describing.
+
+Like a PEFT adapter naming its base model, a phase's directory refers to what it did not train instead of
+copying it: the backbones (models/foundation, or the hub snapshots on the paper profile) and, for phases 2A
+and 2B, phase 1's visual weights (the encoder is frozen after phase 1; at MedSigLIP's size a copy per phase
+would be 0.8 GB each)."""
 
 from __future__ import annotations
 
@@ -7,11 +13,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from brain3d import io
-from brain3d.models.backbones import load_vision_model, record_language_model, torch_dtype
-from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
+from brain3d import fileio
 
 CARD = "brain3d.json"
 
@@ -24,14 +26,15 @@ def write_card(
     out_dir: Path,
     *,
     phase: str,
-    model_cfg: ModelConfig,
+    model_cfg,
     backbones: dict,
     visual: str | Path,
     projector: str | Path | None,
     adapter: str | Path | None = None,
     extra: dict | None = None,
 ) -> None:
-    """Record what `load` needs; file paths may be anywhere, they are stored relative to `out_dir`."""
+    """Record what `Brain3D.from_pretrained` needs (`model_cfg`: the ModelConfig); file paths may be anywhere,
+    they are stored relative to `out_dir`."""
     out_dir = Path(out_dir)
     card = {
         "phase": phase,
@@ -46,15 +49,16 @@ def write_card(
         "adapter": _rel(adapter, out_dir) if adapter else None,
         **(extra or {}),
     }
-    io.write_json(out_dir / CARD, card)
+    fileio.write_json(out_dir / CARD, card)
 
 
 def read_card(model_dir: str | Path) -> dict:
+    """The card with absolute file paths, and its `model` section as ModelConfig's keyword arguments."""
     model_dir = Path(model_dir)
     card_path = model_dir / CARD
     if not card_path.exists():
         raise FileNotFoundError(f"{model_dir} is not a Brain3D model directory ({CARD} missing)")
-    card = io.read_json(card_path)
+    card = fileio.read_json(card_path)
     for key in ("visual", "projector", "adapter"):
         if card.get(key):
             card[key] = str((model_dir / card[key]).resolve())
@@ -63,27 +67,5 @@ def read_card(model_dir: str | Path) -> dict:
     # The one backward-compatible read: a card written before `model.inflation` existed was trained with the
     # paper's RGB-averaged inflation, so it loads as "mean"; every other key must be on the card.
     m = {"inflation": "mean", **card["model"]}
-    card["model_config"] = ModelConfig(
-        **{**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])}
-    )
+    card["model"] = {**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])}
     return card
-
-
-def load(model_dir: str | Path, device: str | torch.device = "cpu") -> Brain3D:
-    """A Brain3D (with its visual tokenizer) ready for inference, from a phase output directory."""
-    from safetensors.torch import load_file
-
-    card = read_card(model_dir)
-    bb = card["backbones"]
-    dtype = torch_dtype(bb.get("dtype", "float32"))
-    cfg: ModelConfig = card["model_config"]
-    visual = VisualTokenizer(load_vision_model(bb["vision"], dtype=dtype), cfg)
-    visual.load_state_dict(load_file(card["visual"]))
-    lm = record_language_model(bb)
-    if card.get("adapter"):
-        from peft import PeftModel
-
-        PeftModel.from_pretrained(lm.full, card["adapter"])  # injects the LoRA layers into lm.full in place
-    model = Brain3D(lm, visual.width, cfg.prompt, visual=visual)
-    model.projector.load_state_dict(load_file(card["projector"]))
-    return model.to(device).eval()

@@ -83,6 +83,36 @@ def save_siglip(model: nn.Module, tokenizer, out_dir: Path) -> None:
     ).save_pretrained(out_dir)
 
 
+def build_siglip(tokenizer, arch: dict, image_size: int) -> nn.Module:
+    """A randomly initialised SiglipModel of the stand-in size (`arch`: params.yaml `foundation.siglip`) for
+    square images of `image_size` pixels; its text tower reads `arch["text_max_length"]` (default 32) tokens."""
+    from transformers import SiglipConfig, SiglipModel
+
+    return SiglipModel(
+        SiglipConfig(
+            text_config=dict(
+                hidden_size=arch["hidden"],
+                intermediate_size=arch["intermediate"],
+                num_hidden_layers=arch["text_layers"],
+                num_attention_heads=arch["heads"],
+                vocab_size=len(tokenizer),
+                max_position_embeddings=arch.get("text_max_length", 32),
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            ),
+            vision_config=dict(
+                hidden_size=arch["hidden"],
+                intermediate_size=arch["intermediate"],
+                num_hidden_layers=arch["layers"],
+                num_attention_heads=arch["heads"],
+                image_size=image_size,
+                patch_size=arch["patch"],
+            ),
+        )
+    )
+
+
 def build_gemma3(tokenizer, vision_config: dict, arch: dict) -> nn.Module:
     """A randomly initialised Gemma3ForConditionalGeneration of the stand-in size (`arch`: params.yaml
     `foundation.gemma`; `vocab_size`, default the tokenizer's, sizes the embedding as a real checkpoint's)."""

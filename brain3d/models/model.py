@@ -7,17 +7,26 @@ tokens. Every sample has the same prefix length (K + prompt), so generation batc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from brain3d import config
-from brain3d.models.backbones import LanguageModel
+from brain3d import config, fileio
+from brain3d.cache import cache_dir
+from brain3d.data.views import mirror
+from brain3d.models import checkpoint
+from brain3d.models.backbones import LanguageModel, load_vision_model, record_language_model, torch_dtype
 from brain3d.models.compressor import build_compressor
 from brain3d.models.encoder import VolumeEncoder
 from brain3d.models.projector import Projector
+
+if TYPE_CHECKING:
+    from brain3d.data.split import SplitSubjects
 
 
 @dataclass
@@ -116,7 +125,8 @@ class ExemptRepetitionPenalty(LogitsProcessor):
 
 
 class VisualTokenizer(nn.Module):
-    """Encoder + compressor: (B, 1, D, H, W) -> (B, K, Cv). Frozen after phase 1; its output is cached."""
+    """Encoder + compressor: (B, 1, D, H, W) -> (B, K, Cv). Frozen after phase 1, so phase 2 reads its tokens
+    from a cache (`cached_encode`)."""
 
     def __init__(self, vision: nn.Module, cfg: ModelConfig):
         super().__init__()
@@ -139,16 +149,58 @@ class VisualTokenizer(nn.Module):
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         return self.compressor(self.encoder(volume), self.encoder.grid)
 
+    @torch.no_grad()
+    def encode(self, volumes: list[np.ndarray], batch_size: int = 4, flip: bool = False) -> torch.Tensor:
+        """(N, K, Cv) float32 tokens of preprocessed (D, H, W) volumes (mirrored with `flip`), on the CPU."""
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        for start in range(0, len(volumes), batch_size):
+            x = torch.from_numpy(np.stack(volumes[start : start + batch_size]))[:, None].to(device)
+            out.append(self(mirror(x) if flip else x).float().cpu())
+        return torch.cat(out)
+
+    def cached_encode(self, split: SplitSubjects, key: str, flip: bool = False) -> torch.Tensor:
+        """`encode` of a split's volumes, computed once per (encoder `key`, subjects, flip) and cached on disk;
+        `key` must identify these weights (the phase-2 stages key on phase 1's weights file)."""
+        from safetensors.torch import load_file
+
+        path = cache_dir("tokens", key) / f"{fileio.fingerprint([split.subjects, flip])}.safetensors"
+        if path.exists():
+            return load_file(str(path))["tokens"]
+        tokens = self.encode(split.volumes(), flip=flip)
+        fileio.save_safetensors(path, {"tokens": tokens})
+        return tokens
+
+
+def load_backbones(
+    bb: dict, model_cfg: ModelConfig, *, visual_weights: str | Path | None = None
+) -> tuple[VisualTokenizer, LanguageModel]:
+    """The visual tokenizer (with `visual_weights`, e.g. phase 1's; else as inflated from the 2D model) and
+    the frozen LM of a backbones record."""
+    from safetensors.torch import load_file
+
+    vision = load_vision_model(bb["vision"], dtype=torch_dtype(bb.get("dtype", "float32")))
+    visual = VisualTokenizer(vision, model_cfg)
+    if visual_weights is not None:
+        visual.load_state_dict(load_file(str(visual_weights)))
+    return visual, record_language_model(bb)
+
 
 class Brain3D(nn.Module):
-    """Projector + LM over (cached) visual tokens; `visual` (the VisualTokenizer) is optional."""
+    """Projector + LM over (cached) visual tokens; `visual` (the VisualTokenizer) is optional.
+
+    `lm` is the LM's causal view (a registered module, so .to()/.train()/.eval() reach it and its LoRA
+    layers); `language_model` is the backbone record it came from (tokenizer, checkpoint class).
+    Saved and loaded as one directory: `save_pretrained` / `from_pretrained` (brain3d.models.checkpoint).
+    """
 
     def __init__(
         self, lm: LanguageModel, vision_width: int, prompt: str, visual: VisualTokenizer | None = None
     ):
         super().__init__()
-        self.lm_ref = lm
-        self.lm = lm.causal  # registered so that .to()/.train()/.eval() reach the LM (and its LoRA layers)
+        self.language_model = lm
+        self.lm = lm.causal
         self.visual = visual
         self.projector = Projector(vision_width, lm.hidden_size, lm.embed_scale)
         self.prompt = prompt
@@ -160,6 +212,62 @@ class Brain3D(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.projector.fc1.weight.device
+
+    @property
+    def tokenizer(self):
+        return self.language_model.tokenizer
+
+    def save_pretrained(
+        self,
+        out_dir: str | Path,
+        *,
+        phase: str,
+        model_cfg: ModelConfig,
+        backbones: dict,
+        visual: str | Path | None = None,
+        adapter=None,
+    ) -> None:
+        """Write the model to `out_dir` as one directory: projector.safetensors, the visual tokenizer's weights
+        (visual.safetensors, unless `visual` names weights saved before, e.g. phase 1's for phases 2A/2B), the
+        LoRA adapter (`adapter`: the PeftModel of phase 2B) in adapter/, and the card (checkpoint.py)."""
+        out_dir = Path(out_dir)
+        if visual is None:
+            if self.visual is None:
+                raise ValueError(
+                    "save_pretrained: the model has no visual tokenizer; name its saved weights (visual=)"
+                )
+            visual = out_dir / "visual.safetensors"
+            fileio.save_safetensors(visual, self.visual.state_dict())
+        fileio.save_safetensors(out_dir / "projector.safetensors", self.projector.state_dict())
+        if adapter is not None:
+            adapter.save_pretrained(out_dir / "adapter")
+        checkpoint.write_card(
+            out_dir,
+            phase=phase,
+            model_cfg=model_cfg,
+            backbones=backbones,
+            visual=visual,
+            projector=out_dir / "projector.safetensors",
+            adapter=out_dir / "adapter" if adapter is not None else None,
+        )
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Brain3D:
+        """A Brain3D with its visual tokenizer, in eval mode on `device`, from a `save_pretrained` directory."""
+        from safetensors.torch import load_file
+
+        card = checkpoint.read_card(model_dir)
+        model_cfg = ModelConfig(**card["model"])
+        visual, lm = load_backbones(card["backbones"], model_cfg, visual_weights=card["visual"])
+        if card.get("adapter"):
+            from peft import PeftModel
+
+            PeftModel.from_pretrained(
+                lm.full, card["adapter"]
+            )  # injects the LoRA layers into lm.full in place
+        model = cls(lm, visual.width, model_cfg.prompt, visual=visual)
+        model.projector.load_state_dict(load_file(card["projector"]))
+        return model.to(device).eval()
 
     def text_rms(self) -> float:
         """RMS of the LM's (scaled) token embeddings: the target scale of the visual tokens."""
@@ -176,7 +284,7 @@ class Brain3D(nn.Module):
         return torch.cat([visual.to(prompt.dtype), prompt], dim=1)  # in the LM's dtype (bf16 on the paper)
 
     def _teacher_forcing(self, z: torch.Tensor, reports: list[str]):
-        tok = self.lm_ref.tokenizer
+        tok = self.tokenizer
         targets = [tok(r, add_special_tokens=False)["input_ids"] + [self.eos_id] for r in reports]
         longest = max(len(t) for t in targets)
         ids = torch.full((len(reports), longest), self.pad_id, dtype=torch.long)
@@ -234,6 +342,6 @@ class Brain3D(nn.Module):
             use_cache=True,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
-            **decoding.kwargs(self.lm_ref.tokenizer),
+            **decoding.kwargs(self.tokenizer),
         )
-        return [t.strip() for t in self.lm_ref.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from brain3d import config, io
+from brain3d import config, fileio
 from brain3d.tracking import Tracker
 
 
@@ -168,7 +168,7 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
     }
     raw = accelerator.unwrap_model(model)
     if (state_dir / "state.json").exists():
-        state = io.read_json(state_dir / "state.json")
+        state = fileio.read_json(state_dir / "state.json")
         load_trainable(raw, state_dir / "last.safetensors")
         optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
         accelerator.print(f"{desc}: resuming after epoch {state['epoch']} from {state_dir}")
@@ -224,12 +224,12 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
         if main:
             weights = trainable_state(accelerator.unwrap_model(model))
-            io.save_safetensors(state_dir / "last.safetensors", weights)
+            fileio.save_safetensors(state_dir / "last.safetensors", weights)
             if improved:
-                io.save_safetensors(state_dir / "best.safetensors", weights)
-            with io.atomic_path(state_dir / "optimizer.pt") as tmp:
+                fileio.save_safetensors(state_dir / "best.safetensors", weights)
+            with fileio.atomic_path(state_dir / "optimizer.pt") as tmp:
                 torch.save(optimizer.state_dict(), tmp)
-            io.write_json(state_dir / "state.json", state)  # last: marks the epoch complete
+            fileio.write_json(state_dir / "state.json", state)  # last: marks the epoch complete
             tracker.log_metrics(
                 {**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": time.perf_counter() - t0},
                 step=epoch,

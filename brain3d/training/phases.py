@@ -11,52 +11,23 @@ The encoder is frozen in phase 2, so its K tokens per volume are computed once a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from brain3d import io
-from brain3d.cache import cache_dir
-from brain3d.data import manifest
+from brain3d import fileio, runtime
 from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
 from brain3d.data.reports import swap_laterality
+from brain3d.data.split import SplitSubjects
+from brain3d.data.views import mirror
 from brain3d.models.backbones import LanguageModel
-from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
+from brain3d.models.model import Brain3D, VisualTokenizer
 from brain3d.training.loop import FitResult, TrainConfig, fit
 from brain3d.training.losses import InfoNCE
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Cohort:
-    """Subjects of one split with their reports and preprocessed volumes."""
-
-    subjects: list[str]
-    reports: list[str]
-    volumes_dir: Path
-
-    @classmethod
-    def load(cls, splits: pd.DataFrame, manifest: pd.DataFrame, split: str, volumes_dir: Path) -> Cohort:
-        rows = splits[splits["split"] == split].merge(manifest[["subject", "report"]], on="subject")
-        rows = rows.sort_values("subject")
-        return cls(list(rows["subject"]), list(rows["report"]), Path(volumes_dir))
-
-    def volume(self, i: int) -> np.ndarray:
-        return np.load(self.volumes_dir / f"{self.subjects[i]}.npy")
-
-    def __len__(self) -> int:
-        return len(self.subjects)
-
-
-def mirror(volume: torch.Tensor) -> torch.Tensor:
-    """Mirror across the mid-sagittal plane: W (left->right) is the last axis."""
-    return torch.flip(volume, dims=(-1,))
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -152,16 +123,16 @@ class _Phase1Data(Dataset):
 
     def __init__(
         self,
-        cohort: Cohort,
+        split: SplitSubjects,
         text: torch.Tensor,
         flip_text: torch.Tensor | None,
         findings: dict[str, torch.Tensor] | None = None,
     ):
-        self.cohort, self.text, self.flip_text, self.findings = cohort, text, flip_text, findings
-        self.volumes = [torch.from_numpy(cohort.volume(i)) for i in range(len(cohort))]
+        self.text, self.flip_text, self.findings = text, flip_text, findings
+        self.volumes = [torch.from_numpy(v) for v in split.volumes()]
 
     def __len__(self) -> int:
-        return len(self.cohort)
+        return len(self.volumes)
 
     def __getitem__(self, i: int):
         volume, text = self.volumes[i], self.text[i]
@@ -207,8 +178,8 @@ def phase1_loss(infonce: InfoNCE, findings_weight: float):
 def train_phase1(
     visual: VisualTokenizer,
     lm: LanguageModel,
-    train: Cohort,
-    val: Cohort,
+    train: SplitSubjects,
+    val: SplitSubjects,
     cfg: TrainConfig,
     *,
     temperature: float,
@@ -223,15 +194,15 @@ def train_phase1(
         raise ValueError("phase1.batch_size must be >= 2: InfoNCE over one sample is identically zero")
     if findings_weight < 0:
         raise ValueError(f"phase1.findings_weight must be >= 0, got {findings_weight}")
-    lm.full.to("cpu" if not torch.cuda.is_available() else "cuda")
+    lm.full.to(runtime.device())
     data = {}
-    for name, cohort in (("train", train), ("val", val)):
-        text = text_embeddings(lm, cohort.reports)
+    for name, split in (("train", train), ("val", val)):
+        text = text_embeddings(lm, split.reports)
         flipped = (
-            text_embeddings(lm, [swap_laterality(r) for r in cohort.reports]) if laterality_flip else None
+            text_embeddings(lm, [swap_laterality(r) for r in split.reports]) if laterality_flip else None
         )
-        targets = findings_tensors(cohort.reports) if findings_weight > 0 else None
-        data[name] = _Phase1Data(cohort, text, flipped if name == "train" else None, targets)
+        targets = findings_tensors(split.reports) if findings_weight > 0 else None
+        data[name] = _Phase1Data(split, text, flipped if name == "train" else None, targets)
     model = ContrastiveModel(visual, lm.hidden_size, findings=findings_weight > 0)
     loss_fn = phase1_loss(InfoNCE(temperature), findings_weight)
 
@@ -252,32 +223,6 @@ def train_phase1(
 
 
 # ----------------------------------------------------------------------------- phase 2
-@torch.no_grad()
-def visual_tokens(
-    visual: VisualTokenizer, volumes: list[np.ndarray], batch_size: int = 4, flip: bool = False
-) -> torch.Tensor:
-    """(N, K, Cv) visual tokens of preprocessed volumes (optionally mirrored)."""
-    visual.eval()
-    device = next(visual.parameters()).device
-    out = []
-    for start in range(0, len(volumes), batch_size):
-        x = torch.from_numpy(np.stack(volumes[start : start + batch_size]))[:, None].to(device)
-        out.append(visual(mirror(x) if flip else x).float().cpu())
-    return torch.cat(out)
-
-
-def cached_tokens(visual: VisualTokenizer, cohort: Cohort, key: str, flip: bool = False) -> torch.Tensor:
-    """Visual tokens of a cohort, computed once per (encoder, subjects, flip) and cached on disk."""
-    from safetensors.torch import load_file
-
-    path = cache_dir("tokens", key) / f"{io.fingerprint([cohort.subjects, flip])}.safetensors"
-    if path.exists():
-        return load_file(str(path))["tokens"]
-    tokens = visual_tokens(visual, [cohort.volume(i) for i in range(len(cohort))], flip=flip)
-    io.save_safetensors(path, {"tokens": tokens})
-    return tokens
-
-
 class _Phase2Data(Dataset):
     def __init__(self, tokens: torch.Tensor, reports: list[str], flipped: torch.Tensor | None = None):
         self.tokens, self.reports, self.flipped = tokens, reports, flipped
@@ -341,25 +286,9 @@ def train_phase2(
 
 
 # ----------------------------------------------------------------------------- stage helpers
-def load_backbones(
-    bb: dict, model_cfg: ModelConfig, *, visual_weights: str | Path | None = None
-) -> tuple[VisualTokenizer, LanguageModel]:
-    """The visual tokenizer (optionally with phase-1 weights) and the frozen LM from a backbone record."""
-    from safetensors.torch import load_file
-
-    from brain3d.models.backbones import load_vision_model, record_language_model, torch_dtype
-
-    dtype = torch_dtype(bb["dtype"])
-    visual = VisualTokenizer(load_vision_model(bb["vision"], dtype=dtype), model_cfg)
-    if visual_weights is not None:
-        visual.load_state_dict(load_file(str(visual_weights)))
-    lm = record_language_model(bb)
-    return visual, lm
-
-
 def run_key(sections: dict, files: list[str | Path]) -> str:
     """Fingerprint of a training run: its params and the content of its input files (resume key)."""
-    return io.fingerprint({"params": sections, "files": {str(f): io.sha256_file(f) for f in files}})
+    return fileio.fingerprint({"params": sections, "files": {str(f): fileio.sha256_file(f) for f in files}})
 
 
 def write_training_record(
@@ -372,51 +301,9 @@ def write_training_record(
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
     }
-    io.write_csv(curves_dir / f"{name}.csv", pd.DataFrame(result.history))
-    io.write_json(summary_dir / f"{name}.json", summary)
+    fileio.write_csv(curves_dir / f"{name}.csv", pd.DataFrame(result.history))
+    fileio.write_json(summary_dir / f"{name}.json", summary)
     if tracker is not None:
         tracker.log_metrics({k: float(v) for k, v in summary.items()})
         tracker.log_artifact(curves_dir / f"{name}.csv")
     return summary
-
-
-@dataclass
-class Phase2Inputs:
-    """What phases 2A/2B start from: the frozen LM and the cached phase-1 visual tokens."""
-
-    model_cfg: ModelConfig
-    backbones: dict
-    lm: LanguageModel
-    vision_width: int
-    train: Cohort
-    val: Cohort
-    train_tokens: torch.Tensor
-    val_tokens: torch.Tensor
-    flipped_train_tokens: torch.Tensor | None
-    inputs: list[Path]  # files the run depends on (for the resume key)
-
-
-def phase2_inputs(cfg: dict, laterality_flip: bool) -> Phase2Inputs:
-    """Load the backbones + phase-1 encoder, and the (cached) visual tokens of train/val subjects."""
-    from brain3d import paths
-    from brain3d.models.backbones import read_backbones
-
-    model_cfg, bb = ModelConfig.from_params(cfg), read_backbones(paths.BACKBONES)
-    visual_path = paths.model_dir("phase1") / "visual.safetensors"
-    visual, lm = load_backbones(bb, model_cfg, visual_weights=visual_path)
-    splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
-    train, val = (Cohort.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
-    inputs = [paths.BACKBONES, visual_path, paths.SPLITS, paths.MANIFEST]
-    key = run_key({"model": cfg["model"], "shape": cfg["preprocess"]["shape"]}, inputs)
-    return Phase2Inputs(
-        model_cfg,
-        bb,
-        lm,
-        visual.width,
-        train,
-        val,
-        cached_tokens(visual, train, key),
-        cached_tokens(visual, val, key),
-        cached_tokens(visual, train, key, flip=True) if laterality_flip else None,
-        inputs,
-    )

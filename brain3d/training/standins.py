@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from brain3d.data.views import radiological
-from brain3d.models.foundation import build_gemma3
+from brain3d.models.foundation import build_gemma3, build_siglip
 from brain3d.training.loop import FitResult, TrainConfig, fit
 
 
@@ -84,32 +84,8 @@ def train_siglip(
     volumes: dict[str, list], tokenizer, arch: dict, cfg: TrainConfig, state_dir: Path, tracker=None
 ) -> tuple[nn.Module, FitResult]:
     """`volumes[split]` = [(volume, seg or None), ...]; returns the trained SiglipModel."""
-    from transformers import SiglipConfig, SiglipModel
-
-    image_size = volumes["train"][0][0].shape[-1]
     text_len = arch.get("text_max_length", 32)
-    config = SiglipConfig(
-        text_config=dict(
-            hidden_size=arch["hidden"],
-            intermediate_size=arch["intermediate"],
-            num_hidden_layers=arch["text_layers"],
-            num_attention_heads=arch["heads"],
-            vocab_size=len(tokenizer),
-            max_position_embeddings=text_len,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=arch["hidden"],
-            intermediate_size=arch["intermediate"],
-            num_hidden_layers=arch["layers"],
-            num_attention_heads=arch["heads"],
-            image_size=image_size,
-            patch_size=arch["patch"],
-        ),
-    )
-    model = SiglipModel(config)
+    model = build_siglip(tokenizer, arch, image_size=volumes["train"][0][0].shape[-1])
     data = {}
     for split, items in volumes.items():
         images, captions = [], []

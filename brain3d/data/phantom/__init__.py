@@ -45,7 +45,7 @@ from brain3d.data.phantom.scanner import (
 )
 from brain3d.data.phantom.truth import _healthy_truth, _tumour_truth
 from brain3d.data.reports import healthy_report, laterality_from_report, tumour_report
-from brain3d.io import read_json, sha256_file, write_json
+from brain3d.fileio import read_json, sha256_file, write_json
 
 __all__ = [
     "FILES",

@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from brain3d.data.phantom.anatomy import _HEAD_CENTRE, _Head, _rotation
 from brain3d.data.phantom.truth import _round
-from brain3d.io import atomic_path
+from brain3d.fileio import atomic_path
 
 ORIENTATIONS = ("RAS", "LPS", "LAS", "PIR", "oblique")
 _GZIP_LEVEL = 1

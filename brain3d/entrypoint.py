@@ -19,7 +19,7 @@ from brain3d.tracking import Tracker, mlflow_run
 def run(
     name: str, sections: tuple[str, ...], params_file: str = "params.yaml"
 ) -> Iterator[tuple[dict, Tracker]]:
-    """`with stage.run("split", ("split",)) as (cfg, tracker): ...` -> effective params and the tracker.
+    """`with entrypoint.run("split", ("split",)) as (cfg, tracker): ...` -> effective params and the tracker.
 
     The MLflow run logs the sections the stage reads, the profile, and what the stage cost: its wall time,
     the process's start-up before it (imports), peak memory (RSS, worker processes included) and threads.
