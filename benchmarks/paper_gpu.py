@@ -126,7 +126,7 @@ def main() -> None:  # noqa: C901 (one measurement after another, as the paper t
     figures["lm_parameters_b"] = sum(p.numel() for p in lm.causal.parameters()) / 1e9
     volumes = torch.rand(batch, 1, *model_cfg.volume_shape, device=device, dtype=bf16)
 
-    # token cache: frozen encoder + compressor, one volume at a time as visual_tokens() runs it
+    # token cache: frozen encoder + compressor, one volume at a time as VisualTokenizer.encode runs it
     visual.eval()
     with torch.no_grad():
         figures["token_cache_s_per_volume"] = timed(lambda: visual(volumes[:1]), device, args.steps)

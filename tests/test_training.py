@@ -86,6 +86,10 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     assert [r["epoch"] for r in read_json(tmp_path / "cut" / "state.json")["history"]] == [1, 2]
     resumed, resumed_result = _train(tmp_path / "cut")
     assert [r["epoch"] for r in resumed_result.history] == [1, 2, 3, 4]
+    # the history (a DVC plot, written as a CSV) comes back with the fresh run's column order
+    assert [list(r) for r in resumed_result.history] == [list(r) for r in full_result.history]
+    assert list(full_result.history[0])[:4] == ["epoch", "train_loss", "val_loss", "lr"]
+    assert [list(r) for r in _train(tmp_path / "full")[1].history] == [list(r) for r in full_result.history]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
     assert resumed_result.best_val == pytest.approx(full_result.best_val, rel=1e-5)

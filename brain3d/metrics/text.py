@@ -184,9 +184,13 @@ def bertscore(
     model, num_layers = resolve_bertscore(model, num_layers)
 
     def compute(preds: list[str], refs: list[str]) -> Scores:
+        # One batch holding every distinct sentence: bert-score orders its batches by a set of the sentences,
+        # whose order follows Python's per-process string hashing, so with smaller batches a sentence's
+        # padding, and the last digits of its score, changed from run to run.
+        batch = max(32, len(set(preds) | set(refs)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, _, f1 = bert_scorer(model, num_layers).score(preds, refs, batch_size=32)
+            _, _, f1 = bert_scorer(model, num_layers).score(preds, refs, batch_size=batch)
         return {"bertscore": f1.tolist()}
 
     return _scored(predictions, references, ("bertscore",), compute)

@@ -169,6 +169,8 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
     raw = accelerator.unwrap_model(model)
     if (state_dir / "state.json").exists():
         state = fileio.read_json(state_dir / "state.json")
+        # state.json sorts its keys: put each history row back in the order a fresh run writes its columns
+        state["history"] = [{k: row[k] for k in state.get("columns", row)} for row in state["history"]]
         load_trainable(raw, state_dir / "last.safetensors")
         optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
         accelerator.print(f"{desc}: resuming after epoch {state['epoch']} from {state_dir}")
@@ -221,6 +223,7 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
             **{f"val_{k}": v for k, v in val_parts.items()},
         }
         state["history"].append(row)
+        state["columns"] = list(row)
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
         if main:
             weights = trainable_state(accelerator.unwrap_model(model))
