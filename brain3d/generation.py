@@ -3,12 +3,18 @@ subject does not depend on which other subjects share its batch... as long as th
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from brain3d import config
+from brain3d import config, fileio
 from brain3d.models.model import Brain3D, Decoding
+
+if TYPE_CHECKING:
+    from brain3d.data.split import SplitSubjects
 
 
 def decoding_from_params(section: dict) -> Decoding:
@@ -45,3 +51,16 @@ def derangement(n: int, seed: int) -> np.ndarray:
         perm = rng.permutation(n)
         if not (perm == np.arange(n)).any():
             return perm
+
+
+def write_predictions(
+    pred_dir: Path, system: str, test: SplitSubjects, predictions: list[str], *, meta: dict
+) -> None:
+    """`<system>.jsonl` (one row per test subject, empty for a system that did not run) and `<system>.json`
+    (`meta`: status, reason, baseline, description), as `brain3d.metrics.systems.load_systems` reads them."""
+    rows = [
+        {"subject": s, "split": "test", "reference": r, "prediction": p}
+        for s, r, p in zip(test.subjects, test.reports, predictions)
+    ]
+    fileio.write_jsonl(Path(pred_dir) / f"{system}.jsonl", rows)
+    fileio.write_json(Path(pred_dir) / f"{system}.json", {"system": system, **meta})

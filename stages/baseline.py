@@ -15,7 +15,7 @@ from brain3d.baselines.slices import SlicePrompt, SliceSequence, finetune, load_
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
 from brain3d.data.split import SplitSubjects
-from brain3d.generation import decoding_from_params
+from brain3d.generation import decoding_from_params, write_predictions
 from brain3d.models.backbones import read_backbones, record_language_model
 from brain3d.training.loop import TrainConfig
 from brain3d.training.phases import run_key
@@ -92,14 +92,9 @@ def main() -> None:
         except NotRunnable as exc:
             meta.update(status="not_run", reason=str(exc).removeprefix("not run: "))
             print(f"baseline@{name}: {exc}")
-        rows = [
-            {"subject": s, "split": "test", "reference": r, "prediction": p}
-            for s, r, p in zip(test.subjects, test.reports, preds)
-        ]
-        fileio.write_jsonl(paths.PREDICTIONS / f"{name}.jsonl", rows)
-        fileio.write_json(paths.PREDICTIONS / f"{name}.json", meta)
+        write_predictions(paths.PREDICTIONS, name, test, preds, meta=meta)
         fileio.write_json(out_dir / "baseline.json", meta)
-        tracker.log_metrics({"ran": float(meta["status"] == "ok"), "n_test": len(rows)})
+        tracker.log_metrics({"ran": float(meta["status"] == "ok"), "n_test": len(preds)})
         tracker.log_artifact(paths.PREDICTIONS / f"{name}.json", "predictions")
 
 

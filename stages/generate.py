@@ -12,10 +12,10 @@ import sys
 import pandas as pd
 import torch
 
-from brain3d import entrypoint, fileio, paths, runtime
+from brain3d import entrypoint, paths, runtime
 from brain3d.data import manifest
 from brain3d.data.split import SplitSubjects
-from brain3d.generation import decoding_from_params, derangement, generate_reports
+from brain3d.generation import decoding_from_params, derangement, generate_reports, write_predictions
 from brain3d.models.model import Brain3D
 
 DESCRIPTIONS = {
@@ -41,22 +41,13 @@ def main() -> None:
         preds = generate_reports(
             model, tokens, decoding_from_params(g), batch_size=g["batch_size"], seed=g["seed"], desc=system
         )
-        rows = [
-            {"subject": s, "split": "test", "reference": r, "prediction": p}
-            for s, r, p in zip(test.subjects, test.reports, preds)
-        ]
-        fileio.write_jsonl(paths.PREDICTIONS / f"{system}.jsonl", rows)
-        fileio.write_json(
-            paths.PREDICTIONS / f"{system}.json",
-            {
-                "system": system,
-                "status": "ok",
-                "reason": "",
-                "baseline": False,
-                "description": DESCRIPTIONS.get(
-                    system, f"{model_name}{' (shuffled control)' if shuffled else ''}"
-                ),
-            },
+        description = DESCRIPTIONS.get(system, f"{model_name}{' (shuffled control)' if shuffled else ''}")
+        write_predictions(
+            paths.PREDICTIONS,
+            system,
+            test,
+            preds,
+            meta={"status": "ok", "reason": "", "baseline": False, "description": description},
         )
         tracker.log_metrics({"n_test": len(test)})
         tracker.log_artifact(paths.PREDICTIONS / f"{system}.jsonl", "predictions")

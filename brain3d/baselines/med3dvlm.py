@@ -22,6 +22,7 @@ import numpy as np
 from brain3d import config
 from brain3d.baselines import NotRunnable
 from brain3d.data.views import radiological
+from brain3d.models.backbones import snapshot_revision
 
 INPUT_SHAPE = (128, 256, 256)
 WORKER = Path(__file__).with_name("med3dvlm_worker.py")
@@ -62,11 +63,6 @@ class Med3DVLMConfig:
     @classmethod
     def from_params(cls, section: dict) -> Med3DVLMConfig:
         return config.from_section(cls, section)
-
-
-def snapshot_revision(path: Path) -> str | None:
-    meta = path / ".cache" / "huggingface" / "download" / "config.json.metadata"
-    return meta.read_text().split()[0] if meta.exists() else None
 
 
 def check_runnable(cfg: Med3DVLMConfig) -> Path:

@@ -1,7 +1,7 @@
 """The systems an evaluation compares, read and checked: per system, in `pred_dir`, `<system>.jsonl` (one
 {"subject", "split", "reference", "prediction"} per line) and `<system>.json` ({"system", "status": "ok" |
 "not_run", "reason", "description", "baseline": bool}). Every system that ran must cover exactly the test
-subjects, with the same reference texts.
+subjects, with the same reference texts. (`brain3d.generation.write_predictions` writes them.)
 """
 
 from __future__ import annotations

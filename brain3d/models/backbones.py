@@ -163,7 +163,7 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _revision(path: Path) -> str | None:
+def snapshot_revision(path: Path) -> str | None:
     """The hub commit of a snapshot downloaded with `hf download --local-dir` (or from the HF cache)."""
     meta = path / ".cache" / "huggingface" / "download" / "config.json.metadata"
     if meta.exists():
@@ -196,7 +196,7 @@ def verify_local(section: dict, root: Path) -> dict:
             problems.append(f"{key}: {path} holds a '{model_type}' model, expected one of {expected[key]}")
         if not any(path.glob("*.safetensors")):
             problems.append(f"{key}: {path} has no *.safetensors weights (incomplete download?) — {how}")
-        revisions[key] = section.get(f"{key}_revision") or _revision(path) or "unknown"
+        revisions[key] = section.get(f"{key}_revision") or snapshot_revision(path) or "unknown"
     if problems:
         raise FileNotFoundError("backbones missing:\n  - " + "\n  - ".join(problems))
     from brain3d.fileio import fingerprint

@@ -24,6 +24,15 @@ from torch import nn
 
 from brain3d.data.views import radiological
 
+#: SigLIP's pixel normalisation (MedSigLIP's and Gemma 3's vision tower's): [0, 1] -> [-1, 1]. The stand-in
+#: pretraining, the processors saved with the stand-ins and the 3D encoder all read it: they cannot disagree.
+PIXEL_MEAN = PIXEL_STD = 0.5
+
+
+def normalise_pixels(x):
+    """Intensities in [0, 1] (a tensor) as the SigLIP vision tower expects them."""
+    return (x - PIXEL_MEAN) / PIXEL_STD
+
 
 def vision_transformer(model: nn.Module) -> nn.Module:
     """The module holding embeddings/encoder/post_layernorm in a SigLIP vision or image-text model."""
@@ -141,7 +150,7 @@ class VolumeEncoder(nn.Module):
         if volume.dim() == 4:
             volume = volume.unsqueeze(1)
         x = radiological(volume)  # slices in the orientation the 2D backbone was pretrained on
-        x = (x - 0.5) / 0.5  # SigLIP's pixel normalisation (mean 0.5, std 0.5)
+        x = normalise_pixels(x)
         x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))  # (B, C, D', h, w)
         x = self.pos(x.permute(0, 2, 3, 4, 1))  # (B, D', h, w, C)
         x = x.flatten(1, 3)  # (B, N = D'*h*w, C), z-major

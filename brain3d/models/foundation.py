@@ -18,6 +18,8 @@ from pathlib import Path
 
 from torch import nn
 
+from brain3d.models.encoder import PIXEL_MEAN, PIXEL_STD
+
 SPECIAL_TOKENS = [
     "<pad>",
     "<eos>",
@@ -79,7 +81,10 @@ def save_siglip(model: nn.Module, tokenizer, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     SiglipImageProcessor(
-        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_rescale=False
+        size={"height": size, "width": size},
+        image_mean=[PIXEL_MEAN] * 3,
+        image_std=[PIXEL_STD] * 3,
+        do_rescale=False,
     ).save_pretrained(out_dir)
 
 
@@ -153,7 +158,10 @@ def save_gemma3(model: nn.Module, tokenizer, out_dir: Path) -> None:
 
     size = model.config.vision_config.image_size
     image_processor = Gemma3ImageProcessor(
-        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_pan_and_scan=False
+        size={"height": size, "width": size},
+        image_mean=[PIXEL_MEAN] * 3,
+        image_std=[PIXEL_STD] * 3,
+        do_pan_and_scan=False,
     )
     processor = Gemma3Processor(
         image_processor=image_processor,

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from brain3d.data.views import radiological
+from brain3d.models.encoder import normalise_pixels
 from brain3d.models.foundation import build_gemma3, build_siglip
 from brain3d.training.loop import FitResult, TrainConfig, fit
 
@@ -60,7 +61,7 @@ class _SliceData(Dataset):
 
     def __getitem__(self, i: int):
         image = torch.from_numpy(self.images[i])[None].expand(3, -1, -1)  # grey -> RGB, [0, 1]
-        return (image - 0.5) / 0.5, self.ids[i], self.groups[i]
+        return normalise_pixels(image), self.ids[i], self.groups[i]
 
 
 def _collate_slices(items):
