@@ -609,6 +609,12 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
     assert torch.allclose(expected, got, atol=1e-5)
     card = json.loads((tmp_path / "m" / "brain3d.json").read_text())
     assert card["visual"] == "visual.safetensors" and card["adapter"] == "adapter"
+    readme = (tmp_path / "m" / "README.md").read_text()  # the human-readable model card
+    assert (
+        readme.startswith("# Brain3D, phase2b")
+        and "adapter `adapter`" in readme
+        and "Research use only" in readme
+    )
     assert ModelConfig(**read_card(tmp_path / "m")["model"]) == cfg
     (tmp_path / "m" / "brain3d.json").write_text(json.dumps({**card, "adapter": None}))
     with torch.no_grad():

@@ -50,6 +50,41 @@ def write_card(
         **(extra or {}),
     }
     fileio.write_json(out_dir / CARD, card)
+    fileio.write_text(out_dir / "README.md", model_card(card))
+
+
+def model_card(card: dict) -> str:
+    """The directory's human-readable model card (README.md), written from its card: what the model is, what
+    it was built from, how to load it, and what it may be used for."""
+    m, bb = card["model"], card["backbones"]
+    demo = bb.get("source") == "standins"
+    lines = [
+        f"# Brain3D, {card['phase']}",
+        "",
+        "A 3D brain MRI (FLAIR) report generator: an inflated SigLIP 3D encoder, "
+        f"{m['n_tokens']} visual tokens ({m['compressor']}, {m['inflation']} inflation), an MLP projector and a "
+        "Gemma 3 language model prompted with them.",
+        "",
+        f"- vision backbone: `{bb['vision']}`; language model: `{bb['lm']}` ({bb.get('dtype', 'float32')}"
+        + (", 4-bit" if bb.get("load_in_4bit") else "")
+        + ")",
+        f"- volume shape (D, H, W): {tuple(m['volume_shape'])}; prompt: {m['prompt'].strip()!r}",
+        "- weights: "
+        + ", ".join(
+            f"{k} `{card[k]}`" for k in ("visual", "projector", "adapter", "findings") if card.get(k)
+        ),
+        "",
+        "Load with `Brain3D.from_pretrained(<this directory>)`, or `brain3d report --model <this directory> SCAN`.",
+        "",
+        "Research use only: not a medical device.",
+    ]
+    if demo:
+        lines += [
+            "",
+            "Demo profile: the backbones are small stand-ins trained by the pipeline on synthetic phantoms; this "
+            "model has never seen a real scan, and its reports say nothing about one.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def read_card(model_dir: str | Path) -> dict:
