@@ -95,6 +95,42 @@ def tiny_gemma3_dir(tmp_path_factory, tiny_tokenizer, tiny_siglip_dir):
     return path
 
 
+def model_config(**changes):
+    """A small ModelConfig (8 x 28 x 28 volumes, 4 grid-pooled tokens, `mean` inflation); `changes` override."""
+    from brain3d.models.model import ModelConfig
+
+    base = dict(
+        volume_shape=(8, 28, 28),
+        kd=2,
+        depth_stride=1,
+        depth_pad=1,
+        inflation="mean",
+        compressor="grid_pool",
+        n_tokens=4,
+        grid=(1, 2, 2),
+        prompt=PROMPT,
+    )
+    return ModelConfig(**{**base, **changes})
+
+
+def lora_brain3d(siglip_dir, gemma_dir, cfg, b_std: float):
+    """A Brain3D over the tiny checkpoints with its visual tokenizer and a rank-2 LoRA whose B matrices are
+    drawn with `b_std` (a trained adapter is not the zero-initialised one): (model, the PeftModel)."""
+    import torch
+
+    from brain3d.models.backbones import load_language_model, load_vision_model
+    from brain3d.models.model import Brain3D, VisualTokenizer
+
+    visual = VisualTokenizer(load_vision_model(siglip_dir), cfg)
+    lm = load_language_model(gemma_dir)
+    lora = lm.add_lora(2, 4)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, b_std)
+    return Brain3D(lm, visual.width, cfg.prompt, visual=visual), lora
+
+
 DEMO_SHAPE = (32, 64, 64)  # profiles.demo.preprocess.shape: brain_similarity is reliable from this size up
 
 
@@ -103,32 +139,11 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     """A trained-model directory laid out as the phase2b stage writes it (visual + projector weights, LoRA
     adapter, brain3d.json) over the tiny SigLIP / Gemma 3 checkpoints, at the demo volume shape."""
     import torch
-    from peft import LoraConfig, get_peft_model
-
-    from brain3d.models.backbones import load_language_model, load_vision_model
-    from brain3d.models.model import Brain3D, ModelConfig, VisualTokenizer
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("phase2b")
-    cfg = ModelConfig(
-        volume_shape=DEMO_SHAPE,
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="mean",
-        compressor="grid_pool",
-        n_tokens=32,
-        grid=(2, 4, 4),
-        prompt=PROMPT,
-    )
-    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
-    lm = load_language_model(tiny_gemma3_dir)
-    lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))
-    with torch.no_grad():
-        for name, param in lora.named_parameters():
-            if "lora_B" in name:  # a trained adapter is not the zero-initialised one
-                param.normal_(0.0, 0.02)
-    model = Brain3D(lm, visual.width, cfg.prompt, visual=visual)
+    cfg = model_config(volume_shape=DEMO_SHAPE, n_tokens=32, grid=(2, 4, 4))
+    model, lora = lora_brain3d(tiny_siglip_dir, tiny_gemma3_dir, cfg, b_std=0.02)
     model.save_pretrained(
         out,
         phase="phase2b",

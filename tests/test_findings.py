@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import model_config
 
 from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
 from brain3d.data.reports import HEALTHY_TEMPLATES, swap_laterality
@@ -172,21 +173,11 @@ def test_weight_zero_is_the_papers_infonce_and_the_parts_add_up():
 
 def test_side_head_beats_chance_on_held_out_volumes(tmp_path, tiny_siglip_dir, tiny_gemma3_dir):
     from brain3d.models.backbones import load_language_model, load_vision_model
-    from brain3d.models.model import ModelConfig, VisualTokenizer
+    from brain3d.models.model import VisualTokenizer
     from brain3d.training.loop import TrainConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        volume_shape=(8, 32, 32),
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="mean",
-        compressor="grid_pool",
-        n_tokens=8,
-        grid=(2, 2, 2),
-        prompt="",
-    )
+    cfg = model_config(volume_shape=(8, 32, 32), n_tokens=8, grid=(2, 2, 2), prompt="")
     visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
     lm = load_language_model(tiny_gemma3_dir)
     train = _cohort(tmp_path, "train", ["left", "right"] * 10 + [None] * 4, seed=1)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from conftest import PROMPT
+from conftest import PROMPT, lora_brain3d, model_config
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from brain3d.models.backbones import load_language_model, load_vision_model
@@ -40,17 +40,7 @@ def test_paper_shapes_65x9x9_tokens_and_32_visual_tokens():
     expected = (_windows(64, 2, 1, 1), _windows(128, 14, 14), _windows(128, 14, 14))
     assert expected == (65, 9, 9)
     assert token_grid((64, 128, 128), patch=14, kd=2, depth_stride=1, depth_pad=1) == expected
-    cfg = ModelConfig(
-        volume_shape=(64, 128, 128),
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="mean",
-        compressor="seq_pool",
-        n_tokens=32,
-        grid=(2, 4, 4),
-        prompt=PROMPT,
-    )
+    cfg = model_config(volume_shape=(64, 128, 128), compressor="seq_pool", n_tokens=32, grid=(2, 4, 4))
     visual = VisualTokenizer(medsiglip_like(), cfg)
     volume = torch.rand(1, 1, 64, 128, 128)
     with torch.no_grad():
@@ -152,17 +142,7 @@ def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean
 
     from brain3d.models.checkpoint import CARD, read_card, write_card
 
-    cfg = ModelConfig(
-        volume_shape=(8, 28, 28),
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="center",
-        compressor="grid_pool",
-        n_tokens=4,
-        grid=(1, 2, 2),
-        prompt=PROMPT,
-    )
+    cfg = model_config(inflation="center")
     write_card(
         tmp_path,
         phase="phase1",
@@ -250,17 +230,7 @@ def test_grid_positions_are_z_major_and_mirror_in_x():
 def test_perceiver_round_trips_through_the_visual_tokenizer_state(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    cfg = ModelConfig(
-        volume_shape=(8, 28, 28),
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="sum",
-        compressor="perceiver",
-        n_tokens=4,
-        grid=(1, 2, 2),
-        prompt=PROMPT,
-    )
+    cfg = model_config(inflation="sum", compressor="perceiver")
     visual = VisualTokenizer(medsiglip_like(), cfg).eval()
     save_file(visual.state_dict(), tmp_path / "visual.safetensors")
     torch.manual_seed(1)
@@ -511,17 +481,7 @@ def test_a_bf16_backbone_encodes_and_generates_outside_autocast(tiny_siglip_dir,
     inflated patch embedding and the projected visual tokens must follow the backbones' dtype (the paper
     rehearsal found both in float32: a dtype error at the first LayerNorm, and at the LM's first projection)."""
     vision = load_vision_model(tiny_siglip_dir, dtype=torch.bfloat16)
-    cfg = ModelConfig(
-        volume_shape=(8, 32, 32),
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="mean",
-        compressor="grid_pool",
-        n_tokens=4,
-        grid=(1, 2, 2),
-        prompt=PROMPT,
-    )
+    cfg = model_config(volume_shape=(8, 32, 32))
     visual = VisualTokenizer(vision, cfg).eval()
     assert visual.encoder.patch_embed.proj.weight.dtype == torch.bfloat16
     lm = load_language_model(tiny_gemma3_dir, dtype=torch.bfloat16)
@@ -562,30 +522,12 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
     are relative, so the directory can move with its backbones."""
     import json
 
-    from peft import LoraConfig, get_peft_model
-
     from brain3d.models.checkpoint import read_card
 
     torch.manual_seed(3)
-    cfg = ModelConfig(
-        volume_shape=(8, 28, 28),
-        kd=2,
-        depth_stride=1,
-        depth_pad=1,
-        inflation="sum",
-        compressor="grid_pool",
-        n_tokens=4,
-        grid=(1, 2, 2),
-        prompt=PROMPT,
-    )
-    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
-    lm = load_language_model(tiny_gemma3_dir)
-    lora = get_peft_model(lm.full, LoraConfig(r=2, lora_alpha=4, target_modules=lm.lora_target_regex()))
-    with torch.no_grad():
-        for name, param in lora.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.05)
-    model = Brain3D(lm, visual.width, cfg.prompt, visual=visual).eval()
+    cfg = model_config(inflation="sum")
+    model, lora = lora_brain3d(tiny_siglip_dir, tiny_gemma3_dir, cfg, b_std=0.05)
+    model.eval()
     with torch.no_grad():
         model.projector.vis_scale.fill_(0.7)
     backbones = {
@@ -621,6 +563,6 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
         without_lora = Brain3D.from_pretrained(tmp_path / "m").log_likelihood(model.visual(volume), report)
     assert not torch.allclose(expected, without_lora, atol=1e-3)  # the adapter is what the first check read
     with pytest.raises(ValueError, match="no visual tokenizer"):
-        Brain3D(lm, visual.width, cfg.prompt).save_pretrained(
+        Brain3D(model.language_model, model.visual.width, cfg.prompt).save_pretrained(
             tmp_path / "n", phase="phase2a", model_cfg=cfg, backbones=backbones
         )
