@@ -61,8 +61,10 @@ SCHEMA: dict = {
         **_optional("vision_revision lm_revision"),
     },
     "phase1": _values(f"{_TRAIN} temperature laterality_flip findings_weight"),
-    "phase2a": _values(f"{_TRAIN} laterality_flip normal_weight"),
-    "phase2b": _values(f"{_TRAIN} lr_lora lora_rank lora_alpha lora_dropout laterality_flip normal_weight"),
+    "phase2a": _values(f"{_TRAIN} laterality_flip normal_weight bilateral_weight"),
+    "phase2b": _values(
+        f"{_TRAIN} lr_lora lora_rank lora_alpha lora_dropout laterality_flip normal_weight bilateral_weight"
+    ),
     "generate": _values(
         "temperature top_p repetition_penalty repetition_exempt no_repeat_ngram_size min_new_tokens "
         "max_new_tokens batch_size seed"

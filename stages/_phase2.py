@@ -50,6 +50,7 @@ def run(name: str, init: str, *, lora: bool) -> None:
             groups,
             state_dir=cache_dir(name, phases.run_key({name: p}, [*inputs, init_projector])),
             normal_weight=p["normal_weight"],
+            bilateral_weight=p["bilateral_weight"],
             flipped_train_tokens=visual.cached_encode(train, tokens_key, flip=True)
             if p["laterality_flip"]
             else None,

@@ -80,6 +80,7 @@ def main() -> None:
                         lr_projector=p["lr"],
                         lr_lora=p["lr_lora"],
                         normal_weight=p["normal_weight"],
+                        bilateral_weight=p["bilateral_weight"],
                         cfg=TrainConfig.from_params(p),
                         state_dir=cache_dir("slices_ft", key),
                         tracker=tracker,

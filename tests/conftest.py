@@ -213,22 +213,28 @@ def check_tumour_report(truth: dict, text: str) -> None:
 
 # ------------------------------------------------------------------ tiny end-to-end pipeline (slow tests)
 
-_PIPELINE: dict = {}
+# The two `dvc repro` fixtures are most of the suite's time: under pytest-xdist (`-n 2 --dist loadgroup`,
+# pyproject.toml) each runs on its own worker, first, while the other tests fill in around them.
+HEAVY_GROUPS = {
+    "test_rehearsal.py": "rehearsal",
+    "test_e2e.py": "tiny_pipeline",
+    "test_mlflow_ui.py": "tiny_pipeline",
+    "test_plots_offline.py": "tiny_pipeline",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {group: i for i, group in enumerate(dict.fromkeys(HEAVY_GROUPS.values()))}
+    for item in items:
+        if item.path.name in HEAVY_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUPS[item.path.name]))
+    items.sort(key=lambda item: rank.get(HEAVY_GROUPS.get(item.path.name), len(rank)))
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """The whole DAG on tiny params in a copy of this checkout (tests/tiny_pipeline.py), run once per session
-    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py."""
+    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py (one xdist worker: HEAVY_GROUPS)."""
     from tiny_pipeline import run_pipeline
 
-    result = run_pipeline(tmp_path_factory.mktemp("e2e"))
-    _PIPELINE["seconds"] = result.repo.seconds
-    _PIPELINE["path"] = result.repo.path
-    return result
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _PIPELINE:
-        steps = ", ".join(f"{k} {v:.0f} s" for k, v in _PIPELINE["seconds"].items())
-        terminalreporter.write_line(f"tiny pipeline ({_PIPELINE['path']}): {steps}")
+    return run_pipeline(tmp_path_factory.mktemp("e2e"))

@@ -137,18 +137,22 @@ def test_sample_weights_set_how_often_each_sample_is_drawn_at_the_same_number_of
         )
 
 
-def test_normal_reports_are_weighted_from_the_report_text():
-    from brain3d.training.phases import normal_weights
+def test_normal_and_bilateral_reports_are_weighted_from_the_report_text():
+    from brain3d.training.phases import draw_weights
 
     reports = [
         "A lesion is seen in the left frontal lobe with edema.",
         "No mass lesion, edema or necrosis. Normal study.",
         "There is no abnormal FLAIR hyperintensity.",
+        "Bilateral frontal lesions with edema crossing the corpus callosum.",
+        "A lesion in the right parietal lobe; no lesion in the left hemisphere.",
     ]
-    assert normal_weights(reports, 3.0) == [1.0, 3.0, 3.0]
-    assert normal_weights(reports, 1.0) is None  # the paper's uniform shuffling
-    with pytest.raises(ValueError):
-        normal_weights(reports, 0.0)
+    assert draw_weights(reports, 3.0) == [1.0, 3.0, 3.0, 1.0, 1.0]
+    assert draw_weights(reports, 3.0, 2.0) == [1.0, 3.0, 3.0, 2.0, 1.0]
+    assert draw_weights(reports, 1.0) is None  # the paper's uniform shuffling
+    for bad in ((0.0, 1.0), (1.0, -1.0)):
+        with pytest.raises(ValueError):
+            draw_weights(reports, *bad)
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):

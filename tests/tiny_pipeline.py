@@ -368,6 +368,9 @@ def run_pipeline(tmp: Path) -> Pipeline:
         repo.seconds["inside stages"] = sum(
             map(float, re.findall(r": done in ([0-9.]+) s", "\n".join(repo.log)))
         )
-        (tmp / "pipeline.log").write_text("\n".join(repo.log))  # every command's full output
+        steps = ", ".join(f"{k} {v:.0f} s" for k, v in repo.seconds.items())
+        (tmp / "pipeline.log").write_text(
+            "\n".join([f"seconds: {steps}", *repo.log])
+        )  # every command's output
         (tmp / "twin.log").write_text("\n".join(twin.log))
     return result

@@ -170,16 +170,17 @@ def finetune(
     lr_projector: float,
     lr_lora: float,
     normal_weight: float,
+    bilateral_weight: float,
     cfg,
     state_dir: Path,
     tracker=None,
 ):
     """LoRA on the language model's q/k/v/o + the multimodal projector (the slice-model counterpart of
-    phase 2B's LoRA + projector), masked CE on the report, normal reports drawn as in phase 2B.
+    phase 2B's LoRA + projector), masked CE on the report, normal and bilateral reports drawn as in phase 2B.
     Returns (peft model, FitResult)."""
 
     from brain3d.training.loop import fit
-    from brain3d.training.phases import normal_weights
+    from brain3d.training.phases import draw_weights
 
     peft_model = seq.lm.add_lora(lora_rank, lora_alpha, lora_dropout)
     projector = seq.lm.full.model.multi_modal_projector
@@ -198,6 +199,6 @@ def finetune(
         state_dir=state_dir,
         tracker=tracker,
         desc="slices_ft",
-        sample_weights=normal_weights(train[1], normal_weight),
+        sample_weights=draw_weights(train[1], normal_weight, bilateral_weight),
     )
     return peft_model, result

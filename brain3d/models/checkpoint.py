@@ -1,6 +1,7 @@
 """The card of a trained Brain3D's directory (written and read by `Brain3D.save_pretrained` /
-`Brain3D.from_pretrained`, brain3d/models/model.py): one directory whose card, `<dir>/brain3d.json`, names the backbones, the model config and the weight files
-(paths relative to the card), so `--model models/phase2b` is self-describing.
+`Brain3D.from_pretrained`, brain3d/models/model.py): one directory whose card, `<dir>/brain3d.json`, names
+the backbones, the model config and the weight files (paths relative to the card), so `--model
+models/phase2b` is self-describing.
 
 Like a PEFT adapter naming its base model, a phase's directory refers to what it did not train instead of
 copying it: the backbones (models/foundation, or the hub snapshots on the paper profile) and, for phases 2A

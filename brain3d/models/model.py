@@ -262,9 +262,8 @@ class Brain3D(nn.Module):
         if card.get("adapter"):
             from peft import PeftModel
 
-            PeftModel.from_pretrained(
-                lm.full, card["adapter"]
-            )  # injects the LoRA layers into lm.full in place
+            # injects the LoRA layers into lm.full in place
+            PeftModel.from_pretrained(lm.full, card["adapter"])
         model = cls(lm, visual.width, model_cfg.prompt, visual=visual)
         model.projector.load_state_dict(load_file(card["projector"]))
         return model.to(device).eval()

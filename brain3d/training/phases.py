@@ -241,14 +241,26 @@ def _collate_phase2(items):
     return torch.stack(tokens), list(reports)
 
 
-def normal_weights(reports: list[str], normal_weight: float) -> list[float] | None:
-    """Per-report sampling weights: `normal_weight` for a report that asserts no finding (the negation-aware
-    extractor, report text only), 1 for one that does; None (uniform shuffling) when normal_weight is 1."""
-    if normal_weight <= 0:
-        raise ValueError(f"normal_weight must be > 0, got {normal_weight}")
-    if normal_weight == 1:
+def draw_weights(
+    reports: list[str], normal_weight: float, bilateral_weight: float = 1.0
+) -> list[float] | None:
+    """Per-report sampling weights, read from the report text by the negation-aware extractor: `normal_weight`
+    for a report that asserts no finding, `bilateral_weight` for one whose finding is bilateral, 1 for the
+    others; None (uniform shuffling, the paper's) when both are 1."""
+    for name, w in (("normal_weight", normal_weight), ("bilateral_weight", bilateral_weight)):
+        if w <= 0:
+            raise ValueError(f"{name} must be > 0, got {w}")
+    if normal_weight == bilateral_weight == 1:
         return None
-    return [1.0 if findings_targets(r).presence else float(normal_weight) for r in reports]
+    bilateral = SIDES.index("bilateral")
+    weights = []
+    for report in reports:
+        found = findings_targets(report)
+        if not found.presence:
+            weights.append(float(normal_weight))
+        else:
+            weights.append(float(bilateral_weight) if found.side == bilateral else 1.0)
+    return weights
 
 
 def train_phase2(
@@ -262,12 +274,14 @@ def train_phase2(
     *,
     state_dir: Path,
     normal_weight: float,
+    bilateral_weight: float = 1.0,
     flipped_train_tokens: torch.Tensor | None = None,
     tracker=None,
     desc: str = "phase2",
 ) -> FitResult:
-    """Masked next-token CE over cached visual tokens; `param_groups` says what trains (2A vs 2B); normal
-    reports are drawn `normal_weight` times as often as reports with a finding (normal_weights)."""
+    """Masked next-token CE over cached visual tokens; `param_groups` says what trains (2A vs 2B); reports
+    with no finding are drawn `normal_weight` times, bilateral ones `bilateral_weight` times as often as the
+    others (draw_weights)."""
     train_set = _Phase2Data(train_tokens, train_reports, flipped_train_tokens)
     val_set = _Phase2Data(val_tokens, val_reports)
     return fit(
@@ -281,7 +295,7 @@ def train_phase2(
         state_dir=state_dir,
         tracker=tracker,
         desc=desc,
-        sample_weights=normal_weights(train_reports, normal_weight),
+        sample_weights=draw_weights(train_reports, normal_weight, bilateral_weight),
     )
 
 
