@@ -213,28 +213,36 @@ def check_tumour_report(truth: dict, text: str) -> None:
 
 # ------------------------------------------------------------------ tiny end-to-end pipeline (slow tests)
 
-# The two `dvc repro` fixtures are most of the suite's time: under pytest-xdist (`-n 2 --dist loadgroup`,
-# pyproject.toml) each runs on its own worker, first, while the other tests fill in around them.
-HEAVY_GROUPS = {
-    "test_rehearsal.py": "rehearsal",
+
+# The two `dvc repro` fixtures are most of the suite's time. The suite runs on 2 pytest-xdist workers
+# (pyproject.toml: -n 2); the tests of the files that share one of them form one unit of work, so each fixture
+# is built once, on one worker, while the other tests fill in around it. (xdist's own `--dist loadgroup` does
+# not group under pytest 9.2: it renames `item._nodeid`, which pytest no longer reads.)
+SHARED_FIXTURE = {
     "test_e2e.py": "tiny_pipeline",
     "test_mlflow_ui.py": "tiny_pipeline",
     "test_plots_offline.py": "tiny_pipeline",
+    "test_rehearsal.py": "rehearsal",
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    rank = {group: i for i, group in enumerate(dict.fromkeys(HEAVY_GROUPS.values()))}
-    for item in items:
-        if item.path.name in HEAVY_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUPS[item.path.name]))
-    items.sort(key=lambda item: rank.get(HEAVY_GROUPS.get(item.path.name), len(rank)))
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        """Every test its own unit of work, except one unit per SHARED_FIXTURE (largest units go first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_FIXTURE.get(nodeid.split("::", 1)[0].rsplit("/", 1)[-1], nodeid)
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """The whole DAG on tiny params in a copy of this checkout (tests/tiny_pipeline.py), run once per session
-    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py (one xdist worker: HEAVY_GROUPS)."""
+    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py (one xdist group: one worker)."""
     from tiny_pipeline import run_pipeline
 
     return run_pipeline(tmp_path_factory.mktemp("e2e"))
