@@ -242,7 +242,7 @@ def pytest_xdist_make_scheduler(config, log):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """The whole DAG on tiny params in a copy of this checkout (tests/tiny_pipeline.py), run once per session
-    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py (one xdist group: one worker)."""
+    and shared by test_e2e.py, test_mlflow_ui.py and test_plots_offline.py (one xdist unit: SHARED_FIXTURE)."""
     from tiny_pipeline import run_pipeline
 
     return run_pipeline(tmp_path_factory.mktemp("e2e"))
