@@ -369,8 +369,7 @@ def run_pipeline(tmp: Path) -> Pipeline:
             map(float, re.findall(r": done in ([0-9.]+) s", "\n".join(repo.log)))
         )
         steps = ", ".join(f"{k} {v:.0f} s" for k, v in repo.seconds.items())
-        (tmp / "pipeline.log").write_text(
-            "\n".join([f"seconds: {steps}", *repo.log])
-        )  # every command's output
+        # every command's output, after the seconds each step took
+        (tmp / "pipeline.log").write_text("\n".join([f"seconds: {steps}", *repo.log]))
         (tmp / "twin.log").write_text("\n".join(twin.log))
     return result
