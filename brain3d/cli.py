@@ -4,7 +4,9 @@
 
 The model loads once; scans are preprocessed in parallel worker processes. Decoding and LIME settings are
 params.yaml's `generate` and `lime` sections (`--params`), as in the stages. Every result names the model
-that wrote it (directory, profile, training data, revision) and says "research use only".
+that wrote it (directory, profile, training data, revision) and says "research use only". `--model` also takes
+a folder of the authors' released BrainGemma3D as published (brain3d/models/release.py): its reports decode
+with the release's own generate_report defaults, and name its hub revision and the sha256 of its files.
 
 A scan that cannot be read (missing, not a NIfTI, 4D, NaN, not a brain, not FLAIR-like) gets one line on
 stderr at the end, naming it and the reason, while the other scans go on; the exit status is then 2.
@@ -63,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="a trained model directory holding brain3d.json (default: BRAIN3D_MODEL, else "
+        help="a trained model directory holding brain3d.json, or a folder of the authors' released "
+        "BrainGemma3D (praiselab-picuslab/BrainGemma3D, as downloaded), whose reports decode with the "
+        "release's own defaults (temperature 0.1, top-p 0.9, repetition penalty 1.2, no-repeat trigram, "
+        "10 to 128 new tokens) instead of params.yaml's `generate` (default: BRAIN3D_MODEL, else "
         "models/phase2b of the Brain3D repository)",
     )
     rp.add_argument(
@@ -109,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--json", action="store_true", help="print JSON (an object; a list for several scans)")
     rp.add_argument(
-        "--max-new-tokens", type=int, help="report length limit (default: generate.max_new_tokens)"
+        "--max-new-tokens",
+        type=int,
+        help="report length limit (default: generate.max_new_tokens; a release's own, 128)",
     )
     rp.add_argument("--seed", type=int, help="sampling seed (default: generate.seed)")
     rp.add_argument(
@@ -201,12 +208,17 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def settings(cfg: dict, args: argparse.Namespace):
-    """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides."""
+def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
+    """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides; a
+    model card's own `decoding` (a release's generate_report defaults) replaces the `generate` keys it sets."""
     from brain3d.generation import decoding_from_params
     from brain3d.interpretability.cases import LimeSettings
 
-    g = {**cfg["generate"], **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})}
+    g = {
+        **cfg["generate"],
+        **((card or {}).get("decoding") or {}),
+        **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
+    }
     lime = {**cfg["lime"], **({"n_samples": args.lime_samples} if args.lime_samples is not None else {})}
     return decoding_from_params(g), LimeSettings.from_params(lime)
 
@@ -237,10 +249,22 @@ def model_info(model_dir: Path, card: dict) -> dict:
     directory is a DVC output of a Brain3D checkout, and its intended use."""
     import yaml
 
+    from brain3d.models import release
     from brain3d.paths import repo_root
     from brain3d.tracking import git_sha
 
     model_dir = model_dir.resolve()
+    if card.get("format") == release.FORMAT:  # not a DVC output: the hub revision and every file's hash
+        return {
+            "dir": str(model_dir),
+            "phase": card["phase"],
+            "profile": "release",
+            "trained_on": release.TRAINED_ON,
+            "revision": card["revision"],
+            "dvc_lock_md5": None,
+            "sha256": card["sha256"],
+            "use": "research use only, not for clinical decisions",
+        }
     profile, trained_on = {  # the foundation stage records where the backbones came from
         "standins": ("demo", "synthetic phantom cohort (stand-in backbones trained by the pipeline)"),
         "local": ("paper", "BraTS 2020 + TextBraTS + ds000221 (MedSigLIP-448, MedGemma-1.5-4B-IT)"),
@@ -270,6 +294,12 @@ def model_info(model_dir: Path, card: dict) -> dict:
 
 def describe(info: dict) -> str:
     """One line naming the model, for text output."""
+    if info["profile"] == "release":
+        rev = f"hub revision {info['revision'][:8]}" if info["revision"] else "hub revision not recorded"
+        return (
+            f"model: {info['dir']} ({info['trained_on']}; {rev}; sha256 of its {len(info['sha256'])} files in "
+            f"--out/--json); {info['use']}"
+        )
     rev = f", revision {info['revision'][:8]}" if info["revision"] else ""
     md5 = f", dvc.lock md5 {info['dvc_lock_md5']}" if info["dvc_lock_md5"] else ""
     return f"model: {info['dir']} ({info['profile']} profile, {info['phase']}{rev}{md5}); {info['use']}"
@@ -336,7 +366,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
                     for k, v in r.get("findings", {}).items()
                 },
                 **{f"p_{k}": v for k, v in (r.get("side_probability") or {}).items()},
-                **{f"model_{k}": v for k, v in r["model"].items()},
+                **{f"model_{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in r["model"].items()},
                 **{f"seconds_{k}": v for k, v in r["seconds"].items()},
             }
             for r in rows
@@ -366,13 +396,13 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
         cfg = config.load(params)
     except (OSError, config.ParamsError) as exc:
         return _fail(f"{params}: {exc}")
-    decoding, lime = settings(cfg, args)
+    model_dir = args.model or _default_model()
+    card = checkpoint.read_card(model_dir)  # FileNotFoundError: main() prints it as one line
+    decoding, lime = settings(cfg, args, card)
     if args.explain and lime.n_samples < 2:
         return _fail(f"--lime-samples must be at least 2, got {lime.n_samples}")
     if args.out and args.out.suffix not in (".jsonl", ".csv"):
         return _fail(f"--out {args.out}: use a .jsonl or .csv file name")
-    model_dir = args.model or _default_model()
-    card = checkpoint.read_card(model_dir)  # FileNotFoundError: main() prints it as one line
     info = model_info(model_dir, card)
     scans = expand(args.scans)
     if not scans:
@@ -415,7 +445,7 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
         load_s = 0.0
         if model is None:
             t0 = time.perf_counter()
-            model = Brain3D.from_pretrained(model_dir, device)
+            model = Brain3D.from_card(card, device)
             load_s = time.perf_counter() - t0
             if info["profile"] == "demo":
                 print(DEMO_WARNING.format(dir=model_dir), file=sys.stderr)
@@ -475,13 +505,24 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
     return EXIT_BAD_INPUT if failed else 0
 
 
+def _said_in_one_line(exc: Exception) -> bool:
+    """--model without brain3d.json, a release file refused, a precision this machine cannot give: errors
+    whose message is the whole story (imported here: the libraries must not load before `report` quiets them)."""
+    from brain3d.config import ParamsError
+    from brain3d.models.release import ReleaseError
+
+    return isinstance(exc, (FileNotFoundError, ReleaseError, ParamsError))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "report":
             return report(args)
-    except FileNotFoundError as exc:  # e.g. --model without brain3d.json
-        return _fail(str(exc))
+    except Exception as exc:
+        if _said_in_one_line(exc):
+            return _fail(str(exc))
+        raise
     return 1
 
 

@@ -38,10 +38,12 @@ SCHEMA: dict = {
             "sha_cache allow_subset healthy_acq ds000221_tag kaggle_dataset"
         ),  # brain3d/data/sources.py
     },
-    "preprocess": _values("shape skull_strip fov_mm on_error min_brain_similarity sequence workers max_voxels"),
+    "preprocess": _values(
+        "shape skull_strip fov_mm on_error min_brain_similarity sequence workers max_voxels"
+    ),
     "split": _values("fractions seed"),
     "corpus": _values("seed healthy_fraction laterality_mix n_subjects workers"),  # brain3d/data/corpus.py
-    "model": _values("kd depth_stride depth_pad inflation n_tokens compressor grid prompt"),
+    "model": _values("kd depth_stride depth_pad inflation n_tokens compressor grid prompt variant"),
     "foundation": {
         **_values("source dtype load_in_4bit allow_cpu_fallback"),
         # stand-ins (demo): brain3d/models/foundation.py builds, brain3d/training/standins.py trains
@@ -72,6 +74,7 @@ SCHEMA: dict = {
     "baselines": {
         **_values("instruction question n_slices batch_size"),
         "med3dvlm": _values("path revision allow_remote_code question max_new_tokens"),
+        "braingemma3d_release": _values("path loader volume_shape"),
     },
     "evaluate": _values("n_resamples seed bertscore_model bertscore_layers"),
     "lime": {

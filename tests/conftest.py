@@ -109,6 +109,7 @@ def model_config(**changes):
         n_tokens=4,
         grid=(1, 2, 2),
         prompt=PROMPT,
+        variant="paper",
     )
     return ModelConfig(**{**base, **changes})
 
@@ -158,6 +159,19 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
         adapter=lora,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_release_dir(tmp_path_factory):
+    """A miniature of the authors' released BrainGemma3D in its published layout (brain3d.rehearsal): the real
+    classes and MedSigLIP's / MedGemma's geometry (patch 14) at tiny widths, a projector saved with torch.save,
+    a LoRA on plain module names, a recorded hub revision."""
+    from brain3d.models.release import PROMPT as RELEASE_PROMPT
+    from brain3d.rehearsal import write_release, write_snapshots
+
+    tmp = tmp_path_factory.mktemp("release")
+    vision, lm = write_snapshots(tmp / "snapshots", (REPORTS + [PROMPT, RELEASE_PROMPT]) * 5, seed=0)
+    return write_release(tmp / "BrainGemma3D", vision, lm, seed=0)
 
 
 # ------------------------------------------------------------------ report keyword contract (shared helper)

@@ -137,7 +137,7 @@ def test_mirrored_volume_gives_mirrored_tokens(inflation):
     assert not torch.allclose(mirrored, tokens, atol=1e-3)  # the volume is not symmetric: a real check
 
 
-def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean(tmp_path):
+def test_inflation_and_variant_round_trip_through_the_card_and_old_cards_load_as_mean_paper(tmp_path):
     import json
 
     from brain3d.models.checkpoint import CARD, read_card, write_card
@@ -158,9 +158,27 @@ def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean
     )  # the card's mode reaches the encoder
     assert torch.count_nonzero(visual.encoder.patch_embed.proj.weight[:, :, 0]) == 0
     old = json.loads((tmp_path / CARD).read_text())
-    del old["model"]["inflation"]  # a card written before model.inflation existed
+    del old["model"]["inflation"], old["model"]["variant"]  # a card written before both keys existed
     (tmp_path / CARD).write_text(json.dumps(old))
-    assert ModelConfig(**read_card(tmp_path)["model"]).inflation == "mean"
+    loaded = ModelConfig(**read_card(tmp_path)["model"])
+    assert (loaded.inflation, loaded.variant) == ("mean", "paper")
+
+
+def test_the_reference_variant_adds_a_fixed_code_and_saves_no_position_weights():
+    """model.variant `reference` (the authors' release): no learned or 2D positions (nothing in the state dict),
+    the fixed linspace code instead; the volume is not flipped, so a mirrored volume gives other tokens than the
+    paper variant's mirrored ones would. An unknown variant is refused by name."""
+    paper = VisualTokenizer(medsiglip_like(), model_config(compressor="seq_pool"))
+    reference = VisualTokenizer(medsiglip_like(), model_config(compressor="seq_pool", variant="reference"))
+    assert any(k.startswith("encoder.pos.") for k in paper.state_dict())
+    assert not any(k.startswith("encoder.pos.") for k in reference.state_dict())
+    code = reference.encoder.pos.code  # (D', h, w, C) for the 9 x 2 x 2 grid of 8 x 28 x 28
+    assert code.shape == (9, 2, 2, 16)
+    assert torch.allclose(code[:, 0, 0, 5], torch.linspace(-1, 1, 9))  # depth ramp on every channel
+    assert torch.allclose(code[4, :, 0, 0], torch.tensor([-1.0, 1.0]))  # + y on channel 0 (z = 0 there)
+    assert torch.allclose(code[4, 0, :, 1], torch.tensor([-1.0, 1.0]))  # + x on channel 1
+    with pytest.raises(ValueError, match="model.variant must be one of paper, reference, not 'theirs'"):
+        VisualTokenizer(medsiglip_like(), model_config(variant="theirs"))
 
 
 def test_positional_embedding_keeps_the_pretrained_grid_when_sizes_match():
@@ -244,7 +262,9 @@ def test_perceiver_round_trips_through_the_visual_tokenizer_state(tmp_path):
 
 def test_encoder_runs_on_the_demo_stand_in_geometry(tiny_siglip_dir):
     vision = load_vision_model(tiny_siglip_dir)
-    encoder = VolumeEncoder(vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0, inflation="sum")
+    encoder = VolumeEncoder(
+        vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0, inflation="sum", variant="paper"
+    )
     assert encoder.grid == (4, 4, 4)
     assert encoder(torch.rand(2, 1, 8, 32, 32)).shape == (2, 64, 32)
 

@@ -168,6 +168,7 @@ def _defaults(fields_or_params) -> set[str]:
 
 
 def test_dataclasses_built_from_params_have_no_default_for_a_params_key():
+    from brain3d.baselines.braingemma3d import ReleaseBaselineConfig
     from brain3d.baselines.med3dvlm import Med3DVLMConfig
     from brain3d.interpretability.cases import LimeSettings
     from brain3d.models.model import Decoding, ModelConfig
@@ -179,6 +180,7 @@ def test_dataclasses_built_from_params_have_no_default_for_a_params_key():
         Decoding: ("generate",),
         LimeSettings: ("lime",),
         Med3DVLMConfig: ("baselines.med3dvlm",),
+        ReleaseBaselineConfig: ("baselines.braingemma3d_release",),
     }
     for cls, sections in built_from.items():
         keys = set().union(*map(_keys, sections))

@@ -63,7 +63,8 @@ def model_card(card: dict) -> str:
         f"# Brain3D, {card['phase']}",
         "",
         "A 3D brain MRI (FLAIR) report generator: an inflated SigLIP 3D encoder, "
-        f"{m['n_tokens']} visual tokens ({m['compressor']}, {m['inflation']} inflation), an MLP projector and a "
+        f"{m['n_tokens']} visual tokens ({m['compressor']}, {m['inflation']} inflation, "
+        f"{m.get('variant', 'paper')} variant), an MLP projector and a "
         "Gemma 3 language model prompted with them.",
         "",
         f"- vision backbone: `{bb['vision']}`; language model: `{bb['lm']}` ({bb.get('dtype', 'float32')}"
@@ -89,19 +90,28 @@ def model_card(card: dict) -> str:
 
 
 def read_card(model_dir: str | Path) -> dict:
-    """The card with absolute file paths, and its `model` section as ModelConfig's keyword arguments."""
+    """The card with absolute file paths, and its `model` section as ModelConfig's keyword arguments. A folder
+    of the authors' released BrainGemma3D, which has no card, gets one made in memory (brain3d.models.release)."""
     model_dir = Path(model_dir)
     card_path = model_dir / CARD
     if not card_path.exists():
-        raise FileNotFoundError(f"{model_dir} is not a Brain3D model directory ({CARD} missing)")
+        from brain3d.models import release
+
+        if release.is_release(model_dir):
+            return release.read_card(model_dir)
+        raise FileNotFoundError(
+            f"{model_dir} is not a Brain3D model directory ({CARD} missing) nor a BrainGemma3D release "
+            f"({', '.join(release.LAYOUT)})"
+        )
     card = fileio.read_json(card_path)
     for key in ("visual", "projector", "adapter"):
         if card.get(key):
             card[key] = str((model_dir / card[key]).resolve())
     for key in ("vision", "lm"):
         card["backbones"][key] = str((model_dir / card["backbones"][key]).resolve())
-    # The one backward-compatible read: a card written before `model.inflation` existed was trained with the
-    # paper's RGB-averaged inflation, so it loads as "mean"; every other key must be on the card.
-    m = {"inflation": "mean", **card["model"]}
+    # The backward-compatible reads: a card written before `model.inflation` existed was trained with the
+    # paper's RGB-averaged inflation, so it loads as "mean"; one written before `model.variant` existed is this
+    # project's model, "paper". Every other key must be on the card.
+    m = {"inflation": "mean", "variant": "paper", **card["model"]}
     card["model"] = {**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])}
     return card
