@@ -37,6 +37,9 @@ def test_repro_writes_reports_and_one_mlflow_run_per_stage(tiny_pipeline):
     main_md = (repo.path / "reports/tables/main.md").read_text()
     assert "| phase2b |" in main_md and "| slices_ft |" in main_md
     assert "med3dvlm | not run:" in main_md  # opt-in baseline: a row that says why, no numbers
+    assert (
+        "braingemma3d_release | not run: no release snapshot at data/external/models/BrainGemma3D" in main_md
+    )
     metrics = json.loads((repo.path / "reports/metrics.json").read_text())
     for system in ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft"):
         for m in ("bleu1", "lat_f1", "path_f1"):
