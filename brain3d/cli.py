@@ -252,6 +252,7 @@ def model_info(model_dir: Path, card: dict) -> dict:
         "trained_on": trained_on,
         "revision": None,
         "dvc_lock_md5": None,
+        "sha256": card.get("sha256"),  # every file it loads, verified when it loads (Brain3D.from_pretrained)
         "use": "research use only, not for clinical decisions",
     }
     sha = git_sha(model_dir)

@@ -257,6 +257,7 @@ class Brain3D(nn.Module):
         from safetensors.torch import load_file
 
         card = checkpoint.read_card(model_dir)
+        checkpoint.verify(model_dir, card)  # every file it loads is the one it was trained with
         model_cfg = ModelConfig(**card["model"])
         visual, lm = load_backbones(card["backbones"], model_cfg, visual_weights=card["visual"])
         if card.get("adapter"):
