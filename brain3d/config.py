@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +112,27 @@ def resolve(params: dict) -> dict:
     return deep_merge(shared, profiles[params["profile"]])  # validate checked it names a block
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads `1e-05` as a float, as YAML 1.2 does: `dvc exp run -S x=0.00001`
+    writes it so (ruamel.yaml), and YAML 1.1 wants a dot (`1.0e-05`) or reads it as text."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read(path: str | Path = "params.yaml") -> Any:
+    """The params file as written (not validated, not resolved)."""
+    with open(path) as fh:
+        return yaml.load(fh, Loader=_Loader)
+
+
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> dict:
     """Load, validate and resolve a params file (for `profile` instead of the file's own when given)."""
-    with open(path) as fh:
-        params = yaml.safe_load(fh)
+    params = read(path)
     if profile is not None and isinstance(params, dict):
         params = {**params, "profile": profile}
     return resolve(params)

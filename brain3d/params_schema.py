@@ -121,7 +121,7 @@ class Float(Spec):
         return "numbers" + _bounds(self.ge, self.gt, self.le, self.lt)
 
     def fault(self, value: Any) -> str | None:
-        if isinstance(value, str) and _parses_as_float(value):  # PyYAML (YAML 1.1) reads 1e-4 as text
+        if isinstance(value, str) and _parses_as_float(value):  # a number in quotes
             return f"is text, not a number; write it unquoted as {float(value)!r}"
         if not _is_number(value):
             return "is not a number"

@@ -219,7 +219,7 @@ def test_params_errors_are_value_errors_and_a_missing_profile_is_named():
         ),
         (
             "profiles.paper.phase2b.lr_lora",
-            "5e-5",  # PyYAML (YAML 1.1) reads a float without a dot as text
+            "5e-5",  # a number in quotes is text
             "params: phase2b.lr_lora in profiles.paper: '5e-5' is text, not a number; write it unquoted as 5e-05 "
             "(expected a number > 0)",
         ),
