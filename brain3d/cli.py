@@ -350,6 +350,11 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; its steps are the helpers above)
     from brain3d import config, runtime
 
+    params = args.params or _default_params()
+    try:
+        cfg = config.load(params)  # before the heavy imports: a bad value fails at once, in one line
+    except (OSError, config.ParamsError) as exc:
+        return _fail(f"{params}: {exc}")
     runtime.set_offline_env()  # before any hub library reads its environment
     _quiet_libraries()  # before the libraries below are imported: they may speak on import
     runtime.setup()
@@ -362,11 +367,6 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
     device = runtime.device() if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    params = args.params or _default_params()
-    try:
-        cfg = config.load(params)
-    except (OSError, config.ParamsError) as exc:
-        return _fail(f"{params}: {exc}")
     decoding, lime = settings(cfg, args)
     if args.explain and lime.n_samples < 2:
         return _fail(f"--lime-samples must be at least 2, got {lime.n_samples}")
