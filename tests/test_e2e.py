@@ -259,3 +259,14 @@ def test_a_model_refuses_phase1_weights_it_was_not_trained_with(tiny_pipeline):
         Brain3D.from_pretrained(twin / "models/phase2b")
     assert "phase1/visual.safetensors" in str(refused.value) and trained_with[:16] in str(refused.value)
     Brain3D.from_pretrained(twin / "models/phase1")  # phase 1 itself is consistent
+
+
+def test_a_param_of_the_wrong_type_fails_fast_naming_the_key_and_the_type(tiny_pipeline):
+    """`dvc exp run -S phase2b.lora_rank=four` used to train phase 2B for 20 s and die in PEFT with a traceback."""
+    out = tiny_pipeline.mistyped.stdout + tiny_pipeline.mistyped.stderr
+    assert tiny_pipeline.mistyped.returncode != 0, out[-3000:]
+    assert "params: phase2b.lora_rank: 'four' is not an integer (expected an integer >= 1)" in out, out[
+        -3000:
+    ]
+    assert "phase2b epoch" not in out and "Traceback" not in out, out[-3000:]
+    assert tiny_pipeline.mistyped_seconds < 120, tiny_pipeline.mistyped_seconds
