@@ -276,6 +276,7 @@ def model_info(model_dir: Path, card: dict) -> dict:
         "trained_on": trained_on,
         "revision": None,
         "dvc_lock_md5": None,
+        "sha256": card.get("sha256"),  # every file it loads, verified when it loads (Brain3D.from_pretrained)
         "use": "research use only, not for clinical decisions",
     }
     sha = git_sha(model_dir)
@@ -379,6 +380,11 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; its steps are the helpers above)
     from brain3d import config, runtime
 
+    params = args.params or _default_params()
+    try:
+        cfg = config.load(params)  # before the heavy imports: a bad value fails at once, in one line
+    except (OSError, config.ParamsError) as exc:
+        return _fail(f"{params}: {exc}")
     runtime.set_offline_env()  # before any hub library reads its environment
     _quiet_libraries()  # before the libraries below are imported: they may speak on import
     runtime.setup()
@@ -391,11 +397,6 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
     device = runtime.device() if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    params = args.params or _default_params()
-    try:
-        cfg = config.load(params)
-    except (OSError, config.ParamsError) as exc:
-        return _fail(f"{params}: {exc}")
     model_dir = args.model or _default_model()
     card = checkpoint.read_card(model_dir)  # FileNotFoundError: main() prints it as one line
     decoding, lime = settings(cfg, args, card)
@@ -506,12 +507,14 @@ def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; 
 
 
 def _said_in_one_line(exc: Exception) -> bool:
-    """--model without brain3d.json, a release file refused, a precision this machine cannot give: errors
-    whose message is the whole story (imported here: the libraries must not load before `report` quiets them)."""
+    """--model without brain3d.json, a model file that changed since its card pinned it, a release file
+    refused, a precision this machine cannot give: errors whose message is the whole story (imported here: the
+    libraries must not load before `report` quiets them)."""
     from brain3d.config import ParamsError
+    from brain3d.fileio import IntegrityError
     from brain3d.models.release import ReleaseError
 
-    return isinstance(exc, (FileNotFoundError, ReleaseError, ParamsError))
+    return isinstance(exc, (FileNotFoundError, IntegrityError, ReleaseError, ParamsError))
 
 
 def main(argv: list[str] | None = None) -> int:

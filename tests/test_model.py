@@ -143,6 +143,7 @@ def test_inflation_and_variant_round_trip_through_the_card_and_old_cards_load_as
     from brain3d.models.checkpoint import CARD, read_card, write_card
 
     cfg = model_config(inflation="center")
+    (tmp_path / "visual.safetensors").write_bytes(b"")  # the card pins what it names: it must exist
     write_card(
         tmp_path,
         phase="phase1",
@@ -586,3 +587,54 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
         Brain3D(model.language_model, model.visual.width, cfg.prompt).save_pretrained(
             tmp_path / "n", phase="phase2a", model_cfg=cfg, backbones=backbones
         )
+
+
+def test_a_model_directory_refuses_files_that_changed_since_it_was_written(
+    tmp_path, tiny_siglip_dir, tiny_gemma3_dir
+):
+    """Phases 2A/2B refer to phase 1's visual weights and to the backbones instead of copying them; the card pins
+    each by sha256, so a phase 1 re-run alone, or a copied directory pointing at other backbones, is refused with
+    one line naming the file and the hash it was trained with."""
+    import json
+    import shutil
+
+    from brain3d.fileio import IntegrityError, sha256_file
+    from brain3d.models.checkpoint import read_card
+
+    lm_dir = shutil.copytree(tiny_gemma3_dir, tmp_path / "lm")
+    cfg = model_config()
+    model, lora = lora_brain3d(tiny_siglip_dir, lm_dir, cfg, b_std=0.05)
+    backbones = {"vision": str(tiny_siglip_dir), "lm": str(lm_dir), "dtype": "float32", "load_in_4bit": False}
+    model.save_pretrained(tmp_path / "phase1", phase="phase1", model_cfg=cfg, backbones=backbones)
+    visual = tmp_path / "phase1" / "visual.safetensors"
+    model.save_pretrained(
+        tmp_path / "phase2b", phase="phase2b", model_cfg=cfg, backbones=backbones, visual=visual, adapter=lora
+    )
+    pins = json.loads((tmp_path / "phase2b" / "brain3d.json").read_text())["sha256"]
+    trained_with = sha256_file(visual)
+    assert pins["../phase1/visual.safetensors"] == trained_with
+    assert {"../lm/config.json", "../lm/model.safetensors", "projector.safetensors"} <= set(pins)
+    assert any(k.startswith("adapter/") for k in pins)
+    Brain3D.from_pretrained(tmp_path / "phase2b")  # unchanged: loads
+
+    with torch.no_grad():  # phase 1 re-run alone: other visual weights under the same name
+        next(model.visual.parameters()).add_(0.01)
+    model.save_pretrained(tmp_path / "phase1", phase="phase1", model_cfg=cfg, backbones=backbones)
+    with pytest.raises(IntegrityError) as refused:
+        Brain3D.from_pretrained(tmp_path / "phase2b")
+    message = str(refused.value)
+    assert "phase1/visual.safetensors" in message and trained_with[:16] in message and "\n" not in message
+    assert "dvc repro phase2b" in message
+
+    model.save_pretrained(tmp_path / "phase1b", phase="phase1", model_cfg=cfg, backbones=backbones)
+    card = json.loads((tmp_path / "phase2b" / "brain3d.json").read_text())
+    card["visual"] = "../phase1b/visual.safetensors"  # a card pointed at unpinned weights
+    (tmp_path / "phase2b" / "brain3d.json").write_text(json.dumps(card))
+    with pytest.raises(IntegrityError, match="pins no hash"):
+        Brain3D.from_pretrained(tmp_path / "phase2b")
+    assert read_card(tmp_path / "phase2b")["sha256"] == pins
+
+    config = lm_dir / "config.json"  # another backbone behind the same path
+    config.write_text(config.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    with pytest.raises(IntegrityError, match="lm/config.json"):
+        Brain3D.from_pretrained(tmp_path / "phase1")

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import chromium
 from tiny_pipeline import ROOT
 
 pytestmark = pytest.mark.slow
@@ -64,9 +65,7 @@ def test_plots_show_writes_offline_html(tiny_pipeline, vega_js, tmp_path):
     assert n_plots >= 6, "training curves, CI plot"
     assert html.count("<img") >= 2, "forest plot and LIME contact sheet"
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        return  # the rendering check below needs chromium (./setup.sh --test)
+    browser = chromium()
     dom = subprocess.run(
         [
             browser,

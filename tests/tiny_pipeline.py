@@ -298,6 +298,10 @@ class Pipeline:
         None  # `-S +phase2b.lora_rnak=4`: DVC adds it, a stage refuses
     )
     typo_seconds: float = 0.0  # of the second
+    mistyped: subprocess.CompletedProcess | None = (
+        None  # `-S phase2b.lora_rank=four`: a stage refuses the type
+    )
+    mistyped_seconds: float = 0.0
 
 
 def outs_hashes(repo: Repo) -> dict[str, str]:
@@ -407,6 +411,9 @@ def run_pipeline(tmp: Path) -> Pipeline:
         t1 = time.perf_counter()
         result.typo_added = twin_exp(twin, "+phase2b.lora_rnak=4")
         result.typo_seconds = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        result.mistyped = twin_exp(twin, "phase2b.lora_rank=four")
+        result.mistyped_seconds = time.perf_counter() - t1
     finally:
         repo.seconds["total"] = time.perf_counter() - t0
         repo.seconds["inside stages"] = sum(

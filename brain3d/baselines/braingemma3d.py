@@ -36,13 +36,7 @@ class ReleaseBaselineConfig:
 
     @classmethod
     def from_params(cls, section: dict) -> ReleaseBaselineConfig:
-        out = config.from_section(cls, {**section, "volume_shape": tuple(section["volume_shape"])})
-        if out.loader not in LOADERS:
-            raise config.ParamsError(
-                f"params: baselines.braingemma3d_release.loader must be one of {', '.join(LOADERS)}, "
-                f"not {out.loader!r}"
-            )
-        return out
+        return config.from_section(cls, {**section, "volume_shape": tuple(section["volume_shape"])})
 
 
 def resize(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -89,7 +83,9 @@ def volumes(
     """The model's input for each test subject, by `cfg.loader` (`preprocessed` and `raw_paths` in one order)."""
     if cfg.loader == "reference":
         return [reference_volume(p, cfg.volume_shape) for p in raw_paths]
-    return [resize(v, cfg.volume_shape) for v in preprocessed]
+    if cfg.loader == "project":
+        return [resize(v, cfg.volume_shape) for v in preprocessed]
+    raise ValueError(f"baselines.braingemma3d_release.loader must be one of {', '.join(LOADERS)}")
 
 
 def provenance(cfg: ReleaseBaselineConfig, card: dict) -> dict:

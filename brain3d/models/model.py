@@ -43,9 +43,8 @@ class ModelConfig:
     n_tokens: int
     grid: tuple[int, int, int]
     prompt: str
-    variant: (
-        str  # paper (this project's) | reference (the authors' released model): brain3d/models/encoder.py
-    )
+    # paper (this project's) | reference (the authors' released model's inference): brain3d/models/encoder.py
+    variant: str
 
     @classmethod
     def from_params(cls, cfg: dict) -> ModelConfig:
@@ -279,9 +278,11 @@ class Brain3D(nn.Module):
         section first, e.g. a release's volume shape)."""
         from safetensors.torch import load_file
 
+        is_release = card.get("format") == release.FORMAT
+        if not is_release:  # a release's pins are its files' hashes, measured as its card was made
+            checkpoint.verify(card["dir"], card)  # every file it loads is the one it was trained with
         model_cfg = ModelConfig(**card["model"])
         visual, lm = load_backbones(card["backbones"], model_cfg, visual_weights=card["visual"])
-        is_release = card.get("format") == release.FORMAT
         if card.get("adapter") and is_release:
             release.load_lora(lm, card["adapter"])
         elif card.get("adapter"):

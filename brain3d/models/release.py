@@ -98,6 +98,7 @@ def read_card(path: str | Path) -> dict:
         raise FileNotFoundError(f"{root}: a BrainGemma3D release lacks {', '.join(dict.fromkeys(missing))}")
     lora = root / LORA
     return {
+        "dir": str(root),
         "format": FORMAT,
         "phase": "release",
         "repo": REPO,
