@@ -29,6 +29,8 @@ from brain3d.data.manifest import InputError
 
 SEQUENCES = ("FLAIR", "T1", "T2", "unclear")
 CSF_DARK = 0.6  # FLAIR: CSF below this fraction of grey matter (phantom cohort: at most .54; T1 files: ~1)
+# a FLAIR this clear by the skull strip's registration alone is not registered again (check_sequence)
+CONFIDENT_GM_WM, CONFIDENT_CSF_GM = 1.10, 0.45
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ class SequenceError(InputError):
 GOOD_OVERLAP = 0.9  # Dice of the registered template brain with the scan's brain; below: try a similarity
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
 def _registered(maps: np.ndarray, volume: np.ndarray, seed: int = 1) -> np.ndarray:
     """The tissue maps moved onto `volume` by a registration (mutual information, so any contrast) of the
     template's brain (tissue fractions weighted as a T1: a contrast-neutral choice for MI) to it: affine, or,
@@ -100,8 +106,7 @@ def _registered(maps: np.ndarray, volume: np.ndarray, seed: int = 1) -> np.ndarr
                 for m in maps
             ]
         )
-        inside = out.sum(0) > 0.5
-        return 2 * (inside & brain).sum() / max(inside.sum() + brain.sum(), 1), out
+        return _dice(out.sum(0) > 0.5, brain), out
 
     overlap, out = moved("Affine")
     if overlap < GOOD_OVERLAP:
@@ -109,12 +114,28 @@ def _registered(maps: np.ndarray, volume: np.ndarray, seed: int = 1) -> np.ndarr
     return out
 
 
-def check_sequence(volume: np.ndarray, maps: np.ndarray) -> SequenceCheck:
+def check_sequence(volume: np.ndarray, maps: np.ndarray, *, aligned: bool = False) -> SequenceCheck:
     """The sequence a standardised (D, H, W) brain volume looks like (zero outside the brain); `maps` are the
-    MNI GM, WM and CSF fractions (3, D, H, W) framed as the volume was (`preprocess.tissue_maps`)."""
+    MNI GM, WM and CSF fractions (3, D, H, W) framed as the volume was (`preprocess.tissue_maps`), registered to
+    it here. With `aligned`, the maps were already moved onto the volume by the skull strip's own registration:
+    a clear FLAIR by them (CONFIDENT margins) needs no second registration; anything else is registered and
+    fitted again, so that only the clear cases take the shortcut (measured in docs/cli.md)."""
     if (volume > 0).sum() < 50:
         raise ValueError("too little brain to judge the sequence")
-    maps = _registered(np.array(maps), volume)
+    maps = np.array(maps)
+    if aligned:
+        check = _fit(volume, maps)
+        if (
+            check.is_flair
+            and check.gm >= CONFIDENT_GM_WM * check.wm
+            and check.csf <= CONFIDENT_CSF_GM * check.gm
+        ):
+            return check
+    return _fit(volume, _registered(maps, volume))
+
+
+def _fit(volume: np.ndarray, maps: np.ndarray) -> SequenceCheck:
+    """Least-squares tissue intensities of `volume` over the brain, given tissue maps aligned with it."""
     inside = (volume > 0) & (maps.sum(0) > 0.5)
     if inside.sum() < 50:
         raise ValueError("too little brain overlaps the template to judge the sequence")

@@ -82,9 +82,41 @@ def _ants(array: np.ndarray, affine: np.ndarray):
     return ants.from_nibabel_nifti(image)
 
 
+class TemplateWarp:
+    """The affine registration of the MNI template to one subject (ANTs transform files): moves maps defined on
+    the MNI grid onto any grid in the subject's world, e.g. the standardised volume's, so that the FLAIR check
+    reuses the skull strip's registration instead of registering again."""
+
+    def __init__(self, transforms: list[str]):
+        self.transforms = transforms
+
+    def move(
+        self, maps: list[np.ndarray], mni_affine: np.ndarray, target_affine: np.ndarray, shape
+    ) -> np.ndarray:
+        """(k, *shape) float32: each MNI-grid map resampled (linear) on the grid of `target_affine` (voxel ->
+        the subject's RAS world, as NIfTI affines are) and `shape` (that grid's voxel order)."""
+        ants = _import_ants()
+        target = _ants(np.zeros(shape, np.float32), target_affine)
+        return np.stack(
+            [
+                ants.apply_transforms(
+                    fixed=target, moving=_ants(m, mni_affine), transformlist=self.transforms
+                ).numpy()
+                for m in maps
+            ]
+        ).astype(np.float32)
+
+
 def registration_mask(img: nib.Nifti1Image, resolution_mm: float = 4.0, seed: int = ANTS_SEED) -> np.ndarray:
     """Brain mask from an affine registration of the MNI FLAIR-like template to the subject (reproducible for a
     non-zero `seed`)."""
+    return registered_mask(img, resolution_mm, seed)[0]
+
+
+def registered_mask(
+    img: nib.Nifti1Image, resolution_mm: float = 4.0, seed: int = ANTS_SEED
+) -> tuple[np.ndarray, TemplateWarp]:
+    """`registration_mask` and the registration that made it (TemplateWarp)."""
     if seed == 0:
         raise ValueError("ANTs reads random seed 0 as 'seed from the clock': use a non-zero seed")
     ants = _import_ants()
@@ -108,13 +140,19 @@ def registration_mask(img: nib.Nifti1Image, resolution_mm: float = 4.0, seed: in
         type_of_transform="AffineFast",
     )
     warped = ants.apply_transforms(fixed=subject, moving=template_mask, transformlist=reg["fwdtransforms"])
-    return warped.numpy() > 0.5
+    return warped.numpy() > 0.5, TemplateWarp(reg["fwdtransforms"])
+
+
+def skull_strip(img: nib.Nifti1Image, method: str) -> tuple[np.ndarray, TemplateWarp | None]:
+    """Brain mask in the image's voxel grid by `method` (see module docstring), and the template registration
+    it came from (None for `threshold`)."""
+    if method == "registration":
+        return registered_mask(img)
+    if method == "threshold":
+        return threshold_mask(img), None
+    raise ValueError(f"unknown skull-strip method '{method}'; choose one of {METHODS}")
 
 
 def brain_mask(img: nib.Nifti1Image, method: str = "registration") -> np.ndarray:
     """Brain mask in the image's voxel grid by `method` (see module docstring)."""
-    if method == "registration":
-        return registration_mask(img)
-    if method == "threshold":
-        return threshold_mask(img)
-    raise ValueError(f"unknown skull-strip method '{method}'; choose one of {METHODS}")
+    return skull_strip(img, method)[0]
