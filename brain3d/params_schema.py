@@ -38,7 +38,9 @@ SCHEMA: dict = {
             "sha_cache allow_subset healthy_acq ds000221_tag kaggle_dataset"
         ),  # brain3d/data/sources.py
     },
-    "preprocess": _values("shape skull_strip fov_mm on_error min_brain_similarity sequence workers max_voxels"),
+    "preprocess": _values(
+        "shape skull_strip fov_mm on_error min_brain_similarity sequence workers max_voxels"
+    ),
     "split": _values("fractions seed"),
     "corpus": _values("seed healthy_fraction laterality_mix n_subjects workers"),  # brain3d/data/corpus.py
     "model": _values("kd depth_stride depth_pad inflation n_tokens compressor grid prompt"),
