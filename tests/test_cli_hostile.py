@@ -296,6 +296,41 @@ def test_a_failure_in_preprocessing_is_that_scans_reason(monkeypatch, error, rea
     assert pre is None and got.startswith(reason) and "Traceback" in trace
 
 
+def test_unreadable_files_and_folders_are_their_own_reason(monkeypatch, tmp_path):
+    """As root (tests in a container) permissions do not bite, so the OS's refusal is simulated here; the
+    must-show test above includes real unreadable files when it runs as another user."""
+    from brain3d import cli
+    from brain3d.data import dicom, nifti
+    from brain3d.data.manifest import InputError
+
+    scan = tmp_path / "locked.nii.gz"
+    scan.write_bytes(b"x" * 400)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(nifti, "open", refuse, raising=False)  # the module's open(): the file's bytes
+    with pytest.raises(InputError, match=r"cannot read the file \(Permission denied\)"):
+        nifti.load(scan, max_voxels=512**3)
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(InputError, match=r"cannot read the folder \(Permission denied\)"):
+        dicom.read_series(tmp_path, max_voxels=512**3)
+    monkeypatch.undo()
+
+    (tmp_path / "sub" / "locked").mkdir(parents=True)
+    walk = os.walk
+
+    def walk_refusing_locked(top, onerror=None, **kwargs):
+        for root, dirs, files in walk(top, onerror=onerror, **kwargs):
+            if "locked" in dirs:
+                dirs.remove("locked")
+                onerror(PermissionError(13, "Permission denied", str(Path(root) / "locked")))
+            yield root, dirs, files
+
+    monkeypatch.setattr(os, "walk", walk_refusing_locked)
+    assert cli.expand([tmp_path]) == [scan, tmp_path / "sub" / "locked"]  # kept: its row says why
+
+
 def test_unexpected_errors_are_one_line_and_a_log_file(monkeypatch, capsys, tmp_path):
     from brain3d import cli
 

@@ -62,9 +62,7 @@ def read_series(folder: Path, *, max_voxels: int) -> nib.Nifti1Image:
     import SimpleITK as sitk
 
     try:
-        folder.iterdir().__next__()
-    except StopIteration:
-        pass
+        next(folder.iterdir(), None)
     except OSError as exc:  # GDCM would see no series where the folder cannot be listed
         raise InputError(folder.name, folder, f"cannot read the folder ({exc.strerror or exc})") from exc
     reader = sitk.ImageSeriesReader()
@@ -113,7 +111,8 @@ def _geometry_problem(files: list[str], max_voxels: int) -> str:
             if len(position) != 3 or len(cosines) != 6:
                 raise ValueError(f"{len(position)} position and {len(cosines)} orientation values")
         except (RuntimeError, ValueError) as exc:  # unreadable header, tag missing or not numbers
-            return f"{Path(f).name}: no usable ImagePositionPatient/ImageOrientationPatient ({exc})"
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"{Path(f).name}: no usable ImagePositionPatient/ImageOrientationPatient ({why})"
         if normal is None:
             columns, rows, _ = header.GetSize()
             if columns * rows * len(files) > max_voxels:
