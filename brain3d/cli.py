@@ -224,11 +224,20 @@ def _quiet_libraries() -> None:
     """On a user's terminal only this command speaks: other libraries' log records below ERROR, their
     warnings and their progress bars are dropped; brain3d's own logging and warnings are left as they are.
     Called before the libraries are imported, so that what they say on import is dropped too."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    _quiet_logs_and_warnings()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # transformers' own handler does not go through the root logger
+    hf_logging.disable_progress_bar()
+
+
+def _quiet_logs_and_warnings() -> None:
+    """Other libraries' log records below ERROR and their warnings dropped (also in worker processes)."""
     import logging
     import warnings
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     logging.getLogger().setLevel(logging.ERROR)  # every logger that keeps the default level inherits it
     for name, logger in list(logging.Logger.manager.loggerDict.items()):  # those already set a level
         if isinstance(logger, logging.Logger) and name.split(".")[0] != "brain3d":
@@ -241,11 +250,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("default", module=r"brain3d(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"brain3d(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"brain3d(\.|$)")
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # transformers' own handler does not go through the root logger
-    hf_logging.disable_progress_bar()
 
 
 def settings(cfg: dict, args: argparse.Namespace):
@@ -343,6 +347,7 @@ def _prepare(job: tuple) -> tuple:
     from brain3d.data.manifest import InputError
     from brain3d.data.sequence import SequenceError
 
+    _quiet_logs_and_warnings()  # a worker process: its libraries keep quiet as the command's do
     scan, shape, kwargs = job
     t0 = time.perf_counter()
     try:

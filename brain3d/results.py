@@ -85,6 +85,7 @@ class Results:
         self.rows: dict[str, dict] = {}  # scan -> its latest row (flat for CSV)
         self.appended_over = False  # a row was appended for a scan that already had one
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             text = path.read_text(encoding="utf-8") if path.exists() else ""
             rows = self._parse(text)
             self.rows = {row["scan"]: row for row in rows}

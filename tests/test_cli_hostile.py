@@ -292,6 +292,9 @@ def test_a_failure_in_preprocessing_is_that_scans_reason(monkeypatch, error, rea
         raise error
 
     monkeypatch.setattr(cli, "_preprocess", fail)
+    monkeypatch.setattr(
+        cli, "_quiet_logs_and_warnings", lambda: None
+    )  # a worker's set-up, not this process's
     pre, got, _, trace = cli._prepare((Path("scan.nii.gz"), (32, 64, 64), {}))
     assert pre is None and got.startswith(reason) and "Traceback" in trace
 
