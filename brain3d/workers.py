@@ -30,8 +30,8 @@ def imap(fn: Callable, items: Iterable, workers: int) -> Iterator[tuple[object, 
     threads = max(1, (int(os.environ.get("BRAIN3D_THREADS", "0")) or os.cpu_count() or 1) // max(1, workers))
     pool = _pool(workers, context, threads)
     futures: dict[int, Future] = {}
-    done: dict[int, tuple[object, str]] = {}  # index -> (result, reason) of the items retried alone
-    submitted = 0
+    done: dict[int, tuple[object, str]] = {}  # index -> (result, reason), ready in turn
+    submitted, finished = 0, False
     try:
         for i, item in enumerate(items):
             if i not in done:
@@ -46,10 +46,17 @@ def imap(fn: Callable, items: Iterable, workers: int) -> Iterator[tuple[object, 
                     for j in sorted({i, *broken}):
                         futures.pop(j, None)
                         done[j] = _alone(fn, items[j], context, threads)
+                    submitted = max(submitted, i + 1)  # item i may have broken the pool being submitted
                     pool = _pool(workers, context, threads)
             yield (item, *done.pop(i))
+        finished = True
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if not finished:  # stopped early (Ctrl-C, an error, the caller gave up): running items are abandoned
+            for process in list((pool._processes or {}).values()):  # Python < 3.14: no terminate_workers()
+                process.terminate()
+        # joined, never left to the interpreter's exit (where waking the pool's manager thread can fail with
+        # a traceback on stderr: "OSError: [Errno 9] Bad file descriptor")
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pool(workers: int, context, threads: int) -> ProcessPoolExecutor:
