@@ -2,7 +2,7 @@
 # Installs Brain3D into ./.venv on a fresh machine (idempotent; re-installs only when pyproject.toml,
 # requirements.lock or this script change).
 #   ./setup.sh          library, DVC, MLflow, test tools
-#   ./setup.sh --test   the same, plus Debian's Chromium for the MLflow UI screenshot test (needs root + apt)
+#   ./setup.sh --test   the same, plus Debian's Chromium for the browser tests (needs root + apt; fails without it)
 #   ./setup.sh --relock refresh requirements.lock on purpose (below), then install from it (--test may follow)
 # All of them fetch vega, vega-lite and vega-embed from npm into .cache/vega/ (gitignored) and inline them in
 # the HTML template that .dvc/config names (plots.html_template), so `dvc plots show` needs no network.
@@ -87,11 +87,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 if [ "$with_test" = 1 ] && ! command -v chromium >/dev/null; then
+  # the browser tests (MLflow UI, dvc plots) need it: without it the test suite fails, so setup fails first
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup.sh: could not install chromium; the MLflow UI screenshot test will be skipped" >&2
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); then
+      echo "setup.sh: could not install Debian's chromium, which the browser tests need" >&2
+      exit 1
+    fi
   else
-    echo "setup.sh: chromium missing and no root/apt; the MLflow UI screenshot test will be skipped" >&2
+    echo "setup.sh: chromium is missing and cannot be installed here (needs root + apt-get); the browser tests need it" >&2
+    exit 1
   fi
 fi
 

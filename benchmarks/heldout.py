@@ -4,7 +4,7 @@ split cannot (two bilateral cases, no midline one) and with no subject in common
 The cohort comes from the project's own generator and preprocessing (`download` and `preprocess` params, another
 seed), under .cache/brain3d/heldout/ so a second run reuses it. Each model writes one report per subject with
 the `generate` settings; the table gives healthy specificity, tumour sensitivity (overall and by lesion volume),
-and Lat F1 by laterality class. Design choices of the demo were judged with it (README, Design notes).
+and Lat F1 by laterality class. Design choices of the demo were judged with it (docs/design.md, docs/experiments.md).
 
     python benchmarks/heldout.py [--subjects 400] [--seed 2026] [--models models/phase2b ...] [--csv out.csv]
 """

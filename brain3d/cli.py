@@ -4,7 +4,9 @@
 
 The model loads once; scans are preprocessed in parallel worker processes. Decoding and LIME settings are
 params.yaml's `generate` and `lime` sections (`--params`), as in the stages. Every result names the model
-that wrote it (directory, profile, training data, revision) and says "research use only".
+that wrote it (directory, profile, training data, revision) and says "research use only". `--model` also takes
+a folder of the authors' released BrainGemma3D as published (brain3d/models/release.py): its reports decode
+with the release's own generate_report defaults, and name its hub revision and the sha256 of its files.
 
 A scan that cannot be read (missing, unreadable, not a NIfTI, a header that lies, 4D, NaN, not a brain, not
 FLAIR-like, or one that kills its worker process) gets one line on stderr at the end, naming it and the
@@ -74,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="a trained model directory holding brain3d.json (default: BRAIN3D_MODEL, else "
+        help="a trained model directory holding brain3d.json, or a folder of the authors' released "
+        "BrainGemma3D (praiselab-picuslab/BrainGemma3D, as downloaded), whose reports decode with the "
+        "release's own defaults (temperature 0.1, top-p 0.9, repetition penalty 1.2, no-repeat trigram, "
+        "10 to 128 new tokens) instead of params.yaml's `generate` (default: BRAIN3D_MODEL, else "
         "models/phase2b of the Brain3D repository)",
     )
     rp.add_argument(
@@ -121,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--json", action="store_true", help="print JSON (an object; a list for several scans)")
     rp.add_argument(
-        "--max-new-tokens", type=int, help="report length limit (default: generate.max_new_tokens)"
+        "--max-new-tokens",
+        type=int,
+        help="report length limit (default: generate.max_new_tokens; a release's own, 128)",
     )
     rp.add_argument("--seed", type=int, help="sampling seed (default: generate.seed)")
     rp.add_argument(
@@ -252,12 +259,17 @@ def _quiet_logs_and_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"brain3d(\.|$)")
 
 
-def settings(cfg: dict, args: argparse.Namespace):
-    """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides."""
+def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
+    """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides; a
+    model card's own `decoding` (a release's generate_report defaults) replaces the `generate` keys it sets."""
     from brain3d.generation import decoding_from_params
     from brain3d.interpretability.cases import LimeSettings
 
-    g = {**cfg["generate"], **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})}
+    g = {
+        **cfg["generate"],
+        **((card or {}).get("decoding") or {}),
+        **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
+    }
     lime = {**cfg["lime"], **({"n_samples": args.lime_samples} if args.lime_samples is not None else {})}
     return decoding_from_params(g), LimeSettings.from_params(lime)
 
@@ -295,10 +307,22 @@ def model_info(model_dir: Path, card: dict) -> dict:
     directory is a DVC output of a Brain3D checkout, and its intended use."""
     import yaml
 
+    from brain3d.models import release
     from brain3d.paths import repo_root
     from brain3d.tracking import git_sha
 
     model_dir = model_dir.resolve()
+    if card.get("format") == release.FORMAT:  # not a DVC output: the hub revision and every file's hash
+        return {
+            "dir": str(model_dir),
+            "phase": card["phase"],
+            "profile": "release",
+            "trained_on": release.TRAINED_ON,
+            "revision": card["revision"],
+            "dvc_lock_md5": None,
+            "sha256": card["sha256"],
+            "use": "research use only, not for clinical decisions",
+        }
     profile, trained_on = {  # the foundation stage records where the backbones came from
         "standins": ("demo", "synthetic phantom cohort (stand-in backbones trained by the pipeline)"),
         "local": ("paper", "BraTS 2020 + TextBraTS + ds000221 (MedSigLIP-448, MedGemma-1.5-4B-IT)"),
@@ -310,6 +334,7 @@ def model_info(model_dir: Path, card: dict) -> dict:
         "trained_on": trained_on,
         "revision": None,
         "dvc_lock_md5": None,
+        "sha256": card.get("sha256"),  # every file it loads, verified when it loads (Brain3D.from_pretrained)
         "use": "research use only, not for clinical decisions",
     }
     sha = git_sha(model_dir)
@@ -328,6 +353,12 @@ def model_info(model_dir: Path, card: dict) -> dict:
 
 def describe(info: dict) -> str:
     """One line naming the model, for text output."""
+    if info["profile"] == "release":
+        rev = f"hub revision {info['revision'][:8]}" if info["revision"] else "hub revision not recorded"
+        return (
+            f"model: {info['dir']} ({info['trained_on']}; {rev}; sha256 of its {len(info['sha256'])} files in "
+            f"--out/--json); {info['use']}"
+        )
     rev = f", revision {info['revision'][:8]}" if info["revision"] else ""
     md5 = f", dvc.lock md5 {info['dvc_lock_md5']}" if info["dvc_lock_md5"] else ""
     return f"model: {info['dir']} ({info['profile']} profile, {info['phase']}{rev}{md5}); {info['use']}"
@@ -398,8 +429,8 @@ class Plan:
 
     scans: list[Path]
     model_dir: Path
+    card: dict
     info: dict
-    shape: tuple
     kwargs: dict  # preprocess_subject's settings
     decoding: object
     lime: object
@@ -408,11 +439,23 @@ class Plan:
     workers: int
 
 
-def plan(args: argparse.Namespace) -> Plan:
-    """The call's settings from its options, params file and model card; Refused (one line) if unusable."""
+def load_params(args: argparse.Namespace) -> dict:
+    """The params file's configuration (before the heavy imports: a bad value fails at once); Refused if
+    it cannot be read or is not valid YAML or params."""
     import yaml
 
-    from brain3d import config, runtime
+    from brain3d import config
+
+    params = args.params or _default_params()
+    try:
+        return config.load(params)
+    except (OSError, yaml.YAMLError, config.ParamsError) as exc:
+        raise Refused(f"{params}: {exc}") from exc
+
+
+def plan(args: argparse.Namespace, cfg: dict) -> Plan:
+    """The call's settings from its options, params and model card; Refused (one line) if unusable."""
+    from brain3d import runtime
 
     device = runtime.device() if args.device == "auto" else args.device
     if device.startswith("cuda"):
@@ -420,10 +463,10 @@ def plan(args: argparse.Namespace) -> Plan:
 
         if not torch.cuda.is_available():
             raise Refused(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    params = args.params or _default_params()
+    model_dir = args.model or _default_model()
+    card, info = _model(model_dir)
     try:
-        cfg = config.load(params)
-        decoding, lime = settings(cfg, args)
+        decoding, lime = settings(cfg, args, card)
         p = cfg["preprocess"]
         kwargs = dict(
             skull_stripped=args.skull_stripped,
@@ -434,37 +477,47 @@ def plan(args: argparse.Namespace) -> Plan:
             max_voxels=p["max_voxels"],
         )
         seed = cfg["generate"]["seed"] if args.seed is None else args.seed
-    except (OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # ParamsError is a ValueError
+    except (ValueError, KeyError, TypeError) as exc:  # a params file without a section the command reads
         missing = "missing key " if isinstance(exc, KeyError) else ""
-        raise Refused(f"{params}: {missing}{exc}") from exc
+        raise Refused(f"{args.params or _default_params()}: {missing}{exc}") from exc
     if args.explain and lime.n_samples < 2:
         raise Refused(f"--lime-samples must be at least 2, got {lime.n_samples}")
     if args.out and args.out.suffix not in (".jsonl", ".csv"):
         raise Refused(f"--out {args.out}: use a .jsonl or .csv file name")
-    model_dir = args.model or _default_model()
-    info, shape = _model(model_dir)
     scans = expand(args.scans)
     if not scans:
         raise Refused(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
     workers = args.workers or min(4, len(scans), os.cpu_count() or 1)
-    return Plan(scans, model_dir, info, shape, kwargs, decoding, lime, seed, device, workers)
+    return Plan(scans, model_dir, card, info, kwargs, decoding, lime, seed, device, workers)
 
 
-def _model(model_dir: Path) -> tuple[dict, tuple]:
-    """(model_info, volume shape) from the model card; Refused for a missing or corrupt card."""
+def _model(model_dir: Path) -> tuple[dict, dict]:
+    """(card, model_info) of a model directory or release folder; Refused for a missing or corrupt card."""
     import yaml
 
     from brain3d.models import checkpoint
 
     try:
         card = checkpoint.read_card(model_dir)
-        return model_info(model_dir, card), tuple(card["model"]["volume_shape"])
-    except FileNotFoundError as exc:
-        raise Refused(str(exc)) from exc
-    except (OSError, yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise Refused(
-            f"{model_dir}: not a usable Brain3D model ({checkpoint.CARD}: {type(exc).__name__}: {exc})"
-        ) from exc
+        return card, model_info(model_dir, card)
+    except Exception as exc:
+        if said_in_one_line(exc):
+            raise Refused(str(exc)) from exc
+        if isinstance(exc, (OSError, yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError)):
+            why = f"{type(exc).__name__}: {exc}"
+            raise Refused(f"{model_dir}: not a usable Brain3D model ({checkpoint.CARD}: {why})") from exc
+        raise
+
+
+def said_in_one_line(exc: Exception) -> bool:
+    """--model without brain3d.json, a model file that changed since its card pinned it, a release file
+    refused, a precision this machine cannot give: errors whose message is the whole story (imported here: the
+    libraries must not load before `report` quiets them)."""
+    from brain3d.config import ParamsError
+    from brain3d.fileio import IntegrityError
+    from brain3d.models.release import ReleaseError
+
+    return isinstance(exc, (FileNotFoundError, IntegrityError, ReleaseError, ParamsError))
 
 
 class LazyModel:
@@ -481,8 +534,10 @@ class LazyModel:
 
         t0 = time.perf_counter()
         try:
-            self.model = Brain3D.from_pretrained(self.plan.model_dir, self.plan.device)
+            self.model = Brain3D.from_card(self.plan.card, self.plan.device)
         except Exception as exc:
+            if said_in_one_line(exc):  # e.g. a weight file changed since its card pinned it
+                raise Refused(str(exc)) from exc
             reason = f"the model cannot be loaded ({type(exc).__name__}: {exc})"
             raise Refused(f"{self.plan.model_dir}: {with_details(reason, self.plan.model_dir)}") from exc
         if self.plan.info["profile"] == "demo":
@@ -573,12 +628,13 @@ def report(args: argparse.Namespace) -> int:
     from brain3d import runtime, workers
     from brain3d.results import Results
 
+    cfg = load_params(args)  # before the heavy imports: a bad value fails at once, in one line
     runtime.set_offline_env()  # before any hub library reads its environment
     _quiet_libraries()  # before the libraries below are imported: they may speak on import
     runtime.setup()
     from tqdm.auto import tqdm
 
-    p = plan(args)
+    p = plan(args, cfg)
     results = Results(args.out) if args.out else None
     todo = [s for s in p.scans if not (results and results.finished(printable(str(s)), p.info["dir"]))]
     if len(todo) < len(p.scans):
@@ -598,7 +654,7 @@ def report(args: argparse.Namespace) -> int:
         leave=False,
         disable=not sys.stderr.isatty(),
     )
-    jobs = [(scan, p.shape, p.kwargs) for scan in todo]
+    jobs = [(scan, p.card["model"]["volume_shape"], p.kwargs) for scan in todo]
     try:
         for (scan, _, _), prepared, died in workers.imap(_prepare, jobs, p.workers):
             bar.update()
@@ -643,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         print("brain3d: interrupted; the rows of the finished scans are in --out", file=sys.stderr)
         return 130
     except Exception as exc:
+        if said_in_one_line(exc):  # e.g. a precision this machine cannot give
+            return _fail(str(exc))
         log = log_details(traceback.format_exc())
         print(
             one_line(f"brain3d: unexpected error ({type(exc).__name__}: {exc}); details in {log}"),

@@ -2,10 +2,11 @@
 
 The effective configuration is the shared sections deep-merged with `profiles[profile]`. A leaf may be
 set in the shared sections or in a profile, never in both, so `dvc exp run -S section.key=v` can never be
-silently overridden by a profile. Every key must be one that a stage reads (`brain3d.params_schema`), in
-the shared sections and in every profile block: a typo is a `ParamsError` that names the key and the nearest
-valid one. Values live in params.yaml only; a dataclass built from a section (`from_section`) has no default
-for a key that params.yaml provides.
+silently overridden by a profile. Every key must be one that a stage reads and every value must fit its
+type and range (`brain3d.params_schema`), in the shared sections and in every profile block: a typo or a
+misfit is a `ParamsError`, one line per problem, naming the key and the nearest valid one or the value and
+what is expected. Values live in params.yaml only; a dataclass built from a section (`from_section`) has no
+default for a key that params.yaml provides.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from brain3d.params_schema import PROFILE_SCHEMA, SCHEMA
+from brain3d.params_schema import PROFILE_SCHEMA, SCHEMA, Choice
 
 PROFILES_KEY = "profiles"
 
@@ -43,31 +45,40 @@ def _unknown(path: str, key: str, schema: dict, where: str, block: str) -> str:
     return f"params: {path}: unknown key{in_block}; {hint}"
 
 
+def _at(where: str, block: str) -> str:
+    return f"{where} in {block}" if where and block else where or block or "the file"
+
+
 def _check(node: Any, schema: dict, where: str = "", block: str = "") -> list[str]:
-    """Problems of `node` (a section at dotted path `where`) against `schema`, one message per key."""
+    """Problems of `node` (a section at dotted path `where`) against `schema`, one message per key: an unknown
+    key, or a value that does not fit its `Spec`."""
     if not isinstance(node, dict):
-        at = f"{where} in {block}" if where and block else where or block or "the file"
-        return [f"params: {at}: expected a mapping of keys, got {node!r}"]
+        return [f"params: {_at(where, block)}: expected a mapping of keys, got {node!r}"]
     problems = []
     for key, value in node.items():
         path = f"{where}.{key}" if where else str(key)
-        if key not in schema:
+        spec = schema.get(key)
+        if spec is None:
             problems.append(_unknown(path, key, schema, where, block))
-        elif isinstance(schema[key], dict):
-            problems += _check(value, schema[key], path, block)
+        elif isinstance(spec, dict):
+            problems += _check(value, spec, path, block)
+        elif (problem := spec.problem(value)) is not None:
+            problems.append(f"params: {_at(path, block)}: {problem}")
     return problems
 
 
 def validate(params: dict) -> None:
-    """Raise ParamsError unless the shared sections and every profile block hold only known keys."""
+    """Raise ParamsError unless the shared sections and every profile block hold only known keys, each with a
+    value that fits its type and range (every problem at once, one line each)."""
     if not isinstance(params, dict):
         raise ParamsError(f"params: expected a mapping of sections, got {params!r}")
     profiles = params.get(PROFILES_KEY, {})
-    problems = _check({k: v for k, v in params.items() if k != PROFILES_KEY}, SCHEMA)
+    blocks = profiles if isinstance(profiles, dict) else {}
+    schema = {**SCHEMA, "profile": Choice(" ".join(map(str, blocks)))}  # one of this file's blocks
+    problems = _check({k: v for k, v in params.items() if k != PROFILES_KEY}, schema)
     if not isinstance(profiles, dict):
         problems.append(f"params: {PROFILES_KEY}: expected a mapping of profile blocks, got {profiles!r}")
-        profiles = {}
-    for name, block in profiles.items():
+    for name, block in blocks.items():
         problems += _check(block, PROFILE_SCHEMA, block=f"{PROFILES_KEY}.{name}")
     if problems:
         raise ParamsError("\n".join(problems))
@@ -97,17 +108,31 @@ def resolve(params: dict) -> dict:
     profiles = params.get(PROFILES_KEY, {})
     if "profile" not in params:
         raise ParamsError(f"params: profile: missing; set it to one of {sorted(profiles)}")
-    profile = params["profile"]
-    if profile not in profiles:
-        raise ParamsError(f"params: unknown profile '{profile}'; choose one of {sorted(profiles)}")
     shared = {k: v for k, v in params.items() if k != PROFILES_KEY}
-    return deep_merge(shared, profiles[profile])
+    return deep_merge(shared, profiles[params["profile"]])  # validate checked it names a block
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads `1e-05` as a float, as YAML 1.2 does: `dvc exp run -S x=0.00001`
+    writes it so (ruamel.yaml), and YAML 1.1 wants a dot (`1.0e-05`) or reads it as text."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read(path: str | Path = "params.yaml") -> Any:
+    """The params file as written (not validated, not resolved)."""
+    with open(path) as fh:
+        return yaml.load(fh, Loader=_Loader)
 
 
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> dict:
     """Load, validate and resolve a params file (for `profile` instead of the file's own when given)."""
-    with open(path) as fh:
-        params = yaml.safe_load(fh)
+    params = read(path)
     if profile is not None and isinstance(params, dict):
         params = {**params, "profile": profile}
     return resolve(params)

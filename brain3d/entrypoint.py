@@ -1,5 +1,5 @@
 """What every DVC stage does around its work: offline env, threads, params, one MLflow run, and a clean
-one-paragraph error (no traceback) for bad input or bad params."""
+one-paragraph error (no traceback) for bad input, bad params or a model whose files changed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import NoReturn
 
-from brain3d import cache, config, runtime
+from brain3d import cache, config, fileio, runtime
 from brain3d.data.manifest import CohortError, InputError
 from brain3d.tracking import Tracker, mlflow_run
 
@@ -49,7 +49,7 @@ def run(
                 "threads": threads,
             }
             tracker.log_metrics(cost)
-    except (InputError, CohortError, config.ParamsError) as exc:
+    except (InputError, CohortError, config.ParamsError, fileio.IntegrityError) as exc:
         _fail(name, exc)
     print(
         f"{name}: done in {time.perf_counter() - t0:.1f} s (start-up {startup:.1f} s, peak RSS "

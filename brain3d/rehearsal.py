@@ -15,7 +15,9 @@ writes under OUT:
 - `models/medsiglip-448` (SiglipModel, image 448, patch 14) and `models/medgemma-1.5-4b-it`
   (Gemma3ForConditionalGeneration: SigLIP tower at 896 / patch 14, 256 tokens per image, Gemma's special
   and image tokens, a Gemma3Processor with its chat template): the real classes and geometry at tiny widths,
-  saved with `save_pretrained` as the hub snapshots are.
+  saved with `save_pretrained` as the hub snapshots are;
+- `models/BrainGemma3D`: a miniature of the authors' released model in its published layout (`write_release`:
+  those two snapshots as vision_model/ and language_model/, projector_vis_scale.pt, lora_adapters/).
 
 `paper_architectures(scale)` gives the same two configurations at the real widths ("real": MedSigLIP-448's
 so400m tower, MedGemma-1.5-4B's Gemma 3 text model), which benchmarks/paper_gpu.py builds with random weights.
@@ -233,6 +235,60 @@ def write_snapshots(
     return vision_dir, lm_dir
 
 
+# the authors' LoRA (SPEC §4b): plain module names, so MedGemma's own vision tower gets adapters too
+RELEASE_LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "k_proj", "o_proj"])
+
+
+def _record_revision(folder: Path, commit: str) -> None:
+    """The bookkeeping `hf download --local-dir` leaves: .cache/huggingface/download/<file>.metadata per file,
+    the snapshot's commit on its first line."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] != ".cache"]
+    for path in files:
+        meta = (
+            folder / ".cache" / "huggingface" / "download" / f"{path.relative_to(folder).as_posix()}.metadata"
+        )
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(f"{commit}\n\n0\n")
+
+
+def write_release(out: Path, vision: Path, lm: Path, *, seed: int = 0, lora: bool = True) -> Path:
+    """A miniature BrainGemma3D release in the published layout (brain3d/models/release.py): `vision` (a SigLIP
+    snapshot) as vision_model/; `lm` (a multimodal Gemma 3 snapshot) as language_model/, its tokenizer adding BOS
+    as Gemma's does; a random Linear-GELU-Linear projector and vis_scale saved as the release saves them
+    (torch.save of a dict); with `lora`, a LoRA made as the authors made theirs (RELEASE_LORA on the LM loaded
+    whole, random B), saved by PEFT; and a recorded hub revision. Returns `out`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from brain3d.models import release
+
+    out = Path(out)
+    for src, name in ((vision, "vision_model"), (lm, "language_model")):
+        shutil.copytree(src, out / name, ignore=shutil.ignore_patterns(".cache"))
+    tokenizer = AutoTokenizer.from_pretrained(out / "language_model")
+    tokenizer.add_bos_token = True
+    tokenizer.save_pretrained(out / "language_model")
+    width = AutoConfig.from_pretrained(vision).vision_config.hidden_size
+    hidden = AutoConfig.from_pretrained(lm).text_config.hidden_size
+    torch.manual_seed(seed)
+    projector = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+    vis_scale = 0.5 + float(torch.rand(()))
+    torch.save({"vision_projector": projector.state_dict(), "vis_scale": vis_scale}, out / release.PROJECTOR)
+    if lora:
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(out / "language_model"), LoraConfig(**RELEASE_LORA)
+        )
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.05)
+        model.save_pretrained(out / release.LORA)
+    _record_revision(out, hashlib.sha1(f"brain3d-rehearsal release {seed}".encode()).hexdigest())
+    return out
+
+
 def write_world(
     out: Path, *, n_tumour: int = 9, n_healthy: int = 3, seed: int = 11, sides: tuple[str, ...] = SIDES
 ) -> dict[str, Path]:
@@ -245,6 +301,7 @@ def write_world(
         "ds000221_dir": out / "ds000221",
         "vision": out / "models" / "medsiglip-448",
         "lm": out / "models" / "medgemma-1.5-4b-it",
+        "release": out / "models" / "BrainGemma3D",
     }
     with tempfile.TemporaryDirectory() as scratch:
         for n in range(1, n_tumour + 1):
@@ -269,6 +326,7 @@ def write_world(
     reports = [p.read_text(encoding="utf-8") for p in sorted(dirs["textbrats_dir"].rglob("*_flair_text.txt"))]
     texts = reports + [healthy_report(s) for s in subjects] + [PROMPT_TEXT]
     write_snapshots(out / "models", texts * 3, seed)
+    write_release(dirs["release"], dirs["vision"], dirs["lm"], seed=seed)
     return dirs
 
 

@@ -34,6 +34,7 @@ CSV_COLUMNS = [
     "model_trained_on",
     "model_revision",
     "model_dvc_lock_md5",
+    "model_sha256",
     "model_use",
     "seconds_preprocess",
     "seconds_model_load",
@@ -67,11 +68,18 @@ def _printable(value):
 
 
 def flat(row: dict) -> dict[str, str]:
-    """A row as CSV_COLUMNS (lists joined with ";", absent values empty)."""
+    """A row as CSV_COLUMNS (lists joined with ";", mappings such as the model's file hashes as JSON, absent
+    values empty)."""
     out = {k: row.get(k) for k in ("scan", "status", "reason", "report", "sequence", "explanation")}
     for section, prefix in (("findings", "findings_"), ("side_probability", "p_"), ("model", "model_")):
         for k, v in (row.get(section) or {}).items():
-            out[prefix + k] = ";".join(v) if isinstance(v, list) else v
+            out[prefix + k] = (
+                ";".join(v)
+                if isinstance(v, list)
+                else json.dumps(v, sort_keys=True)
+                if isinstance(v, dict)
+                else v
+            )
     for k, v in row.get("seconds", {}).items():
         out[f"seconds_{k}"] = v
     return {c: "" if out.get(c) is None else str(out[c]) for c in CSV_COLUMNS}

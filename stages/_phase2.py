@@ -34,7 +34,7 @@ def run(name: str, init: str, *, lora: bool) -> None:
         adapter = None
         if lora:
             adapter = lm.add_lora(p["lora_rank"], p["lora_alpha"], p["lora_dropout"])
-        model = Brain3D(lm, visual.width, model_cfg.prompt)
+        model = Brain3D(lm, visual.width, model_cfg.prompt, variant=model_cfg.variant)
         model.projector.load_state_dict(load_file(init_projector))
         groups = [{"params": list(model.projector.parameters()), "lr": p["lr"]}]
         lora_params = [t for n, t in model.lm.named_parameters() if "lora_" in n]

@@ -2,7 +2,7 @@
 (reports/predictions/<name>.jsonl + .json). A baseline that cannot run here gets a metadata file that
 says why, and no numbers.
 
-    python -m stages.baseline medgemma_slices | slices_ft | med3dvlm
+    python -m stages.baseline medgemma_slices | slices_ft | med3dvlm | braingemma3d_release
 """
 
 import sys
@@ -10,12 +10,12 @@ import sys
 import pandas as pd
 
 from brain3d import entrypoint, fileio, paths, runtime
-from brain3d.baselines import NotRunnable, med3dvlm
+from brain3d.baselines import NotRunnable, braingemma3d, med3dvlm
 from brain3d.baselines.slices import SlicePrompt, SliceSequence, finetune, load_processor
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
 from brain3d.data.split import SplitSubjects
-from brain3d.generation import decoding_from_params, write_predictions
+from brain3d.generation import decoding_from_params, generate_reports, write_predictions
 from brain3d.models.backbones import read_backbones, record_language_model
 from brain3d.training.loop import TrainConfig
 from brain3d.training.phases import run_key
@@ -24,7 +24,30 @@ DESCRIPTIONS = {
     "medgemma_slices": "MedGemma slice sequence, zero-shot (demo: the Gemma 3 stand-in)",
     "slices_ft": "slice sequence + LoRA fine-tune, phase 2B budget",
     "med3dvlm": "Med3DVLM-Qwen-2.5-7B, zero-shot",
+    "braingemma3d_release": "the authors' released BrainGemma3D weights, its own inference and decoding",
 }
+
+
+def release_predictions(
+    cfg: dict, test: SplitSubjects, volumes: list, df: pd.DataFrame, meta: dict
+) -> list[str]:
+    """The released BrainGemma3D's reports of the test subjects (`volumes`: their preprocessed volumes), or
+    NotRunnable without a snapshot; its provenance goes into `meta`."""
+    rcfg = braingemma3d.ReleaseBaselineConfig.from_params(cfg["baselines"]["braingemma3d_release"])
+    model, card = braingemma3d.load(rcfg, runtime.device())
+    raw = [manifest.resolve_path(p, ".") for p in df.set_index("subject").loc[test.subjects, "volume"]]
+    inputs = braingemma3d.volumes(rcfg, volumes, raw)
+    meta["release"] = braingemma3d.provenance(rcfg, card)
+    meta["description"] += f" ({rcfg.loader} loader, volumes {'x'.join(map(str, rcfg.volume_shape))})"
+    g = cfg["generate"]
+    return generate_reports(
+        model,
+        model.visual.encode(inputs),
+        decoding_from_params(card["decoding"]),
+        batch_size=g["batch_size"],
+        seed=g["seed"],
+        desc="braingemma3d_release",
+    )
 
 
 def slice_model(cfg: dict) -> SliceSequence:
@@ -51,7 +74,9 @@ def main() -> None:
         }
         preds: list[str] = []
         try:
-            if name == "med3dvlm":
+            if name == "braingemma3d_release":
+                preds = release_predictions(cfg, test, volumes, df, meta)
+            elif name == "med3dvlm":
                 preds = med3dvlm.predict(
                     med3dvlm.Med3DVLMConfig.from_params(cfg["baselines"]["med3dvlm"]), volumes
                 )

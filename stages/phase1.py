@@ -47,7 +47,7 @@ def main() -> None:
         if not is_main_process():
             return
         torch.manual_seed(p["seed"])
-        brain3d = Brain3D(lm, visual.width, model_cfg.prompt, visual=visual)
+        brain3d = Brain3D(lm, visual.width, model_cfg.prompt, visual=visual, variant=model_cfg.variant)
         z = visual.encode([train.volume(i) for i in range(min(16, len(train)))])
         brain3d.projector.calibrate(z, brain3d.text_rms())
         brain3d.save_pretrained(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb)

@@ -23,10 +23,31 @@ REPORTS = [
 PROMPT = "Generate a radiology report for this brain MRI FLAIR scan.\n"  # the tiny models' prompt
 
 
+SLOW_TIMEOUT = 2400  # seconds: a `dvc repro` fixture (6-10 min on 2 cores) runs inside its first test
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow get SLOW_TIMEOUT unless they set their own; the others keep the ini's `timeout`."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Resumable state and MLflow never touch the developer's repository during tests."""
     monkeypatch.setenv("BRAIN3D_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def chromium() -> str:
+    """The headless browser of the browser tests (MLflow UI, `dvc plots show`): Debian's chromium, which
+    `./setup.sh --test` installs. Missing, it fails the test (CI must not pass without the browser checks)."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.fail("chromium is not installed: run ./setup.sh --test (Debian package, needs root + apt)")
+    return browser
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +130,7 @@ def model_config(**changes):
         n_tokens=4,
         grid=(1, 2, 2),
         prompt=PROMPT,
+        variant="paper",
     )
     return ModelConfig(**{**base, **changes})
 
@@ -158,6 +180,19 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
         adapter=lora,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_release_dir(tmp_path_factory):
+    """A miniature of the authors' released BrainGemma3D in its published layout (brain3d.rehearsal): the real
+    classes and MedSigLIP's / MedGemma's geometry (patch 14) at tiny widths, a projector saved with torch.save,
+    a LoRA on plain module names, a recorded hub revision."""
+    from brain3d.models.release import PROMPT as RELEASE_PROMPT
+    from brain3d.rehearsal import write_release, write_snapshots
+
+    tmp = tmp_path_factory.mktemp("release")
+    vision, lm = write_snapshots(tmp / "snapshots", (REPORTS + [PROMPT, RELEASE_PROMPT]) * 5, seed=0)
+    return write_release(tmp / "BrainGemma3D", vision, lm, seed=0)
 
 
 # ------------------------------------------------------------------ report keyword contract (shared helper)

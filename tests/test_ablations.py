@@ -1,5 +1,6 @@
-"""stages.ablations on a canned `dvc exp show --json` document (DVC 3.67, taken from the tiny pipeline: a
-baseline commit, two finished experiments, a failed one and a queued one)."""
+"""The experiment tables (brain3d.metrics.experiments) and their entry point `python -m stages.ablations` on a
+canned `dvc exp show --json` document (DVC 3.67, taken from the tiny pipeline: a baseline commit, two finished
+experiments, a failed one and a queued one)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from brain3d.metrics import experiments
 from brain3d.metrics.formatting import cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def _metrics(doc, name, system="phase2b"):
 
 
 def test_one_row_per_commit_and_experiment(doc):
-    table = ablations.build_table(doc).set_index("experiment")
+    table = experiments.build_table(doc).set_index("experiment")
     # the baseline commit, then its experiments by name; no workspace row
     assert list(table.index) == ["main", "bad-comp", "queued-r8", "r32-queued", "tiny-r4"]
     assert table["state"].to_dict() == {
@@ -59,27 +61,27 @@ def test_one_row_per_commit_and_experiment(doc):
 
 
 def test_metrics_and_cis_come_from_each_experiments_metrics_json(doc):
-    table = ablations.build_table(doc).set_index("experiment")
+    table = experiments.build_table(doc).set_index("experiment")
     want = _metrics(doc, "tiny-r4")
-    for m in ablations.METRICS:
+    for m in experiments.METRICS:
         for suffix in ("", "_low", "_high"):
             assert table.loc["tiny-r4", m + suffix] == pytest.approx(want[m + suffix]), m + suffix
     # a failed or queued experiment shows no numbers, even where DVC lists stale workspace files
-    assert all(math.isnan(table.loc["bad-comp", m]) for m in ablations.METRICS)
-    assert all(math.isnan(table.loc["r32-queued", m]) for m in ablations.METRICS)
+    assert all(math.isnan(table.loc["bad-comp", m]) for m in experiments.METRICS)
+    assert all(math.isnan(table.loc["r32-queued", m]) for m in experiments.METRICS)
 
 
 def test_other_system(doc):
-    table = ablations.build_table(doc, system="phase2b_shuffled").set_index("experiment")
+    table = experiments.build_table(doc, system="phase2b_shuffled").set_index("experiment")
     assert table.loc["tiny-r4", "lat_f1"] == pytest.approx(
         _metrics(doc, "tiny-r4", "phase2b_shuffled")["lat_f1"]
     )
-    assert (ablations.build_table(doc, system="nonexistent")[list(ablations.METRICS)].isna()).all().all()
+    assert (experiments.build_table(doc, system="nonexistent")[list(experiments.METRICS)].isna()).all().all()
 
 
 def test_markdown_cells_and_notes(doc):
-    table = ablations.build_table(doc)
-    md = ablations.markdown(table, "phase2b")
+    table = experiments.build_table(doc)
+    md = experiments.markdown(table, "phase2b")
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     header, rows = lines[0], {line.split(" | ")[0][2:]: line for line in lines[1:]}
     assert "LoRA r" in header and "compressor" in header and "Lat F1" in header
@@ -153,18 +155,46 @@ def _with_seeds(doc, values: dict[int, float]) -> list[dict]:
 
 
 def test_seed_table_is_mean_and_sd_over_the_commit_and_its_seed_experiments(doc):
-    runs = ablations.seed_runs(_with_seeds(doc, {1: 0.5, 2: 0.7}))
+    runs = experiments.seed_runs(_with_seeds(doc, {1: 0.5, 2: 0.7}))
     assert [(name, seed) for name, seed, *_ in runs] == [("main", 42), ("seed-1", 1), ("seed-2", 2)]
-    long = ablations.seed_table(runs)
+    long = experiments.seed_table(runs)
     lat = long[(long["system"] == "phase2b") & (long["metric"] == "lat_f1")].set_index("seed")["mean"]
     base = next(c for c in doc if c.get("experiments"))["data"]["metrics"]["reports/metrics.json"]["data"][
         "phase2b"
     ]["lat_f1"]
     assert lat.to_dict() == pytest.approx({42: base, 1: 0.5, 2: 0.7})
-    md = ablations.seeds_markdown(long, 42)
+    md = experiments.seeds_markdown(long, 42)
     row = next(line for line in md.splitlines() if line.startswith("| phase2b |"))
     mean, sd = pd.Series([base, 0.5, 0.7]).mean(), pd.Series([base, 0.5, 0.7]).std()
     assert f"{mean:.3f} ± {sd:.3f}".replace("0.", ".") in row
     assert (
         sum(line.startswith(("| 42 |", "| 1 |", "| 2 |")) for line in md.splitlines()) == 3
     )  # one check row per seed
+
+
+def test_main_writes_the_seed_tables_beside_the_ablation_table(doc, tmp_path, capsys):
+    saved = tmp_path / "exp_show.json"
+    saved.write_text(json.dumps(_with_seeds(doc, {1: 0.5, 2: 0.7})))
+    ablations.main(["--from-json", str(saved), "--out", str(tmp_path / "ablations")])
+    seeds = (tmp_path / "seeds.md").read_text()
+    assert (
+        seeds.startswith("# Seeds: every system over 3 seeds (1, 2, 42)") and seeds in capsys.readouterr().out
+    )
+    assert set(pd.read_csv(tmp_path / "seeds.csv")["seed"]) == {1, 2, 42}
+
+
+def test_a_row_shows_the_profile_values_of_params_that_todays_schema_refuses(doc):
+    """An experiment of an older commit may hold a key since renamed, or a value since ruled out: its row
+    still shows what it ran with, the active profile's keys included (not only the shared sections)."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    commit = next(c for c in doc if c.get("experiments"))
+    params = next(e for e in commit["experiments"] if e["name"] == "tiny-r4")["revs"][0]["data"]["params"]
+    data = params["params.yaml"]["data"]
+    data["phase2b"]["lora_rnak"] = 4  # a key today's schema does not know
+    data["profiles"]["demo"]["corpus"] = {"n_subjects": 250}  # set in the profile
+    data["model"]["compressor"] = "bogus"
+    table = experiments.build_table(doc).set_index("experiment")
+    assert table.loc["tiny-r4", "corpus.n_subjects"] == 250
+    assert table.loc["tiny-r4", "model.compressor"] == "bogus"

@@ -111,6 +111,8 @@ def test_help_explains_the_command():
         "--params",
         "models/phase2b",
         "lime.n_samples",
+        "BrainGemma3D",
+        "release's own defaults",
     ):
         assert option in sub.stdout, f"`brain3d report --help` does not mention {option}"
     assert brain3d().returncode == 2  # no command: argparse's usage error

@@ -33,5 +33,5 @@ def test_a_key_set_twice_is_refused():
 
 
 def test_unknown_profile_is_refused():
-    with pytest.raises(ValueError, match="unknown profile"):
+    with pytest.raises(ValueError, match=r"profile: .nope. is not a valid choice \(expected one of demo\)"):
         config.resolve({"profile": "nope", "profiles": {"demo": {}}})

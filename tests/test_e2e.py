@@ -37,6 +37,9 @@ def test_repro_writes_reports_and_one_mlflow_run_per_stage(tiny_pipeline):
     main_md = (repo.path / "reports/tables/main.md").read_text()
     assert "| phase2b |" in main_md and "| slices_ft |" in main_md
     assert "med3dvlm | not run:" in main_md  # opt-in baseline: a row that says why, no numbers
+    assert (
+        "braingemma3d_release | not run: no release snapshot at data/external/models/BrainGemma3D" in main_md
+    )
     metrics = json.loads((repo.path / "reports/metrics.json").read_text())
     for system in ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft"):
         for m in ("bleu1", "lat_f1", "path_f1"):
@@ -191,3 +194,82 @@ def test_a_misspelt_param_fails_fast_naming_the_key(tiny_pipeline):
     assert "phase2b.lora_rnak: unknown key; did you mean phase2b.lora_rank?" in out, out[-3000:]
     assert "phase2b epoch" not in out, "nothing may train"
     assert tiny_pipeline.typo_seconds < 120, tiny_pipeline.typo_seconds
+
+
+def test_results_are_real_results_not_only_finished_stages(tiny_pipeline):
+    """What the run wrote is what it claims (the workspace holds the `-S phase2b.lora_rank=4` experiment's
+    outputs): the rank-4 adapter has rank 4, the shuffled control writes other reports than phase 2B, every
+    metric is finite and in its range, and LIME explains every expected case with finite numbers."""
+    import math
+
+    from safetensors.torch import load_file
+
+    repo = tiny_pipeline.repo.path
+    adapter = repo / "models/phase2b/adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    lora_a = {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_A" in k}
+    assert lora_a and all(v.shape[0] == 4 for v in lora_a.values())
+
+    preds = {
+        s: pd.read_json(repo / f"reports/predictions/{s}.jsonl", lines=True).set_index("subject")[
+            "prediction"
+        ]
+        for s in ("phase2b", "phase2b_shuffled")
+    }
+    assert (preds["phase2b"] != preds["phase2b_shuffled"].loc[preds["phase2b"].index]).any(), (
+        "the shuffled-token control wrote the same reports as phase 2B"
+    )
+
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    unbounded = ("cider",)  # CIDEr-D reaches 10; BERTScore is a cosine
+    for system, values in metrics.items():
+        for key, value in values.items():
+            assert math.isfinite(value), (system, key)
+            if key.startswith("bertscore"):
+                assert -1 <= value <= 1, (system, key, value)
+            elif key.startswith(unbounded):
+                assert value >= 0, (system, key, value)
+            else:
+                assert 0 <= value <= 1, (system, key, value)
+
+    faith = pd.read_csv(repo / "reports/lime/faithfulness.csv")
+    numeric = faith.select_dtypes("number")
+    assert numeric.notna().all().all() and numeric.abs().lt(float("inf")).all().all()
+    test = pd.read_csv(repo / "data/splits.csv").query("split == 'test'")
+    for side in ("left", "right", "bilateral"):  # lime.per_class 1 per side, and one healthy subject
+        assert (faith["laterality"] == side).sum() > 0, side
+    assert set(faith["subject"]) <= set(test["subject"]) and faith["subject"].nunique() == 4
+    assert set(faith["model"]) == {"trained", "randomised"}
+    one_sided = faith[faith["laterality"].isin(["left", "right"])]
+    assert set(one_sided["target"]) == {"report", "side"}
+    summary = json.loads((repo / "reports/lime/faithfulness.json").read_text())
+    flat = [v for k, v in summary.items() if not isinstance(v, dict)]
+    assert flat and all(math.isfinite(v) for v in flat)
+    probe = json.loads((repo / "reports/lime/token_probe.json").read_text())
+    assert all(math.isfinite(v) for v in probe.values() if isinstance(v, float))
+
+
+def test_a_model_refuses_phase1_weights_it_was_not_trained_with(tiny_pipeline):
+    """The twin re-ran phase 1 alone (6 epochs, then after a code change): its models/phase2b, trained on the
+    first phase-1 weights, must refuse to load, naming the file and the hash it was trained with."""
+    from brain3d.fileio import IntegrityError
+    from brain3d.models.model import Brain3D
+
+    twin = tiny_pipeline.twin.path
+    pinned = json.loads((twin / "models/phase2b/brain3d.json").read_text())["sha256"]
+    trained_with = pinned["../phase1/visual.safetensors"]
+    with pytest.raises(IntegrityError) as refused:
+        Brain3D.from_pretrained(twin / "models/phase2b")
+    assert "phase1/visual.safetensors" in str(refused.value) and trained_with[:16] in str(refused.value)
+    Brain3D.from_pretrained(twin / "models/phase1")  # phase 1 itself is consistent
+
+
+def test_a_param_of_the_wrong_type_fails_fast_naming_the_key_and_the_type(tiny_pipeline):
+    """`dvc exp run -S phase2b.lora_rank=four` used to train phase 2B for 20 s and die in PEFT with a traceback."""
+    out = tiny_pipeline.mistyped.stdout + tiny_pipeline.mistyped.stderr
+    assert tiny_pipeline.mistyped.returncode != 0, out[-3000:]
+    assert "params: phase2b.lora_rank: 'four' is not an integer (expected an integer >= 1)" in out, out[
+        -3000:
+    ]
+    assert "phase2b epoch" not in out and "Traceback" not in out, out[-3000:]
+    assert tiny_pipeline.mistyped_seconds < 120, tiny_pipeline.mistyped_seconds

@@ -3,14 +3,13 @@ render of the experiment's runs page.
 
 `mlflow server` is started on 127.0.0.1 and a free port with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false (MLflow
 3 otherwise starts a job runner with several huey consumers, which costs a 2-core machine ~20 s of CPU).
-Chromium comes from Debian (`./setup.sh --test`); without it only the screenshot test is skipped.
+Chromium comes from Debian (`./setup.sh --test`); without it the screenshot test fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import chromium
 from tiny_pipeline import EXPERIMENT, STAGES
 
 pytestmark = pytest.mark.slow
@@ -142,10 +142,6 @@ def test_rest_api_lists_runs_with_tags_params_metrics(tiny_pipeline, mlflow_serv
     assert len(filtered) == len(exp_runs)
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
     flags = [
         "--headless",
@@ -161,9 +157,7 @@ def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_ui_renders_the_runs_of_the_experiment(tiny_pipeline, mlflow_server, experiment_id, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed: run ./setup.sh --test (Debian package, needs root + apt)")
+    browser = chromium()
     page = f"{mlflow_server}/#/experiments/{experiment_id}/runs"
 
     dom = _headless(browser, "--dump-dom", page)

@@ -137,12 +137,13 @@ def test_mirrored_volume_gives_mirrored_tokens(inflation):
     assert not torch.allclose(mirrored, tokens, atol=1e-3)  # the volume is not symmetric: a real check
 
 
-def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean(tmp_path):
+def test_inflation_and_variant_round_trip_through_the_card_and_old_cards_load_as_mean_paper(tmp_path):
     import json
 
     from brain3d.models.checkpoint import CARD, read_card, write_card
 
     cfg = model_config(inflation="center")
+    (tmp_path / "visual.safetensors").write_bytes(b"")  # the card pins what it names: it must exist
     write_card(
         tmp_path,
         phase="phase1",
@@ -158,9 +159,27 @@ def test_inflation_round_trips_through_the_model_card_and_old_cards_load_as_mean
     )  # the card's mode reaches the encoder
     assert torch.count_nonzero(visual.encoder.patch_embed.proj.weight[:, :, 0]) == 0
     old = json.loads((tmp_path / CARD).read_text())
-    del old["model"]["inflation"]  # a card written before model.inflation existed
+    del old["model"]["inflation"], old["model"]["variant"]  # a card written before both keys existed
     (tmp_path / CARD).write_text(json.dumps(old))
-    assert ModelConfig(**read_card(tmp_path)["model"]).inflation == "mean"
+    loaded = ModelConfig(**read_card(tmp_path)["model"])
+    assert (loaded.inflation, loaded.variant) == ("mean", "paper")
+
+
+def test_the_reference_variant_adds_a_fixed_code_and_saves_no_position_weights():
+    """model.variant `reference` (the authors' release): no learned or 2D positions (nothing in the state dict),
+    the fixed linspace code instead; the volume is not flipped, so a mirrored volume gives other tokens than the
+    paper variant's mirrored ones would. An unknown variant is refused by name."""
+    paper = VisualTokenizer(medsiglip_like(), model_config(compressor="seq_pool"))
+    reference = VisualTokenizer(medsiglip_like(), model_config(compressor="seq_pool", variant="reference"))
+    assert any(k.startswith("encoder.pos.") for k in paper.state_dict())
+    assert not any(k.startswith("encoder.pos.") for k in reference.state_dict())
+    code = reference.encoder.pos.code  # (D', h, w, C) for the 9 x 2 x 2 grid of 8 x 28 x 28
+    assert code.shape == (9, 2, 2, 16)
+    assert torch.allclose(code[:, 0, 0, 5], torch.linspace(-1, 1, 9))  # depth ramp on every channel
+    assert torch.allclose(code[4, :, 0, 0], torch.tensor([-1.0, 1.0]))  # + y on channel 0 (z = 0 there)
+    assert torch.allclose(code[4, 0, :, 1], torch.tensor([-1.0, 1.0]))  # + x on channel 1
+    with pytest.raises(ValueError, match="model.variant must be one of paper, reference, not 'theirs'"):
+        VisualTokenizer(medsiglip_like(), model_config(variant="theirs"))
 
 
 def test_positional_embedding_keeps_the_pretrained_grid_when_sizes_match():
@@ -244,7 +263,9 @@ def test_perceiver_round_trips_through_the_visual_tokenizer_state(tmp_path):
 
 def test_encoder_runs_on_the_demo_stand_in_geometry(tiny_siglip_dir):
     vision = load_vision_model(tiny_siglip_dir)
-    encoder = VolumeEncoder(vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0, inflation="sum")
+    encoder = VolumeEncoder(
+        vision, (8, 32, 32), kd=2, depth_stride=2, depth_pad=0, inflation="sum", variant="paper"
+    )
     assert encoder.grid == (4, 4, 4)
     assert encoder(torch.rand(2, 1, 8, 32, 32)).shape == (2, 64, 32)
 
@@ -566,3 +587,54 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
         Brain3D(model.language_model, model.visual.width, cfg.prompt).save_pretrained(
             tmp_path / "n", phase="phase2a", model_cfg=cfg, backbones=backbones
         )
+
+
+def test_a_model_directory_refuses_files_that_changed_since_it_was_written(
+    tmp_path, tiny_siglip_dir, tiny_gemma3_dir
+):
+    """Phases 2A/2B refer to phase 1's visual weights and to the backbones instead of copying them; the card pins
+    each by sha256, so a phase 1 re-run alone, or a copied directory pointing at other backbones, is refused with
+    one line naming the file and the hash it was trained with."""
+    import json
+    import shutil
+
+    from brain3d.fileio import IntegrityError, sha256_file
+    from brain3d.models.checkpoint import read_card
+
+    lm_dir = shutil.copytree(tiny_gemma3_dir, tmp_path / "lm")
+    cfg = model_config()
+    model, lora = lora_brain3d(tiny_siglip_dir, lm_dir, cfg, b_std=0.05)
+    backbones = {"vision": str(tiny_siglip_dir), "lm": str(lm_dir), "dtype": "float32", "load_in_4bit": False}
+    model.save_pretrained(tmp_path / "phase1", phase="phase1", model_cfg=cfg, backbones=backbones)
+    visual = tmp_path / "phase1" / "visual.safetensors"
+    model.save_pretrained(
+        tmp_path / "phase2b", phase="phase2b", model_cfg=cfg, backbones=backbones, visual=visual, adapter=lora
+    )
+    pins = json.loads((tmp_path / "phase2b" / "brain3d.json").read_text())["sha256"]
+    trained_with = sha256_file(visual)
+    assert pins["../phase1/visual.safetensors"] == trained_with
+    assert {"../lm/config.json", "../lm/model.safetensors", "projector.safetensors"} <= set(pins)
+    assert any(k.startswith("adapter/") for k in pins)
+    Brain3D.from_pretrained(tmp_path / "phase2b")  # unchanged: loads
+
+    with torch.no_grad():  # phase 1 re-run alone: other visual weights under the same name
+        next(model.visual.parameters()).add_(0.01)
+    model.save_pretrained(tmp_path / "phase1", phase="phase1", model_cfg=cfg, backbones=backbones)
+    with pytest.raises(IntegrityError) as refused:
+        Brain3D.from_pretrained(tmp_path / "phase2b")
+    message = str(refused.value)
+    assert "phase1/visual.safetensors" in message and trained_with[:16] in message and "\n" not in message
+    assert "dvc repro phase2b" in message
+
+    model.save_pretrained(tmp_path / "phase1b", phase="phase1", model_cfg=cfg, backbones=backbones)
+    card = json.loads((tmp_path / "phase2b" / "brain3d.json").read_text())
+    card["visual"] = "../phase1b/visual.safetensors"  # a card pointed at unpinned weights
+    (tmp_path / "phase2b" / "brain3d.json").write_text(json.dumps(card))
+    with pytest.raises(IntegrityError, match="pins no hash"):
+        Brain3D.from_pretrained(tmp_path / "phase2b")
+    assert read_card(tmp_path / "phase2b")["sha256"] == pins
+
+    config = lm_dir / "config.json"  # another backbone behind the same path
+    config.write_text(config.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    with pytest.raises(IntegrityError, match="lm/config.json"):
+        Brain3D.from_pretrained(tmp_path / "phase1")

@@ -250,7 +250,7 @@ def test_ventricle_compression_is_ipsilateral(cohort):
 
 # -------------------------------------------------------------------------------------------- tumour size
 
-# BraTS 2020 whole-tumour (labels 1 + 2 + 4) volumes in ml, as cited in phantom/lesions.py and the README: 74
+# BraTS 2020 whole-tumour (labels 1 + 2 + 4) volumes in ml, as cited in phantom/lesions.py and docs/design.md: 74
 # training cases, median 81.3, range 16.6-230.9, HGG 10th / 90th percentiles 33.2 / 170.7.
 BRATS_WT_MEDIAN, BRATS_WT_RANGE, BRATS_WT_P10_P90 = 81.3, (16.6, 230.9), (33.2, 170.7)
 

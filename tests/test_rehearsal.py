@@ -94,12 +94,49 @@ def test_the_model_has_the_papers_token_geometry(rehearsal):
 def test_every_system_was_scored_or_says_why_not(rehearsal):
     repo, *_ = rehearsal
     metrics = json.loads((repo.path / "reports/metrics.json").read_text())
-    for name in ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft"):
+    systems = ("phase1", "phase2a", "phase2b", "phase2b_shuffled", "medgemma_slices", "slices_ft")
+    for name in (*systems, "braingemma3d_release"):
         assert name in metrics, name
     main = (repo.path / "reports/tables/main.md").read_text()
     assert "med3dvlm | not run:" in main
     preds = pd.read_json(repo.path / "reports/predictions/medgemma_slices.jsonl", lines=True)
     assert len(preds) == len(pd.read_csv(repo.path / "data/splits.csv").query("split == 'test'")) > 0
+
+
+def test_the_released_model_was_scored_beside_the_others_with_its_provenance(rehearsal):
+    """baseline@braingemma3d_release ran the miniature release (its own inference and decoding, our
+    preprocessing at its volume shape) on every test subject; its record names the revision and every file's
+    hash; evaluate compared it with phase 2B subject by subject."""
+    import hashlib
+
+    repo, world, _ = rehearsal
+    meta = json.loads((repo.path / "reports/predictions/braingemma3d_release.json").read_text())
+    assert (
+        meta["status"] == "ok"
+        and meta["baseline"]
+        and "project loader, volumes 64x128x128" in meta["description"]
+    )
+    rec = meta["release"]
+    release = world["release"]
+    assert (
+        rec["revision"]
+        == (release / ".cache/huggingface/download/projector_vis_scale.pt.metadata").read_text().split()[0]
+    )
+    assert (
+        rec["sha256"]["projector_vis_scale.pt"]
+        == hashlib.sha256((release / "projector_vis_scale.pt").read_bytes()).hexdigest()
+    )
+    assert rec["lora"] and rec["decoding"]["no_repeat_ngram_size"] == 3
+    preds = pd.read_json(repo.path / "reports/predictions/braingemma3d_release.jsonl", lines=True)
+    assert len(preds) == len(pd.read_csv(repo.path / "data/splits.csv").query("split == 'test'")) > 0
+    assert preds["prediction"].str.strip().str.len().gt(0).all()
+    diffs = pd.read_csv(repo.path / "reports/tables/paired_differences.csv")
+    assert set(diffs.loc[diffs["versus"] == "braingemma3d_release", "metric"]) >= {
+        "bleu1",
+        "lat_f1",
+        "path_f1",
+    }
+    assert "Running stage 'baseline@braingemma3d_release'" in rehearsal[2]
 
 
 def test_the_gpu_benchmark_runs_end_to_end_at_tiny_widths(tmp_path):

@@ -1,12 +1,13 @@
 """Training promises: InfoNCE really trains at batch >= 2, the loop resumes exactly after an interruption."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from brain3d.fileio import read_json
-from brain3d.training.loop import TrainConfig, fit
+from brain3d.training.loop import CHECKPOINT, TrainConfig, fit, read_checkpoint
 from brain3d.training.losses import InfoNCE
 
 TEMPERATURE = 0.07  # a test value (the pipeline's is phase1.temperature)
@@ -83,7 +84,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     full, full_result = _train(tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "cut", fail_at_epoch=3)  # dies during epoch 3
-    assert [r["epoch"] for r in read_json(tmp_path / "cut" / "state.json")["history"]] == [1, 2]
+    assert [r["epoch"] for r in read_checkpoint(tmp_path / "cut")["state"]["history"]] == [1, 2]
     resumed, resumed_result = _train(tmp_path / "cut")
     assert [r["epoch"] for r in resumed_result.history] == [1, 2, 3, 4]
     # the history (a DVC plot, written as a CSV) comes back with the fresh run's column order
@@ -93,6 +94,32 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
     assert resumed_result.best_val == pytest.approx(full_result.best_val, rel=1e-5)
+
+
+def test_resume_state_is_one_file_and_a_torn_or_foreign_one_starts_afresh(tmp_path, capsys):
+    """The state of an epoch is one atomically replaced file; a truncated file, a file of another model, or
+    one whose counters disagree is said in one line and the training starts again from epoch 1."""
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", fail_at_epoch=3)
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [CHECKPOINT]
+    blob = (tmp_path / "cut" / CHECKPOINT).read_bytes()
+    ckpt = read_checkpoint(tmp_path / "cut")
+    ckpt["state"]["epoch"] = 3  # counters of epoch 3 over the history of epoch 2
+    torn = {**ckpt, "state": json.dumps(ckpt["state"])}
+    foreign = {**torn, "state": json.dumps({**ckpt["state"], "epoch": 2})}
+    foreign["last"] = {k: v[..., :1] for k, v in ckpt["last"].items()}  # another model's shapes
+    cases = {"truncated": blob[: len(blob) // 2], "garbage": b"not a checkpoint"}
+    for name, obj in (("counters", torn), ("shapes", foreign)):
+        torch.save(obj, tmp_path / name)
+        cases[name] = (tmp_path / name).read_bytes()
+    capsys.readouterr()
+    for name, data in cases.items():
+        (tmp_path / "cut" / CHECKPOINT).write_bytes(data)
+        _, result = _train(tmp_path / "cut")
+        said = capsys.readouterr().out
+        assert "is inconsistent or corrupt" in said and "starting afresh" in said, (name, said)
+        assert "Traceback" not in said and len(said.strip().splitlines()) >= 1
+        assert [r["epoch"] for r in result.history] == [1, 2, 3, 4], name
 
 
 def test_sample_weights_set_how_often_each_sample_is_drawn_at_the_same_number_of_steps(tmp_path):

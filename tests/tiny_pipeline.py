@@ -37,6 +37,7 @@ STAGES = (
     "generate@phase2b_shuffled",
     "baseline@medgemma_slices",
     "baseline@med3dvlm",
+    "baseline@braingemma3d_release",
     "baseline@slices_ft",
     "evaluate",
     "lime",
@@ -51,6 +52,7 @@ DVC_STAGES = (
     "generate@phase2b_shuffled",
     "baseline@medgemma_slices",
     "baseline@med3dvlm",
+    "baseline@braingemma3d_release",
     "slices_ft",
     "evaluate",
     "lime",
@@ -105,8 +107,8 @@ def tiny_params(params: dict) -> dict:
 
 
 def paper_params(params: dict, world: dict[str, Path]) -> dict:
-    """`profile: paper` pointed at a miniature paper world (brain3d.rehearsal.write_world's folders): its data
-    and snapshots, the paper's volume shape, token counts, 64 slices and 4-bit request (which falls back on a
+    """`profile: paper` pointed at a miniature paper world (brain3d.rehearsal.write_world's folders): its data,
+    snapshots and miniature BrainGemma3D release, the paper's volume shape, token counts, 64 slices and 4-bit request (which falls back on a
     CPU, said and logged), with one epoch of tiny batches and short generations. float32, not the paper's
     bfloat16: bf16 matmuls are emulated on this CPU and would double the run (tests/test_model.py holds the
     bf16 path: a bf16 encoder and LM run outside autocast)."""
@@ -124,6 +126,7 @@ def paper_params(params: dict, world: dict[str, Path]) -> dict:
     paper["foundation"].update(
         vision=str(world["vision"]), lm=str(world["lm"]), allow_cpu_fallback=True, dtype="float32"
     )
+    p["baselines"]["braingemma3d_release"]["path"] = str(world["release"])  # the miniature release
     p["split"]["fractions"] = [0.34, 0.33, 0.33]  # strata of 3: one subject each
     for phase in ("phase1", "phase2a", "phase2b"):
         paper[phase].update(epochs=1, batch_size=2, grad_accum=2, patience=1)
@@ -295,6 +298,10 @@ class Pipeline:
         None  # `-S +phase2b.lora_rnak=4`: DVC adds it, a stage refuses
     )
     typo_seconds: float = 0.0  # of the second
+    mistyped: subprocess.CompletedProcess | None = (
+        None  # `-S phase2b.lora_rank=four`: a stage refuses the type
+    )
+    mistyped_seconds: float = 0.0
 
 
 def outs_hashes(repo: Repo) -> dict[str, str]:
@@ -404,6 +411,9 @@ def run_pipeline(tmp: Path) -> Pipeline:
         t1 = time.perf_counter()
         result.typo_added = twin_exp(twin, "+phase2b.lora_rnak=4")
         result.typo_seconds = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        result.mistyped = twin_exp(twin, "phase2b.lora_rank=four")
+        result.mistyped_seconds = time.perf_counter() - t1
     finally:
         repo.seconds["total"] = time.perf_counter() - t0
         repo.seconds["inside stages"] = sum(

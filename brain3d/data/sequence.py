@@ -15,7 +15,7 @@ edges) are dropped before a second fit.
     FLAIR:   grey matter brighter than white matter, CSF dark (below 0.6 of grey matter: suppressed)
     unclear: anything else (e.g. CSF as bright as tissue: no usable contrast, or not aligned)
 
-Its measured accuracy (the phantom cohort, public T1 scans) is in the README, section "The `brain3d` command";
+Its measured accuracy (the phantom cohort, public T1 scans) is in docs/cli.md;
 tests/test_sequence.py checks each contrast, a lesion, and a shifted, rotated head.
 """
 

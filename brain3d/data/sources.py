@@ -87,7 +87,7 @@ class MissingDataError(CohortError):
 @dataclass(frozen=True)
 class RealCohortConfig:
     """The `download` params of the paper profile, with paths made absolute against the repository root.
-    Defaults only for the keys params.yaml may leave out (OPTIONAL in brain3d.params_schema)."""
+    Defaults only for the keys params.yaml may leave out (optional=True in brain3d.params_schema)."""
 
     brats_dir: Path
     textbrats_dir: Path

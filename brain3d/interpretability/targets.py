@@ -40,9 +40,10 @@ def randomised_copy(model: Brain3D, seed: int) -> Brain3D:
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     with torch.no_grad():
-        visual.encoder.pos.depth.normal_(0.0, 0.02)
-        visual.encoder.pos.spatial.normal_(0.0, 0.02)
-    clone = Brain3D(model.language_model, visual.width, model.prompt, visual=visual)
+        if model.variant == "paper":  # the reference variant's position code is fixed, not learned
+            visual.encoder.pos.depth.normal_(0.0, 0.02)
+            visual.encoder.pos.spatial.normal_(0.0, 0.02)
+    clone = Brain3D(model.language_model, visual.width, model.prompt, visual=visual, variant=model.variant)
     with torch.no_grad():
         clone.projector.vis_scale.fill_(float(model.projector.vis_scale))
     return clone.to(model.device).eval()

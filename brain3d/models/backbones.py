@@ -81,6 +81,25 @@ def _quantization(load_in_4bit: bool, allow_cpu_fallback: bool) -> dict:
     return {"quantization_config": bnb, "device_map": {"": 0}}
 
 
+def _saved_quantised(config, path: Path) -> bool:
+    """Whether the checkpoint was saved already quantised (its own quantization_config then applies); such a
+    checkpoint (bitsandbytes) loads on a CUDA GPU only: PrecisionError elsewhere."""
+    quant = getattr(config, "quantization_config", None)
+    if not quant:
+        return False
+    if not torch.cuda.is_available():
+        from brain3d.config import PrecisionError
+
+        method = (
+            quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        )
+        raise PrecisionError(
+            f"{path} holds a language model saved already quantised ({method or 'unknown method'}), which loads "
+            "on a CUDA GPU only, and this machine has none"
+        )
+    return True
+
+
 def load_language_model(
     path: str | Path,
     *,
@@ -93,7 +112,8 @@ def load_language_model(
 
     `load_in_4bit`: NF4 (double quantisation, bf16 compute), which needs CUDA; without it a PrecisionError,
     or with `allow_cpu_fallback` an unquantised load that is said and recorded (runtime.precision_fallback).
-    The vision tower of a multimodal checkpoint is dropped unless `keep_vision` (the slice baselines).
+    The vision tower of a multimodal checkpoint is dropped unless `keep_vision` (the slice baselines). A
+    checkpoint saved already quantised loads with its own quantisation, on a CUDA GPU only (`_saved_quantised`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -101,7 +121,9 @@ def load_language_model(
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no Hugging Face checkpoint at {path} (config.json missing)")
     config = AutoConfig.from_pretrained(path)
-    kwargs = {"dtype": dtype, **_quantization(load_in_4bit, allow_cpu_fallback)}
+    # a checkpoint saved quantised brings its own quantization_config
+    quantisation = {"device_map": {"": 0}} if _saved_quantised(config, path) else None
+    kwargs = {"dtype": dtype, **(quantisation or _quantization(load_in_4bit, allow_cpu_fallback))}
     if hasattr(config, "text_config"):
         full = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         decoder, lm_head = full.model.language_model, full.lm_head
@@ -163,9 +185,10 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def snapshot_revision(path: Path) -> str | None:
-    """The hub commit of a snapshot downloaded with `hf download --local-dir` (or from the HF cache)."""
-    meta = path / ".cache" / "huggingface" / "download" / "config.json.metadata"
+def snapshot_revision(path: Path, file: str = "config.json") -> str | None:
+    """The hub commit of a snapshot downloaded with `hf download --local-dir` (read from the bookkeeping it keeps
+    for `file`), or from the HF cache (the snapshot folder's name)."""
+    meta = path / ".cache" / "huggingface" / "download" / f"{file}.metadata"
     if meta.exists():
         return meta.read_text().split()[0]
     if path.parent.name == "snapshots":

@@ -6,11 +6,16 @@ models/phase2b` is self-describing.
 Like a PEFT adapter naming its base model, a phase's directory refers to what it did not train instead of
 copying it: the backbones (models/foundation, or the hub snapshots on the paper profile) and, for phases 2A
 and 2B, phase 1's visual weights (the encoder is frozen after phase 1; at MedSigLIP's size a copy per phase
-would be 0.8 GB each)."""
+would be 0.8 GB each).
+
+The card pins every file the model loads, its own and the ones it refers to, by sha256 (`sha256`: {path
+relative to the card: hex}); `verify` refuses a directory whose files changed since it was written (phase 1
+re-run alone, a copied directory pointing at other backbones), naming the file and what to do."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,9 +39,16 @@ def write_card(
     adapter: str | Path | None = None,
     extra: dict | None = None,
 ) -> None:
-    """Record what `Brain3D.from_pretrained` needs (`model_cfg`: the ModelConfig); file paths may be anywhere,
-    they are stored relative to `out_dir`."""
+    """Record what `Brain3D.from_pretrained` needs (`model_cfg`: the ModelConfig) and the sha256 of every file
+    it will load; file paths may be anywhere, they are stored relative to `out_dir`."""
     out_dir = Path(out_dir)
+    loaded = [
+        *backbone_files(backbones["vision"]),
+        *backbone_files(backbones["lm"]),
+        visual,
+        *([projector] if projector else []),
+        *(sorted(p for p in Path(adapter).rglob("*") if p.is_file()) if adapter else []),
+    ]
     card = {
         "phase": phase,
         "model": asdict(model_cfg),
@@ -48,6 +60,7 @@ def write_card(
         "visual": _rel(visual, out_dir),
         "projector": _rel(projector, out_dir) if projector else None,
         "adapter": _rel(adapter, out_dir) if adapter else None,
+        "sha256": {_rel(f, out_dir): fileio.sha256_file(f) for f in loaded},
         **(extra or {}),
     }
     fileio.write_json(out_dir / CARD, card)
@@ -63,7 +76,8 @@ def model_card(card: dict) -> str:
         f"# Brain3D, {card['phase']}",
         "",
         "A 3D brain MRI (FLAIR) report generator: an inflated SigLIP 3D encoder, "
-        f"{m['n_tokens']} visual tokens ({m['compressor']}, {m['inflation']} inflation), an MLP projector and a "
+        f"{m['n_tokens']} visual tokens ({m['compressor']}, {m['inflation']} inflation, "
+        f"{m.get('variant', 'paper')} variant), an MLP projector and a "
         "Gemma 3 language model prompted with them.",
         "",
         f"- vision backbone: `{bb['vision']}`; language model: `{bb['lm']}` ({bb.get('dtype', 'float32')}"
@@ -88,20 +102,59 @@ def model_card(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def backbone_files(folder: str | Path) -> list[Path]:
+    """What loading a Hugging Face checkpoint folder reads: its top-level files (weights, configs, tokenizer),
+    not hidden ones (hub download metadata) nor its README."""
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".md"
+    )
+
+
+def verify(model_dir: str | Path, card: dict) -> None:
+    """Refuse (fileio.IntegrityError) a model whose pinned files changed, are missing, or lack a pin; a card
+    written before files were pinned loads with a warning."""
+    model_dir = Path(model_dir)
+    pins = card.get("sha256")
+    if pins is None:
+        warnings.warn(f"{model_dir}: its card pins no file hashes (written before pinning)", stacklevel=2)
+        return
+    remedy = (
+        f"the {card.get('phase', 'model')} model in {model_dir} was trained with the recorded file: restore it, "
+        f"or retrain this model on the new one (`dvc repro {card.get('phase', '<stage>')}` in its checkout)"
+    )
+    unpinned = [
+        card[k] for k in ("visual", "projector") if card.get(k) and _rel(card[k], model_dir) not in pins
+    ]
+    if unpinned:
+        raise fileio.IntegrityError(f"{model_dir}: its card loads {unpinned[0]} but pins no hash for it")
+    for rel, expected in sorted(pins.items()):
+        fileio.verify_sha256((model_dir / rel).resolve(), expected, remedy)
+
+
 def read_card(model_dir: str | Path) -> dict:
-    """The card with absolute file paths, and its `model` section as ModelConfig's keyword arguments."""
+    """The card with absolute file paths (`dir`: the directory's), and its `model` section as ModelConfig's
+    keyword arguments. A folder of the authors' released BrainGemma3D, which has no card, gets one made in
+    memory (brain3d.models.release)."""
     model_dir = Path(model_dir)
     card_path = model_dir / CARD
     if not card_path.exists():
-        raise FileNotFoundError(f"{model_dir} is not a Brain3D model directory ({CARD} missing)")
-    card = fileio.read_json(card_path)
+        from brain3d.models import release
+
+        if release.is_release(model_dir):
+            return release.read_card(model_dir)
+        raise FileNotFoundError(
+            f"{model_dir} is not a Brain3D model directory ({CARD} missing) nor a BrainGemma3D release "
+            f"({', '.join(release.LAYOUT)})"
+        )
+    card = {**fileio.read_json(card_path), "dir": str(model_dir.resolve())}
     for key in ("visual", "projector", "adapter"):
         if card.get(key):
             card[key] = str((model_dir / card[key]).resolve())
     for key in ("vision", "lm"):
         card["backbones"][key] = str((model_dir / card["backbones"][key]).resolve())
-    # The one backward-compatible read: a card written before `model.inflation` existed was trained with the
-    # paper's RGB-averaged inflation, so it loads as "mean"; every other key must be on the card.
-    m = {"inflation": "mean", **card["model"]}
+    # The backward-compatible reads: a card written before `model.inflation` existed was trained with the
+    # paper's RGB-averaged inflation, so it loads as "mean"; one written before `model.variant` existed is this
+    # project's model, "paper". Every other key must be on the card.
+    m = {"inflation": "mean", "variant": "paper", **card["model"]}
     card["model"] = {**m, "volume_shape": tuple(m["volume_shape"]), "grid": tuple(m["grid"])}
     return card

@@ -12,6 +12,11 @@ kernels W (C, 3, p, p) become one grey kernel by `model.inflation`:
 Positions are decomposed,
 P3D(z, y, x) = P_depth(z) (learnable, zero at start) + P_spatial(y, x) (the pretrained 2D grid,
 interpolated to the volume's in-plane grid and broadcast over depth).
+
+`model.variant` (VARIANTS) says what reaches the patch embedding and which positions are added:
+- `paper` (this project's): radiological slices, SigLIP's pixel normalisation, P3D above;
+- `reference` (the authors' released BrainGemma3D, SPEC §4b): the [0, 1] volume as it is (no flip, no
+  normalisation) and a fixed code instead of P3D (`ReferencePositionCode`); the 2D position table is unused.
 """
 
 from __future__ import annotations
@@ -51,6 +56,13 @@ def token_grid(
 
 
 INFLATIONS = ("mean", "sum", "center")
+VARIANTS = ("paper", "reference")
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"model.variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    return variant
 
 
 def inflate_kernel(w2d: torch.Tensor, kd: int, inflation: str) -> torch.Tensor:
@@ -114,12 +126,30 @@ class PositionalEmbedding3D(nn.Module):
         return x + self.depth[None, :, None, None, :] + self.spatial[None, None]
 
 
+class ReferencePositionCode(nn.Module):
+    """The released model's fixed position code (SPEC §4b); input/output (B, D', h, w, C). Every channel gets
+    linspace(-1, 1, D')[z]; channel 0 also linspace(-1, 1, h)[y], channel 1 also linspace(-1, 1, w)[x]. Made in
+    float32, added in the tokens' dtype. Nothing learned, nothing saved."""
+
+    def __init__(self, grid: tuple[int, int, int], width: int):
+        super().__init__()
+        d, h, w = grid
+        code = torch.linspace(-1.0, 1.0, d)[:, None, None, None].repeat(1, h, w, width)  # (D', h, w, C)
+        code[..., 0] += torch.linspace(-1.0, 1.0, h)[None, :, None]
+        code[..., 1] += torch.linspace(-1.0, 1.0, w)[None, None, :]
+        self.register_buffer("code", code, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.code.to(x.dtype)
+
+
 class VolumeEncoder(nn.Module):
     """Inflated SigLIP: (B, 1, D, H, W) in [0, 1] -> tokens (B, D'*h*w, C) in z-major order.
 
     Slices are fed in the radiological view (`brain3d.data.views`), so token column 0 is the subject's
     right; laterality is a property of the token grid either way. `kd`, `depth_stride`, `depth_pad`,
-    `inflation`: the `model` params (no defaults: `ModelConfig` carries them).
+    `inflation`, `variant`: the `model` params (no defaults: `ModelConfig` carries them); the `reference`
+    variant feeds the volume as it is and adds the fixed ReferencePositionCode (module docstring).
     """
 
     def __init__(
@@ -131,8 +161,10 @@ class VolumeEncoder(nn.Module):
         depth_stride: int,
         depth_pad: int,
         inflation: str,
+        variant: str,
     ):
         super().__init__()
+        self.variant = check_variant(variant)
         vt = vision_transformer(vision)
         conv = vt.embeddings.patch_embedding
         self.patch_size = conv.kernel_size[0]
@@ -141,7 +173,11 @@ class VolumeEncoder(nn.Module):
         self.patch_embed = InflatedPatchEmbed(
             conv, kd=kd, depth_stride=depth_stride, depth_pad=depth_pad, inflation=inflation
         )
-        self.pos = PositionalEmbedding3D(vt.embeddings.position_embedding.weight, self.grid)
+        self.pos = (
+            PositionalEmbedding3D(vt.embeddings.position_embedding.weight, self.grid)
+            if variant == "paper"
+            else ReferencePositionCode(self.grid, conv.out_channels)
+        )
         self.encoder = vt.encoder
         self.post_layernorm = vt.post_layernorm
         self.hidden_size = conv.out_channels
@@ -149,8 +185,9 @@ class VolumeEncoder(nn.Module):
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         if volume.dim() == 4:
             volume = volume.unsqueeze(1)
-        x = radiological(volume)  # slices in the orientation the 2D backbone was pretrained on
-        x = normalise_pixels(x)
+        x = volume
+        if self.variant == "paper":
+            x = normalise_pixels(radiological(x))  # slices as the 2D backbone was pretrained on them
         x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))  # (B, C, D', h, w)
         x = self.pos(x.permute(0, 2, 3, 4, 1))  # (B, D', h, w, C)
         x = x.flatten(1, 3)  # (B, N = D'*h*w, C), z-major

@@ -19,10 +19,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from brain3d import config, fileio
 from brain3d.cache import cache_dir
 from brain3d.data.views import mirror
-from brain3d.models import checkpoint
+from brain3d.models import checkpoint, release
 from brain3d.models.backbones import LanguageModel, load_vision_model, record_language_model, torch_dtype
 from brain3d.models.compressor import build_compressor
-from brain3d.models.encoder import VolumeEncoder
+from brain3d.models.encoder import VolumeEncoder, check_variant
 from brain3d.models.projector import Projector
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class ModelConfig:
     n_tokens: int
     grid: tuple[int, int, int]
     prompt: str
+    # paper (this project's) | reference (the authors' released model's inference): brain3d/models/encoder.py
+    variant: str
 
     @classmethod
     def from_params(cls, cfg: dict) -> ModelConfig:
@@ -137,6 +139,7 @@ class VisualTokenizer(nn.Module):
             depth_stride=cfg.depth_stride,
             depth_pad=cfg.depth_pad,
             inflation=cfg.inflation,
+            variant=cfg.variant,
         )
         self.compressor = build_compressor(
             cfg.compressor, n_tokens=cfg.n_tokens, grid=cfg.grid, width=self.encoder.hidden_size
@@ -193,16 +196,28 @@ class Brain3D(nn.Module):
     `lm` is the LM's causal view (a registered module, so .to()/.train()/.eval() reach it and its LoRA
     layers); `language_model` is the backbone record it came from (tokenizer, checkpoint class).
     Saved and loaded as one directory: `save_pretrained` / `from_pretrained` (brain3d.models.checkpoint).
+    `variant` (`model.variant`): with `reference`, the authors' released model, the projector runs in the LM's
+    dtype and its output is not multiplied by Gemma's embedding scale (SPEC §4b).
     """
 
     def __init__(
-        self, lm: LanguageModel, vision_width: int, prompt: str, visual: VisualTokenizer | None = None
+        self,
+        lm: LanguageModel,
+        vision_width: int,
+        prompt: str,
+        visual: VisualTokenizer | None = None,
+        variant: str = "paper",
     ):
         super().__init__()
         self.language_model = lm
         self.lm = lm.causal
         self.visual = visual
-        self.projector = Projector(vision_width, lm.hidden_size, lm.embed_scale)
+        self.variant = check_variant(variant)
+        self.projector = Projector(
+            vision_width, lm.hidden_size, lm.embed_scale if variant == "paper" else 1.0
+        )
+        if variant == "reference":
+            self.projector.to(self.lm.get_input_embeddings().weight.dtype)
         self.prompt = prompt
         tok = lm.tokenizer
         self.prompt_ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
@@ -253,19 +268,34 @@ class Brain3D(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Brain3D:
-        """A Brain3D with its visual tokenizer, in eval mode on `device`, from a `save_pretrained` directory."""
+        """A Brain3D with its visual tokenizer, in eval mode on `device`, from a `save_pretrained` directory or
+        a folder of the authors' released BrainGemma3D (brain3d.models.release)."""
+        return cls.from_card(checkpoint.read_card(model_dir), device)
+
+    @classmethod
+    def from_card(cls, card: dict, device: str | torch.device = "cpu") -> Brain3D:
+        """`from_pretrained` of a card as `checkpoint.read_card` returns it (a caller may change its `model`
+        section first, e.g. a release's volume shape)."""
         from safetensors.torch import load_file
 
-        card = checkpoint.read_card(model_dir)
+        is_release = card.get("format") == release.FORMAT
+        if not is_release:  # a release's pins are its files' hashes, measured as its card was made
+            checkpoint.verify(card["dir"], card)  # every file it loads is the one it was trained with
         model_cfg = ModelConfig(**card["model"])
         visual, lm = load_backbones(card["backbones"], model_cfg, visual_weights=card["visual"])
-        if card.get("adapter"):
+        if card.get("adapter") and is_release:
+            release.load_lora(lm, card["adapter"])
+        elif card.get("adapter"):
             from peft import PeftModel
 
             # injects the LoRA layers into lm.full in place
             PeftModel.from_pretrained(lm.full, card["adapter"])
-        model = cls(lm, visual.width, model_cfg.prompt, visual=visual)
-        model.projector.load_state_dict(load_file(card["projector"]))
+        model = cls(lm, visual.width, model_cfg.prompt, visual=visual, variant=model_cfg.variant)
+        model.projector.load_state_dict(
+            release.read_projector(card["projector"], visual.width, lm.hidden_size)
+            if is_release
+            else load_file(card["projector"])
+        )
         return model.to(device).eval()
 
     def text_rms(self) -> float:

@@ -3,6 +3,8 @@
 Z_cond = vis_scale * MLP(z) * embed_scale. Gemma multiplies its token embeddings by sqrt(hidden) inside
 the embedding layer; soft tokens given as inputs_embeds skip that layer, so the same factor is applied
 here, and `calibrate` sets vis_scale once so that the visual tokens start at the RMS of the text tokens.
+(The authors' released model, the `reference` variant, applies no such factor: Brain3D builds its projector
+with embed_scale 1.) vis_scale is applied in the MLP's dtype.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ class Projector(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # (B, K, Cv) -> (B, K, Cl)
-        z = z.to(self.fc1.weight.dtype)
-        return self.vis_scale * self.fc2(self.act(self.fc1(z))) * self.embed_scale
+        h = self.fc2(self.act(self.fc1(z.to(self.fc1.weight.dtype))))
+        return self.vis_scale.to(h.dtype) * h * self.embed_scale
 
     @torch.no_grad()
     def calibrate(self, z: torch.Tensor, target_rms: float) -> float:

@@ -1,9 +1,16 @@
 """The one training loop used by every phase and stand-in: AdamW, linear warmup + cosine decay,
 gradient accumulation, bf16 on CUDA, early stopping on validation loss, and resumable checkpoints of the
-trainable parameters only. Runs unchanged under `accelerate launch` (DDP)."""
+trainable parameters only. Runs unchanged under `accelerate launch` (DDP).
+
+The resume state of a training is ONE file, `<state_dir>/checkpoint.pt`: the epoch's counters and history, the
+last and the best trainable weights and the optimizer state, replaced atomically (synced, then renamed) after
+each epoch, so a kill at any moment leaves the previous epoch's state or the new one, never a mix. It is read
+with `torch.load(weights_only=True)` (no pickle code runs); a file that cannot be read or does not fit the model
+is said in one line and the training starts afresh."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -46,21 +53,84 @@ class FitResult:
     stopped_early: bool
 
 
+CHECKPOINT = "checkpoint.pt"  # the resume state of one training (module docstring)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    expected = set(trainable_state(model))
-    if set(state) != expected:
-        raise RuntimeError(
-            f"{path}: checkpoint keys do not match the trainable parameters "
-            f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})"
+def _mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
+    """Why `weights` cannot be the trainable parameters of `model` ("" when they can)."""
+    expected = {n: tuple(p.shape) for n, p in trainable_state(model).items()}
+    if set(weights) != set(expected):
+        return (
+            f"keys do not match the trainable parameters (missing {sorted(set(expected) - set(weights))[:3]}, "
+            f"extra {sorted(set(weights) - set(expected))[:3]})"
         )
-    model.load_state_dict(state, strict=False)
+    wrong = [n for n, t in weights.items() if tuple(t.shape) != expected[n]]
+    return f"shapes differ for {wrong[:3]}" if wrong else ""
+
+
+def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put `weights` (a checkpoint's "last" or "best") into the model's trainable parameters."""
+    problem = _mismatch(model, weights)
+    if problem:
+        raise RuntimeError(f"checkpoint {problem}")
+    model.load_state_dict(weights, strict=False)
+
+
+def read_checkpoint(state_dir: Path) -> dict | None:
+    """The resume state in `state_dir` ({"state", "last", "best", "optimizer"}), or None when there is none;
+    raises ValueError for a file that cannot be read as one."""
+    path = Path(state_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or not written by this loop
+        raise ValueError(f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(ckpt, dict) or not {"state", "last", "best", "optimizer"} <= set(ckpt):
+        raise ValueError("not a checkpoint of this training loop")
+    ckpt["state"] = json.loads(ckpt["state"])
+    return ckpt
+
+
+def _resume(state_dir: Path, model: nn.Module, optimizer, desc: str, say) -> tuple[dict | None, dict]:
+    """(state, best weights) of the last completed epoch in `state_dir`, loaded into `model` and `optimizer`;
+    (None, {}) when there is nothing to resume, or when the checkpoint is unreadable or does not fit the model
+    (said in one line; the file is removed and the training starts afresh)."""
+    path = state_dir / CHECKPOINT
+    try:
+        ckpt = read_checkpoint(state_dir)
+        if ckpt is None:
+            return None, {}
+        state = ckpt["state"]
+        problem = _mismatch(model, ckpt["last"]) or _mismatch(model, ckpt["best"])
+        if not problem and len(state["history"]) != state["epoch"]:
+            problem = f"epoch {state['epoch']} with {len(state['history'])} history rows"
+        if problem:
+            raise ValueError(problem)
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        say(f"{desc}: resume state {path} is inconsistent or corrupt ({exc}); starting afresh")
+        path.unlink(missing_ok=True)
+        return None, {}
+    load_trainable(model, ckpt["last"])
+    say(f"{desc}: resuming after epoch {state['epoch']} from {state_dir}")
+    return state, ckpt["best"]
+
+
+def _write_checkpoint(state_dir: Path, state: dict, last: dict, best: dict, optimizer) -> None:
+    """One file, replaced atomically (fileio.atomic_path syncs it before the rename)."""
+    ckpt = {
+        "state": json.dumps(state),
+        "last": {k: v.detach().cpu().contiguous() for k, v in last.items()},
+        "best": {k: v.detach().cpu().contiguous() for k, v in best.items()},
+        "optimizer": optimizer.state_dict(),
+    }
+    with fileio.atomic_path(state_dir / CHECKPOINT) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
@@ -108,9 +178,8 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
     `sample_weights` (one per training sample): an epoch draws len(train_set) samples with replacement in
     proportion to them (same number of steps as uniform shuffling); None: every sample once per epoch.
 
-    `state_dir` holds last.safetensors, best.safetensors, optimizer.pt and state.json; calling `fit` again
-    with the same state_dir resumes after the last completed epoch. On return the model holds the best
-    weights.
+    `state_dir` holds the resume state (CHECKPOINT, module docstring); calling `fit` again with the same
+    state_dir resumes after the last completed epoch. On return the model holds the best weights.
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
@@ -166,14 +235,9 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
         "history": [],
         "done": False,
     }
-    raw = accelerator.unwrap_model(model)
-    if (state_dir / "state.json").exists():
-        state = fileio.read_json(state_dir / "state.json")
-        # state.json sorts its keys: put each history row back in the order a fresh run writes its columns
-        state["history"] = [{k: row[k] for k in state.get("columns", row)} for row in state["history"]]
-        load_trainable(raw, state_dir / "last.safetensors")
-        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
-        accelerator.print(f"{desc}: resuming after epoch {state['epoch']} from {state_dir}")
+    resumed, best = _resume(state_dir, accelerator.unwrap_model(model), optimizer, desc, accelerator.print)
+    state = resumed or state
+    best = best or {k: v.clone() for k, v in trainable_state(accelerator.unwrap_model(model)).items()}
 
     while not state["done"] and state["epoch"] < cfg.epochs:
         epoch = state["epoch"] + 1
@@ -223,16 +287,12 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
             **{f"val_{k}": v for k, v in val_parts.items()},
         }
         state["history"].append(row)
-        state["columns"] = list(row)
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs
+        weights = trainable_state(accelerator.unwrap_model(model))
+        if improved:
+            best = {k: v.clone() for k, v in weights.items()}
         if main:
-            weights = trainable_state(accelerator.unwrap_model(model))
-            fileio.save_safetensors(state_dir / "last.safetensors", weights)
-            if improved:
-                fileio.save_safetensors(state_dir / "best.safetensors", weights)
-            with fileio.atomic_path(state_dir / "optimizer.pt") as tmp:
-                torch.save(optimizer.state_dict(), tmp)
-            fileio.write_json(state_dir / "state.json", state)  # last: marks the epoch complete
+            _write_checkpoint(state_dir, state, weights, best, optimizer)
             tracker.log_metrics(
                 {**{k: v for k, v in row.items() if k != "epoch"}, "epoch_seconds": time.perf_counter() - t0},
                 step=epoch,
@@ -243,7 +303,7 @@ def fit(  # noqa: C901 (the training loop: resume, accumulate, validate, stop)
             )
         accelerator.wait_for_everyone()
 
-    load_trainable(accelerator.unwrap_model(model), state_dir / "best.safetensors")
+    load_trainable(accelerator.unwrap_model(model), best)
     stopped = state["bad_epochs"] >= cfg.patience and state["epoch"] < cfg.epochs
     return FitResult(state["history"], state["best_epoch"], state["best_val"], stopped)
 

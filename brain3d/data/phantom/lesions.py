@@ -37,7 +37,7 @@ _LOBE_WEIGHTS = {
 # read from the released segmentations: median 81.3 ml, range 16.6-230.9 ml, HGG 10th / 90th percentiles
 # 33.2 / 170.7 ml. Model: a log-normal through that median with the log-SD of those percentiles
 # (ln(170.7 / 33.2) / 2.563 = 0.64), truncated to that range: median 78, quartiles 52 / 117, 10th / 90th
-# percentiles 36 / 160 ml. Third-party measurement, not a peer-reviewed table (README, "Design notes").
+# percentiles 36 / 160 ml. Third-party measurement, not a peer-reviewed table (docs/design.md).
 _WT_MEDIAN_ML = 81.3  # before truncation
 _WT_LOG_SD = 0.64
 _WT_RANGE_ML = (16.6, 230.9)
