@@ -52,6 +52,7 @@ def cohort(n: int, seed: int, cfg: dict, workers: int) -> tuple[pd.DataFrame, Pa
         on_error="skip",
         min_similarity=p["min_brain_similarity"],
         sequence=p["sequence"],
+        max_voxels=p["max_voxels"],
     )
     ok = ok.merge(qc[["subject", "lesion_ml"]], on="subject").sort_values("subject").reset_index(drop=True)
     if len(ok) < len(raw):

@@ -102,6 +102,7 @@ def main() -> None:
                 on_error="fail",
                 min_similarity=pre["min_brain_similarity"],
                 sequence=pre["sequence"],
+                max_voxels=pre["max_voxels"],
                 progress=False,
             )
             wall = time.perf_counter() - t0

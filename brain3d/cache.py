@@ -1,19 +1,24 @@
 """Resumable work outside DVC's outputs, keyed on everything that determines it, code included.
 
 DVC deletes a stage's outputs before re-running it, so partial work (preprocessed subjects, training
-checkpoints, cached visual tokens) is kept in `.cache/brain3d/<kind>/<fingerprint>/` at the repository
-root. The fingerprint covers the caller's key (params) AND everything the stage reads: inside a DVC
+checkpoints, cached visual tokens) is kept in `<cache>/<kind>/<fingerprint>/`. The cache is BRAIN3D_CACHE if
+set, else the user cache directory (~/.cache/brain3d on Linux, honouring XDG_CACHE_HOME): the `brain3d` command
+never writes into the folder or repository it is run from. Inside a DVC stage it is the repository's
+`.cache/brain3d` (`bind_stage` sets BRAIN3D_CACHE, so the stage's worker processes inherit it). The fingerprint covers the caller's key (params) AND everything the stage reads: inside a DVC
 stage, the content of every file that dvc.yaml lists as that stage's dependency, code and data alike (the
 same list DVC re-runs the stage on, so the two cannot disagree; a caller that forgets an input file cannot
 resume on stale data); outside a stage (tests, benchmarks, the CLI), the whole `brain3d` package. Same
-inputs + same key resumes; any change starts afresh. Override the location with BRAIN3D_CACHE.
+inputs + same key resumes; any change starts afresh. A file that is read back as it is (the MNI atlas) is
+`seal`ed with its sha256 and trusted only while `intact`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from brain3d.paths import repo_root
@@ -87,8 +92,10 @@ def content_fingerprint(paths: list[Path], root: Path) -> str:
 
 def bind_stage(module: str, dvc_yaml: str | Path = "dvc.yaml") -> str:
     """Key every cache of this process on the deps (code and data) of the DVC stage `module` (called by
-    `entrypoint.run`). Without a dvc.yaml (a stage run outside the repository) the whole package stays the key."""
+    `entrypoint.run`), and keep the caches in the repository's .cache/brain3d unless BRAIN3D_CACHE says
+    otherwise. Without a dvc.yaml (a stage run outside the repository) the whole package stays the key."""
     global _stage_key
+    os.environ.setdefault("BRAIN3D_CACHE", str(repo_root() / ".cache" / "brain3d"))  # workers inherit it
     if Path(dvc_yaml).exists():
         _stage_key = content_fingerprint(stage_deps(module, dvc_yaml), Path(dvc_yaml).parent)
     return stage_key()
@@ -100,16 +107,48 @@ def stage_key() -> str:
     return _stage_key or content_fingerprint([package], package.parent)
 
 
+def base_dir() -> Path:
+    """BRAIN3D_CACHE, else the user cache directory (platformdirs: $XDG_CACHE_HOME/brain3d or ~/.cache/brain3d
+    on Linux, ~/Library/Caches/brain3d on macOS)."""
+    if os.environ.get("BRAIN3D_CACHE"):
+        return Path(os.environ["BRAIN3D_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("brain3d", appauthor=False))
+
+
 def cache_dir(kind: str, key: str) -> Path:
     """`<cache>/<kind>/<fingerprint of key + code>/`, created if missing."""
-    if os.environ.get("BRAIN3D_CACHE"):
-        base = Path(os.environ["BRAIN3D_CACHE"])
-    else:
-        base = repo_root() / ".cache" / "brain3d"
+    base = base_dir()
     digest = hashlib.sha256(f"{key}\0{stage_key()}".encode()).hexdigest()[:16]
     path = base / kind / digest
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """Held while `path` is checked and (re)built, so that two processes never build the same file at once."""
+    from filelock import FileLock
+
+    with FileLock(f"{path}.lock"):
+        yield
+
+
+def intact(path: Path) -> bool:
+    """Whether `path` exists and matches the sha256 that `seal` recorded beside it (<path>.sha256): a
+    truncated, corrupted or replaced cache file is not."""
+    from brain3d.fileio import sha256_file
+
+    sealed = Path(f"{path}.sha256")
+    return path.exists() and sealed.exists() and sealed.read_text().strip() == sha256_file(path)
+
+
+def seal(path: Path) -> None:
+    """Record the sha256 of `path` (written completely) beside it, for `intact`."""
+    from brain3d.fileio import sha256_file, write_text
+
+    write_text(f"{path}.sha256", sha256_file(path) + "\n")
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:

@@ -8,12 +8,16 @@ that wrote it (directory, profile, training data, revision) and says "research u
 a folder of the authors' released BrainGemma3D as published (brain3d/models/release.py): its reports decode
 with the release's own generate_report defaults, and name its hub revision and the sha256 of its files.
 
-A scan that cannot be read (missing, not a NIfTI, 4D, NaN, not a brain, not FLAIR-like) gets one line on
-stderr at the end, naming it and the reason, while the other scans go on; the exit status is then 2.
-Never a traceback.
+A scan that cannot be read (missing, unreadable, not a NIfTI, a header that lies, 4D, NaN, not a brain, not
+FLAIR-like, or one that kills its worker process) gets one line on stderr at the end, naming it and the
+reason, while the other scans go on; the exit status is then 2. --out rows are written as each scan finishes
+(brain3d/results.py), so an interrupted run keeps them and a re-run skips them. A problem with the command's
+own inputs (params, model, --out) is one line and exit status 2; anything unexpected is one line naming a log
+file that holds the traceback, exit status 1. Never a traceback on the terminal.
 
-One module for one command (about 480 lines): its parser, input expansion, worker preprocessing, model
-description and result writing are steps of `report` that nothing else uses; the work itself is library code.
+One module for one command (about 650 lines): its parser, input expansion, worker preprocessing, model
+description and the per-scan flow are steps of `report` that nothing else uses; the work itself is library
+code (preprocessing, brain3d.workers for the processes, brain3d.results for --out).
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from brain3d.results import printable
+
 EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1
 
 
 REPO = Path(__file__).resolve().parents[1]  # the Brain3D checkout, when the package is installed from one
@@ -52,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Preprocess FLAIR scans exactly as in training (skull strip, RAS, "
         "percentile scaling, resampling) and generate their reports, loading the "
         "model once. Research use only.",
+        epilog="Exit status: 0 all reported, 2 a scan or the command's input was refused (one line each on "
+        "stderr), 1 an unexpected error: its traceback goes to a log file under the cache directory's logs/ "
+        "folder ($BRAIN3D_CACHE, else the user cache directory, ~/.cache/brain3d on Linux), named on stderr.",
     )
     rp.add_argument(
         "scans",
@@ -76,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="also write one row per scan (report, findings, model, timings, or why it failed) "
-        "to FILE: .jsonl or .csv",
+        "to FILE: .jsonl or .csv. Rows are appended as each scan finishes; a re-run with the same FILE "
+        "skips the scans it already reports ok with the same model and retries the others",
     )
     rp.add_argument(
         "--workers",
@@ -104,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="OUT",
         help="also write a 3D LIME figure (red supports the report): OUT.png for one scan, a "
-        "folder of <scan>.png for several",
+        "folder of <scan>.png for several (sub-folders as below the scans' common folder)",
     )
     rp.add_argument(
         "--lime-samples",
@@ -164,10 +176,45 @@ def side_probabilities(model, z, report: str) -> dict[str, float] | None:
     return {side: p[0], "right" if side == "left" else "left": p[1]}
 
 
+class Refused(Exception):
+    """The command's own input (params, model, options) cannot be used: one line, exit status 2."""
+
+
+def one_line(text: str) -> str:
+    """A message on one line (reasons can carry a library's multi-line message), safe to print."""
+    return " ".join(printable(text).split())
+
+
 def _fail(message: str) -> int:
-    """One line on stderr (reasons can carry a library's multi-line message), exit status 2."""
-    print(" ".join(f"brain3d: {message}".split()), file=sys.stderr)
+    """One line on stderr, exit status 2."""
+    print(one_line(f"brain3d: {message}"), file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+_log_path: Path | None = None
+
+
+def log_details(text: str) -> Path:
+    """Append `text` (a traceback) to this run's log file, <cache>/logs/brain3d-<time>-<pid>.log (the
+    temporary folder where the cache cannot be written); returns its path."""
+    import tempfile
+
+    from brain3d.cache import base_dir
+
+    global _log_path
+    name = f"brain3d-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for path in (
+        [_log_path] if _log_path else [base_dir() / "logs" / name, Path(tempfile.gettempdir()) / name]
+    ):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8", errors="backslashreplace") as fh:
+                fh.write(text.rstrip("\n") + "\n\n")
+            _log_path = path
+            break
+        except OSError:  # nowhere to write: the one line on stderr is all there is
+            continue
+    return path
 
 
 # read by the Hugging Face libraries when they are first imported (a value the user set is kept)
@@ -184,11 +231,20 @@ def _quiet_libraries() -> None:
     """On a user's terminal only this command speaks: other libraries' log records below ERROR, their
     warnings and their progress bars are dropped; brain3d's own logging and warnings are left as they are.
     Called before the libraries are imported, so that what they say on import is dropped too."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    _quiet_logs_and_warnings()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # transformers' own handler does not go through the root logger
+    hf_logging.disable_progress_bar()
+
+
+def _quiet_logs_and_warnings() -> None:
+    """Other libraries' log records below ERROR and their warnings dropped (also in worker processes)."""
     import logging
     import warnings
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     logging.getLogger().setLevel(logging.ERROR)  # every logger that keeps the default level inherits it
     for name, logger in list(logging.Logger.manager.loggerDict.items()):  # those already set a level
         if isinstance(logger, logging.Logger) and name.split(".")[0] != "brain3d":
@@ -201,11 +257,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("default", module=r"brain3d(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"brain3d(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"brain3d(\.|$)")
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # transformers' own handler does not go through the root logger
-    hf_logging.disable_progress_bar()
 
 
 def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
@@ -225,21 +276,28 @@ def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
 
 def expand(paths: list[Path]) -> list[Path]:
     """The scans named: files and DICOM series folders as given (a missing file fails later, with its reason),
-    other folders searched for .nii / .nii.gz files and DICOM series folders (recursively, sorted); each once."""
+    other folders searched for .nii / .nii.gz files and DICOM series folders (recursively, sorted); each once.
+    A folder that cannot be listed is kept as a scan, so that its row says why it was not read."""
     from brain3d.data.dicom import is_dicom_folder
-
-    def is_scan(p: Path) -> bool:
-        return p.name.endswith((".nii", ".nii.gz")) or is_dicom_folder(p)
 
     out: list[Path] = []
     for path in paths:
-        found = (
-            sorted(filter(is_scan, path.rglob("*")))
-            if path.is_dir() and not is_dicom_folder(path)
-            else [path]
-        )
+        found = _scans_below(path) if path.is_dir() and not is_dicom_folder(path) else [path]
         out += [p for p in found if p not in out]
     return out
+
+
+def _scans_below(folder: Path) -> list[Path]:
+    from brain3d.data.dicom import is_dicom_folder
+
+    found: list[Path] = []
+    unlisted: list[OSError] = []  # folders that cannot be listed (no permission)
+    for root, dirs, files in os.walk(folder, onerror=unlisted.append):
+        here = Path(root)
+        series = {d for d in dirs if is_dicom_folder(here / d)}
+        found += [here / d for d in series] + [here / f for f in files if f.endswith((".nii", ".nii.gz"))]
+        dirs[:] = [d for d in dirs if d not in series]  # a series folder is one scan: not searched further
+    return sorted(found + [Path(exc.filename) for exc in unlisted])
 
 
 def model_info(model_dir: Path, card: dict) -> dict:
@@ -313,200 +371,145 @@ DEMO_WARNING = (
 
 
 def _prepare(job: tuple) -> tuple:
-    """Worker: (scan, Preprocessed or None, reason, seconds); a DICOM folder is converted to NIfTI first."""
-    scan, shape, kwargs = job
+    """Worker: (Preprocessed or None, reason, seconds, traceback or ""); a DICOM folder is converted to NIfTI
+    first. Every failure is a reason, the unexpected ones with their traceback (for the log file)."""
+    import traceback
+
     from brain3d.data.manifest import InputError
-    from brain3d.data.preprocess import preprocess_subject
     from brain3d.data.sequence import SequenceError
 
+    _quiet_logs_and_warnings()  # a worker process: its libraries keep quiet as the command's do
+    scan, shape, kwargs = job
     t0 = time.perf_counter()
     try:
-        if scan.is_dir():
-            import tempfile
-
-            import nibabel as nib
-
-            from brain3d.data.dicom import read_series
-
-            with tempfile.TemporaryDirectory() as tmp:
-                nib.save(read_series(scan), Path(tmp) / "series.nii.gz")
-                pre = preprocess_subject(scan.name, Path(tmp) / "series.nii.gz", shape, **kwargs)
-        else:
-            pre = preprocess_subject(scan.name, scan, shape, **kwargs)
+        return _preprocess(scan, shape, kwargs), "", time.perf_counter() - t0, ""
     except SequenceError as exc:
-        return scan, None, f"{exc.reason} (--allow-any-sequence to override)", time.perf_counter() - t0
+        return None, f"{exc.reason} (--allow-any-sequence to override)", time.perf_counter() - t0, ""
     except InputError as exc:
-        return scan, None, exc.reason, time.perf_counter() - t0
-    return scan, pre, "", time.perf_counter() - t0
+        return None, exc.reason, time.perf_counter() - t0, ""
+    except MemoryError:
+        return None, "out of memory while preprocessing", time.perf_counter() - t0, traceback.format_exc()
+    except Exception as exc:  # e.g. ANTs' RuntimeError: this scan fails, the others go on
+        reason = f"preprocessing failed ({type(exc).__name__}: {exc})"
+        return None, reason, time.perf_counter() - t0, traceback.format_exc()
 
 
-def _preprocessed(scans: list[Path], shape, kwargs: dict, workers: int):
-    """(scan, Preprocessed | None, reason, seconds) in the order of `scans`, preprocessed `workers` at a time
-    in worker processes (as the `preprocess` stage does)."""
-    from joblib import Parallel, delayed
+def _preprocess(scan: Path, shape, kwargs: dict):
+    from brain3d.data.preprocess import preprocess_subject
 
-    jobs = (delayed(_prepare)((scan, shape, kwargs)) for scan in scans)
-    yield from Parallel(n_jobs=workers, return_as="generator")(jobs)
+    if not scan.is_dir():
+        return preprocess_subject(scan.name, scan, shape, **kwargs)
+    import tempfile
 
+    import nibabel as nib
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """--out: JSON lines, or a CSV with findings, side probabilities, model and timings flattened into columns."""
-    from brain3d import fileio
+    from brain3d.data.dicom import read_series
 
-    if path.suffix == ".jsonl":
-        fileio.write_jsonl(path, rows)
-    elif path.suffix == ".csv":
-        import pandas as pd
-
-        nested = ("findings", "side_probability", "model", "seconds")
-        flat = [
-            {
-                **{k: v for k, v in r.items() if k not in nested},
-                **{
-                    f"findings_{k}": ";".join(v) if isinstance(v, list) else v
-                    for k, v in r.get("findings", {}).items()
-                },
-                **{f"p_{k}": v for k, v in (r.get("side_probability") or {}).items()},
-                **{f"model_{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in r["model"].items()},
-                **{f"seconds_{k}": v for k, v in r["seconds"].items()},
-            }
-            for r in rows
-        ]
-        fileio.write_csv(path, pd.DataFrame(flat))
-    else:
-        raise ValueError(f"--out {path}: use a .jsonl or .csv file name")
+    with tempfile.TemporaryDirectory() as tmp:
+        nib.save(read_series(scan, max_voxels=kwargs["max_voxels"]), Path(tmp) / "series.nii.gz")
+        return preprocess_subject(scan.name, Path(tmp) / "series.nii.gz", shape, **kwargs)
 
 
-def report(args: argparse.Namespace) -> int:  # noqa: C901 (the command's flow; its steps are the helpers above)
-    from brain3d import config, runtime
+def figure_paths(out: Path, scans: list[Path]) -> dict[Path, Path]:
+    """--explain: OUT itself for one scan; for several, OUT/<path below the scans' common folder>.png with
+    .nii/.nii.gz dropped (kept where two scans would then share a name): no figure overwrites another."""
+    if len(scans) == 1:
+        return {scans[0]: out}
+    absolute = [Path(os.path.abspath(s)) for s in scans]
+    common = Path(os.path.commonpath([a.parent for a in absolute]))
+    full = [a.relative_to(common).as_posix() for a in absolute]
+    short = [f.removesuffix(".gz").removesuffix(".nii") for f in full]
+    names = [s if short.count(s) == 1 else f for s, f in zip(short, full)]
+    return {scan: out / f"{name}.png" for scan, name in zip(scans, names)}
+
+
+@dataclass
+class Plan:
+    """What one `brain3d report` call does, settled before any scan is read."""
+
+    scans: list[Path]
+    model_dir: Path
+    card: dict
+    info: dict
+    kwargs: dict  # preprocess_subject's settings
+    decoding: object
+    lime: object
+    seed: int
+    device: str
+    workers: int
+
+
+def load_params(args: argparse.Namespace) -> dict:
+    """The params file's configuration (before the heavy imports: a bad value fails at once); Refused if
+    it cannot be read or is not valid YAML or params."""
+    import yaml
+
+    from brain3d import config
 
     params = args.params or _default_params()
     try:
-        cfg = config.load(params)  # before the heavy imports: a bad value fails at once, in one line
-    except (OSError, config.ParamsError) as exc:
-        return _fail(f"{params}: {exc}")
-    runtime.set_offline_env()  # before any hub library reads its environment
-    _quiet_libraries()  # before the libraries below are imported: they may speak on import
-    runtime.setup()
-    import torch
-    from tqdm.auto import tqdm
+        return config.load(params)
+    except (OSError, yaml.YAMLError, config.ParamsError) as exc:
+        raise Refused(f"{params}: {exc}") from exc
 
-    from brain3d.models import checkpoint
-    from brain3d.models.model import Brain3D
+
+def plan(args: argparse.Namespace, cfg: dict) -> Plan:
+    """The call's settings from its options, params and model card; Refused (one line) if unusable."""
+    from brain3d import runtime
 
     device = runtime.device() if args.device == "auto" else args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return _fail(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise Refused(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     model_dir = args.model or _default_model()
-    card = checkpoint.read_card(model_dir)  # FileNotFoundError: main() prints it as one line
-    decoding, lime = settings(cfg, args, card)
+    card, info = _model(model_dir)
+    try:
+        decoding, lime = settings(cfg, args, card)
+        p = cfg["preprocess"]
+        kwargs = dict(
+            skull_stripped=args.skull_stripped,
+            skull_strip=args.skull_strip or p["skull_strip"],
+            fov_mm=p["fov_mm"],
+            min_similarity=p["min_brain_similarity"],
+            sequence="any" if args.allow_any_sequence else p["sequence"],
+            max_voxels=p["max_voxels"],
+        )
+        seed = cfg["generate"]["seed"] if args.seed is None else args.seed
+    except (ValueError, KeyError, TypeError) as exc:  # a params file without a section the command reads
+        missing = "missing key " if isinstance(exc, KeyError) else ""
+        raise Refused(f"{args.params or _default_params()}: {missing}{exc}") from exc
     if args.explain and lime.n_samples < 2:
-        return _fail(f"--lime-samples must be at least 2, got {lime.n_samples}")
+        raise Refused(f"--lime-samples must be at least 2, got {lime.n_samples}")
     if args.out and args.out.suffix not in (".jsonl", ".csv"):
-        return _fail(f"--out {args.out}: use a .jsonl or .csv file name")
-    info = model_info(model_dir, card)
+        raise Refused(f"--out {args.out}: use a .jsonl or .csv file name")
     scans = expand(args.scans)
     if not scans:
-        return _fail(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
-    p = cfg["preprocess"]
-    kwargs = dict(
-        skull_stripped=args.skull_stripped,
-        skull_strip=args.skull_strip or p["skull_strip"],
-        fov_mm=p["fov_mm"],
-        min_similarity=p["min_brain_similarity"],
-        sequence="any" if args.allow_any_sequence else p["sequence"],
-    )
+        raise Refused(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
     workers = args.workers or min(4, len(scans), os.cpu_count() or 1)
-    model = None
-    seed = cfg["generate"]["seed"] if args.seed is None else args.seed
-    rows, failed = [], []
-    # progress only on a terminal: piped stderr carries nothing but warnings and failures
-    bar = tqdm(
-        total=len(scans),
-        desc="brain3d",
-        unit="scan",
-        file=sys.stderr,
-        leave=False,
-        disable=not sys.stderr.isatty(),
-    )
-    for scan, pre, reason, prep_s in _preprocessed(scans, card["model"]["volume_shape"], kwargs, workers):
-        bar.update()
-        if pre is None:
-            failed.append((scan, reason))
-            rows.append(
-                {
-                    "scan": str(scan),
-                    "status": "failed",
-                    "reason": reason,
-                    "model": info,
-                    "seconds": {"preprocess": round(prep_s, 2)},
-                }
-            )
-            continue
-        load_s = 0.0
-        if model is None:
-            t0 = time.perf_counter()
-            model = Brain3D.from_card(card, device)
-            load_s = time.perf_counter() - t0
-            if info["profile"] == "demo":
-                print(DEMO_WARNING.format(dir=model_dir), file=sys.stderr)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            z = model.visual(torch.from_numpy(pre.volume)[None, None].to(device))
-        text = model.generate(z, decoding, seed=seed)[0]
-        row = {
-            "scan": str(scan),
-            "status": "ok",
-            "reason": "",
-            "report": text,
-            "findings": findings(text),
-            "side_probability": side_probabilities(model, z, text),
-            "sequence": pre.qc["sequence"],
-            "model": info,
-            "seconds": {
-                "preprocess": round(prep_s, 2),
-                "model_load": round(load_s, 2),  # once, first scan
-                "generate": round(time.perf_counter() - t0, 2),
-            },
-        }
-        if args.explain:
-            from brain3d.interpretability.cases import explain_case
-            from brain3d.interpretability.figures import save_case_figure
-
-            png = args.explain if len(scans) == 1 else args.explain / f"{scan.name.split('.nii')[0]}.png"
-            case = explain_case(
-                model, pre.volume, text, lime, with_side=row["findings"]["side"] in ("left", "right")
-            )
-            save_case_figure(
-                png, pre.volume, case.explanations["report"].voxel_map(case.labels), None, scan.name
-            )
-            row["explanation"] = str(png)
-        rows.append(row)
-        if not args.json:
-            f = row["findings"]
-            head = f"== {scan}\n" if len(scans) > 1 else ""
-            p = row["side_probability"]
-            side = f"{f['side']} (p={p[f['side']]:.2f})" if p else f["side"]
-            print(
-                f"{head}{text}\n\nfindings: side={side}; anatomy={', '.join(f['anatomy']) or '-'}; "
-                f"pathology={', '.join(f['pathology']) or '-'}"
-            )
-            if args.explain:
-                print(f"explanation: {row['explanation']}")
-            print(describe(info) + ("\n" if len(scans) > 1 else ""))
-    bar.close()
-    if args.json:
-        ok = [r for r in rows if r["status"] == "ok"]
-        if ok:
-            print(json.dumps(ok[0] if len(scans) == 1 else ok, indent=2))
-    if args.out:
-        write_rows(args.out, rows)
-    for scan, reason in failed:
-        _fail(f"{scan}: {reason}")
-    return EXIT_BAD_INPUT if failed else 0
+    return Plan(scans, model_dir, card, info, kwargs, decoding, lime, seed, device, workers)
 
 
-def _said_in_one_line(exc: Exception) -> bool:
+def _model(model_dir: Path) -> tuple[dict, dict]:
+    """(card, model_info) of a model directory or release folder; Refused for a missing or corrupt card."""
+    import yaml
+
+    from brain3d.models import checkpoint
+
+    try:
+        card = checkpoint.read_card(model_dir)
+        return card, model_info(model_dir, card)
+    except Exception as exc:
+        if said_in_one_line(exc):
+            raise Refused(str(exc)) from exc
+        if isinstance(exc, (OSError, yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError)):
+            why = f"{type(exc).__name__}: {exc}"
+            raise Refused(f"{model_dir}: not a usable Brain3D model ({checkpoint.CARD}: {why})") from exc
+        raise
+
+
+def said_in_one_line(exc: Exception) -> bool:
     """--model without brain3d.json, a model file that changed since its card pinned it, a release file
     refused, a precision this machine cannot give: errors whose message is the whole story (imported here: the
     libraries must not load before `report` quiets them)."""
@@ -517,16 +520,193 @@ def _said_in_one_line(exc: Exception) -> bool:
     return isinstance(exc, (FileNotFoundError, IntegrityError, ReleaseError, ParamsError))
 
 
+class LazyModel:
+    """The model, loaded for the first scan that gets as far as generation (never, if none does)."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.model = plan, None
+
+    def get(self):
+        """(model, seconds spent loading it now: 0 after the first call); Refused if it cannot be loaded."""
+        if self.model is not None:
+            return self.model, 0.0
+        from brain3d.models.model import Brain3D
+
+        t0 = time.perf_counter()
+        try:
+            self.model = Brain3D.from_card(self.plan.card, self.plan.device)
+        except Exception as exc:
+            if said_in_one_line(exc):  # e.g. a weight file changed since its card pinned it
+                raise Refused(str(exc)) from exc
+            reason = f"the model cannot be loaded ({type(exc).__name__}: {exc})"
+            raise Refused(f"{self.plan.model_dir}: {with_details(reason, self.plan.model_dir)}") from exc
+        if self.plan.info["profile"] == "demo":
+            print(DEMO_WARNING.format(dir=self.plan.model_dir), file=sys.stderr)
+        return self.model, time.perf_counter() - t0
+
+
+def scan_row(plan: Plan, model: LazyModel, scan: Path, pre, prep_s: float, figure: Path | None) -> dict:
+    """The ok row of a preprocessed scan: its report, findings, side probability and (with `figure`) LIME
+    figure. Refused if the model cannot be loaded; any other failure is this scan's (a failed row)."""
+    import torch
+
+    m, load_s = model.get()  # Refused: the whole call stops (rows written so far stay)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            z = m.visual(torch.from_numpy(pre.volume)[None, None].to(plan.device))
+        text = m.generate(z, plan.decoding, seed=plan.seed)[0]
+        row = {
+            "scan": printable(str(scan)),
+            "status": "ok",
+            "reason": "",
+            "report": text,
+            "findings": findings(text),
+            "side_probability": side_probabilities(m, z, text),
+            "sequence": pre.qc["sequence"],
+            "model": plan.info,
+            "seconds": {
+                "preprocess": round(prep_s, 2),
+                "model_load": round(load_s, 2),  # once, first scan
+                "generate": round(time.perf_counter() - t0, 2),
+            },
+        }
+    except Exception as exc:  # e.g. out of memory: this scan fails, the others go on
+        reason = with_details(f"report generation failed ({type(exc).__name__}: {exc})", scan)
+        return failed_row(plan, scan, reason, prep_s)
+    if figure is not None:
+        try:
+            _explain(m, pre.volume, text, row, plan.lime, figure, scan)
+        except Exception as exc:  # the report stands; the row says why its figure is missing
+            row["reason"] = one_line(with_details(f"no explanation ({type(exc).__name__}: {exc})", scan))
+    return row
+
+
+def with_details(reason: str, scan: Path, trace: str | None = None) -> str:
+    """`reason` naming the log file that now holds the traceback (`trace`, else the one being handled)."""
+    import traceback
+
+    log = log_details(f"{printable(str(scan))}:\n{trace or traceback.format_exc()}")
+    return f"{reason} (details in {log})"
+
+
+def _explain(model, volume, text: str, row: dict, lime, png: Path, scan: Path) -> None:
+    from brain3d.interpretability.cases import explain_case
+    from brain3d.interpretability.figures import save_case_figure
+
+    case = explain_case(model, volume, text, lime, with_side=row["findings"]["side"] in ("left", "right"))
+    voxels = case.explanations["report"].voxel_map(case.labels)
+    save_case_figure(png, volume, voxels, None, printable(scan.name))
+    row["explanation"] = printable(str(png))
+
+
+def failed_row(plan: Plan, scan: Path, reason: str, prep_s: float) -> dict:
+    return {
+        "scan": printable(str(scan)),
+        "status": "failed",
+        "reason": one_line(reason),
+        "model": plan.info,
+        "seconds": {"preprocess": round(prep_s, 2)},
+    }
+
+
+def print_row(row: dict, several: bool) -> None:
+    """A report on stdout, as text: the report, its findings and the model."""
+    f, p = row["findings"], row["side_probability"]
+    head = f"== {row['scan']}\n" if several else ""
+    side = f"{f['side']} (p={p[f['side']]:.2f})" if p else f["side"]
+    print(
+        f"{head}{row['report']}\n\nfindings: side={side}; anatomy={', '.join(f['anatomy']) or '-'}; "
+        f"pathology={', '.join(f['pathology']) or '-'}"
+    )
+    if "explanation" in row:
+        print(f"explanation: {row['explanation']}")
+    print(describe(row["model"]) + ("\n" if several else ""), flush=True)
+
+
+def report(args: argparse.Namespace) -> int:
+    from brain3d import runtime, workers
+    from brain3d.results import Results
+
+    cfg = load_params(args)  # before the heavy imports: a bad value fails at once, in one line
+    runtime.set_offline_env()  # before any hub library reads its environment
+    _quiet_libraries()  # before the libraries below are imported: they may speak on import
+    runtime.setup()
+    from tqdm.auto import tqdm
+
+    p = plan(args, cfg)
+    results = Results(args.out) if args.out else None
+    todo = [s for s in p.scans if not (results and results.finished(printable(str(s)), p.info["dir"]))]
+    if len(todo) < len(p.scans):
+        print(
+            f"brain3d: {len(p.scans) - len(todo)} scan(s) already reported ok in {printable(str(args.out))}: "
+            "skipped",
+            file=sys.stderr,
+        )
+    figures = figure_paths(args.explain, p.scans) if args.explain else {}
+    model, ok, failed = LazyModel(p), [], []
+    # progress only on a terminal: piped stderr carries nothing but warnings and failures
+    bar = tqdm(
+        total=len(todo),
+        desc="brain3d",
+        unit="scan",
+        file=sys.stderr,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+    )
+    jobs = [(scan, p.card["model"]["volume_shape"], p.kwargs) for scan in todo]
+    try:
+        for (scan, _, _), prepared, died in workers.imap(_prepare, jobs, p.workers):
+            bar.update()
+            pre, reason, prep_s, trace = prepared or (None, died, 0.0, "")
+            reason = with_details(reason, scan, trace) if trace else reason
+            row = (
+                failed_row(p, scan, reason, prep_s)
+                if pre is None
+                else scan_row(p, model, scan, pre, prep_s, figures.get(scan))
+            )
+            if results:
+                results.add(row)
+            if row["status"] == "ok":
+                ok.append(row)
+                if not args.json:
+                    print_row(row, len(p.scans) > 1)
+            else:
+                failed.append(row)
+    finally:
+        bar.close()
+        if results:
+            results.close()
+    if args.json and ok:
+        print(json.dumps(ok[0] if len(p.scans) == 1 else ok, indent=2))
+    for row in [r for r in ok if r["reason"]] + failed:  # a report without its figure, then the failures
+        _fail(f"{row['scan']}: {row['reason']}")
+    return EXIT_BAD_INPUT if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command: its exit status (0 ok, 2 refused input, 1 unexpected), never a traceback on stderr."""
+    import traceback
+
+    from brain3d.results import ResultsError
+
     args = _parser().parse_args(argv)
     try:
-        if args.command == "report":
-            return report(args)
+        return report(args)
+    except (Refused, ResultsError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("brain3d: interrupted; the rows of the finished scans are in --out", file=sys.stderr)
+        return 130
     except Exception as exc:
-        if _said_in_one_line(exc):
+        if said_in_one_line(exc):  # e.g. a precision this machine cannot give
             return _fail(str(exc))
-        raise
-    return 1
+        log = log_details(traceback.format_exc())
+        print(
+            one_line(f"brain3d: unexpected error ({type(exc).__name__}: {exc}); details in {log}"),
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def main() -> None:
         elif params["source"] == "real":
             from brain3d.data.sources import build_real_cohort
 
-            df = build_real_cohort(params, root, fetch=params["fetch"])
+            df = build_real_cohort(
+                params, root, fetch=params["fetch"], max_voxels=cfg["preprocess"]["max_voxels"]
+            )
         else:
             raise SystemExit(f"download.source must be 'phantom' or 'real', got '{params['source']}'")
         errors = manifest.validate(df, root)

@@ -27,6 +27,7 @@ def main() -> None:
             on_error=p["on_error"],
             min_similarity=p["min_brain_similarity"],
             sequence=p["sequence"],
+            max_voxels=p["max_voxels"],
         )
         montage(OUT, ok, OUT / "qc.png")
         n_bad = int((qc["status"] != "ok").sum())

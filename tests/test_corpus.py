@@ -126,6 +126,7 @@ def test_statistics_match_simulate_and_preprocess(tmp_path):
             fov_mm=None,
             min_similarity=0.15,
             sequence="FLAIR",
+            max_voxels=512**3,
             seg_path=folder / "seg.nii.gz",
         )
         ours = standardised_subject(spec, SHAPE, None)

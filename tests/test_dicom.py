@@ -20,6 +20,7 @@ from brain3d.data.manifest import InputError
 from brain3d.data.preprocess import preprocess_subject
 
 SHAPE = (32, 64, 64)
+MAX_VOXELS = 512**3  # params.yaml preprocess.max_voxels
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def series(left_lesion, tmp_path_factory) -> Path:
 def test_a_series_reads_back_as_the_same_head(left_lesion, series):
     assert is_dicom_folder(series) and not is_dicom_folder(left_lesion.parent)
     original = nib.as_closest_canonical(nib.load(str(left_lesion)))
-    back = nib.as_closest_canonical(read_series(series))
+    back = nib.as_closest_canonical(read_series(series, max_voxels=MAX_VOXELS))
     np.testing.assert_allclose(back.affine, original.affine, atol=1e-4)
     a, b = np.asarray(original.dataobj), np.asarray(back.dataobj)
     assert a.shape == b.shape and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9999  # int16 storage, rescaled
@@ -65,7 +66,7 @@ def test_reading_and_writing_leave_the_process_locale_alone(left_lesion, tmp_pat
 
     before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
     write_series(nib.load(str(left_lesion)), tmp_path / "s")
-    read_series(tmp_path / "s")
+    read_series(tmp_path / "s", max_voxels=MAX_VOXELS)
     assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
 
 
@@ -77,15 +78,21 @@ def test_slice_order_comes_from_positions_not_file_names(left_lesion, series, tm
     for i, f in enumerate(files):
         (shuffled / f"x{len(files) - i:04d}.dcm").write_bytes(f.read_bytes())
     np.testing.assert_array_equal(
-        np.asarray(read_series(shuffled).dataobj), np.asarray(read_series(series).dataobj)
+        np.asarray(read_series(shuffled, max_voxels=MAX_VOXELS).dataobj),
+        np.asarray(read_series(series, max_voxels=MAX_VOXELS).dataobj),
     )
 
 
 def test_the_lesion_comes_out_on_the_left_after_preprocessing(left_lesion, series, tmp_path):
     """The project's arrays are RAS (x index grows to the patient's right): a left lesion sits in the low-x half."""
-    nib.save(read_series(series), str(tmp_path / "from_dicom.nii.gz"))
+    nib.save(read_series(series, max_voxels=MAX_VOXELS), str(tmp_path / "from_dicom.nii.gz"))
     kwargs = dict(
-        skull_stripped=True, skull_strip="threshold", fov_mm=None, min_similarity=0.15, sequence="any"
+        skull_stripped=True,
+        skull_strip="threshold",
+        fov_mm=None,
+        min_similarity=0.15,
+        sequence="any",
+        max_voxels=MAX_VOXELS,
     )
     vol = preprocess_subject("dicom", tmp_path / "from_dicom.nii.gz", SHAPE, **kwargs).volume
     ref = preprocess_subject("nifti", left_lesion, SHAPE, **kwargs).volume
@@ -98,16 +105,20 @@ def test_the_lesion_comes_out_on_the_left_after_preprocessing(left_lesion, serie
 
 def test_two_series_or_none_is_one_clear_error(series, tmp_path):
     with pytest.raises(InputError, match="no DICOM series"):
-        read_series(tmp_path)
+        read_series(tmp_path, max_voxels=MAX_VOXELS)
     both = tmp_path / "both"
     both.mkdir()
     for f in series.iterdir():
         (both / f.name).write_bytes(f.read_bytes())
-    write_series(nib.as_closest_canonical(read_series(series)), both / "second", description="AX T1")
+    write_series(
+        nib.as_closest_canonical(read_series(series, max_voxels=MAX_VOXELS)),
+        both / "second",
+        description="AX T1",
+    )
     for f in (both / "second").iterdir():
         f.rename(both / f"b_{f.name}")
     with pytest.raises(InputError, match="2 DICOM series in one folder"):
-        read_series(both)
+        read_series(both, max_voxels=MAX_VOXELS)
 
 
 def test_brain3d_report_reads_a_dicom_folder(series, left_lesion, tiny_model_dir, tmp_path):
@@ -146,3 +157,32 @@ def test_brain3d_report_reads_a_dicom_folder(series, left_lesion, tiny_model_dir
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [Path(r["scan"]).name for r in rows] == ["AX_FLAIR", "left.nii.gz"]
     assert all(r["status"] == "ok" and r["report"] for r in rows), rows
+
+
+def test_a_missing_slice_is_refused_naming_the_gap(series, tmp_path):
+    """ITK reads a series with a slice missing (it only warns and records ITK_non_uniform_sampling_deviation),
+    which would stretch the head; the reader refuses it, naming the two slices either side of the gap."""
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    files = sorted(series.iterdir())
+    for f in files[:12] + files[13:]:  # the 13th slice is lost
+        (gap / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(
+        InputError,
+        match=r"slices 12 and 13 \(slice0012.dcm, slice0014.dcm\) are 4.0 mm apart, the others 2.0 mm: "
+        r"a slice is missing",
+    ):
+        read_series(gap, max_voxels=MAX_VOXELS)
+    for f in files[20:22]:  # and two more, further up
+        (gap / f.name).unlink()
+    with pytest.raises(InputError, match="slices 12 and 13 .* a slice is missing"):  # the first gap is named
+        read_series(gap, max_voxels=MAX_VOXELS)
+
+
+def test_a_series_larger_than_max_voxels_is_refused_before_its_pixels_are_read(series, left_lesion):
+    x, y, z = nib.load(str(left_lesion)).shape
+    with pytest.raises(
+        InputError, match=rf"{z} slices of {x}x{y} = {x * y * z} voxels, more than preprocess"
+    ):
+        read_series(series, max_voxels=x * y * z - 1)
+    assert read_series(series, max_voxels=x * y * z).shape == (x, y, z)

@@ -64,6 +64,7 @@ def stage_output(tmp_path_factory):
             on_error="fail",
             min_similarity=PREPROCESS["min_brain_similarity"],
             sequence=PREPROCESS["sequence"],
+            max_voxels=PREPROCESS["max_voxels"],
             progress=False,
         )
     assert (root / "cache" / "preprocess").is_dir()

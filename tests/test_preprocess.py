@@ -16,6 +16,7 @@ from brain3d.data.skullstrip import threshold_mask
 
 SHAPE = (24, 48, 48)
 ROOT = Path(__file__).resolve().parents[1]
+MAX_VOXELS = 512**3  # params.yaml preprocess.max_voxels
 # preprocess_cohort's settings for the cohort tests (their subjects are skull-stripped already, so skull_strip
 # is not used; min_similarity -1 turns the brain-similarity check off for the synthetic ellipsoid head)
 COHORT = dict(
@@ -26,6 +27,7 @@ COHORT = dict(
     progress=False,
     min_similarity=-1.0,
     sequence="any",
+    max_voxels=MAX_VOXELS,
 )
 LESION_MM = np.array([-35.0, 20.0, 15.0])  # subject's LEFT (x < 0), anterior (y > 0), superior (z > 0)
 
@@ -143,14 +145,14 @@ def test_truncated_gzip_is_a_clear_error(tmp_path, good):
     bad = tmp_path / "truncated.nii.gz"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"sub-01 \(.*truncated.nii.gz\)"):
-        nifti.load(bad, "sub-01")
+        nifti.load(bad, "sub-01", max_voxels=MAX_VOXELS)
 
 
 def test_garbage_is_not_a_nifti(tmp_path):
     bad = tmp_path / "junk.nii.gz"
     bad.write_bytes(gzip.compress(b"this is not an image" * 10))
     with pytest.raises(InputError, match="junk.nii.gz.*not a readable NIfTI"):
-        nifti.load(bad, "sub-02")
+        nifti.load(bad, "sub-02", max_voxels=MAX_VOXELS)
 
 
 def test_4d_volume_is_refused_but_a_singleton_4th_axis_is_squeezed(tmp_path):
@@ -158,11 +160,11 @@ def test_4d_volume_is_refused_but_a_singleton_4th_axis_is_squeezed(tmp_path):
         nib.Nifti1Image(np.random.rand(8, 8, 8, 3).astype(np.float32), np.eye(4)), tmp_path / "4d.nii.gz"
     )
     with pytest.raises(InputError, match=r"expected a 3D volume, got shape \(8, 8, 8, 3\)"):
-        nifti.load(four, "sub-03")
+        nifti.load(four, "sub-03", max_voxels=MAX_VOXELS)
     single = _save(
         nib.Nifti1Image(np.random.rand(8, 8, 8, 1).astype(np.float32), np.eye(4)), tmp_path / "1.nii.gz"
     )
-    assert nifti.load(single, "sub-03").shape == (8, 8, 8)
+    assert nifti.load(single, "sub-03", max_voxels=MAX_VOXELS).shape == (8, 8, 8)
 
 
 @pytest.mark.parametrize("value,expected", [(np.nan, "non-finite"), (np.inf, "non-finite")])
@@ -171,18 +173,18 @@ def test_non_finite_voxels_are_refused(tmp_path, value, expected):
     data[2, 3, 4] = value
     path = _save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
     with pytest.raises(InputError, match=f"1 {expected}"):
-        nifti.load(path, "sub-04")
+        nifti.load(path, "sub-04", max_voxels=MAX_VOXELS)
 
 
 def test_empty_volume_is_refused(tmp_path):
     path = _save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "zero.nii.gz")
     with pytest.raises(InputError, match="empty volume"):
-        nifti.load(path, "sub-05")
+        nifti.load(path, "sub-05", max_voxels=MAX_VOXELS)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="file not found"):
-        nifti.load(tmp_path / "absent.nii.gz", "sub-06")
+        nifti.load(tmp_path / "absent.nii.gz", "sub-06", max_voxels=MAX_VOXELS)
 
 
 def _rows(tmp_path, good, n=3):

@@ -112,6 +112,7 @@ def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_sc
         workers=1,
         on_error="skip",
         min_similarity=pre["min_brain_similarity"],
+        max_voxels=pre["max_voxels"],
         progress=False,
     )
 

@@ -17,6 +17,7 @@ from brain3d.data import fetch, layouts, manifest, sources
 from brain3d.data.manifest import CohortError
 from brain3d.data.reports import healthy_report
 
+MAX_VOXELS = 512**3  # params.yaml preprocess.max_voxels
 REPORTS = {
     1: "The lesion is located in the left frontal lobe with surrounding edema.",
     2: "A mass in the right temporal lobe shows necrosis and enhancement.",
@@ -94,7 +95,7 @@ def full(tmp_path: Path) -> Path:
 
 
 def test_cbica_layout_gives_manifest_rows(full: Path) -> None:
-    df = sources.build_real_cohort(_cfg(full), full, fetch=False)
+    df = sources.build_real_cohort(_cfg(full), full, fetch=False, max_voxels=MAX_VOXELS)
     assert manifest.validate(df, full) == []
     tumour = df[df.cohort == "tumour"].set_index("subject")
     assert list(tumour.index) == ["BraTS20_Training_001", "BraTS20_Training_002", "BraTS20_Training_003"]
@@ -131,7 +132,7 @@ def test_kaggle_mirror_with_misnamed_seg_and_outside_root(tmp_path: Path) -> Non
         n_tumour=369,
         allow_subset=True,
     )
-    df = sources.build_real_cohort(cfg, root, fetch=False).set_index("subject")
+    df = sources.build_real_cohort(cfg, root, fetch=False, max_voxels=MAX_VOXELS).set_index("subject")
     assert "BraTS20_Validation_001" not in df.index
     case = df.loc["BraTS20_Training_355"]
     assert case.seg == str(
@@ -149,7 +150,7 @@ def test_every_problem_in_one_message_with_how_to_get_it(full: Path) -> None:
     )
     cfg = _cfg(full, n_tumour=6, n_healthy=4)
     with pytest.raises(CohortError) as info:
-        sources.build_real_cohort(cfg, full, fetch=False)
+        sources.build_real_cohort(cfg, full, fetch=False, max_voxels=MAX_VOXELS)
     msg = str(info.value)
     assert len(info.value.errors) == 5, msg
     for needle in (
@@ -173,7 +174,9 @@ def test_every_problem_in_one_message_with_how_to_get_it(full: Path) -> None:
 
 def test_missing_datasets_give_one_line_each(tmp_path: Path) -> None:
     with pytest.raises(sources.MissingDataError) as info:
-        sources.build_real_cohort(_cfg(tmp_path, n_tumour=369, n_healthy=99), tmp_path, fetch=False)
+        sources.build_real_cohort(
+            _cfg(tmp_path, n_tumour=369, n_healthy=99), tmp_path, fetch=False, max_voxels=MAX_VOXELS
+        )
     assert len(info.value.errors) == 4  # BraTS folder, TextBraTS folder, participants.tsv, 0 of 99 healthy
     assert len(info.value.hints) == 3
 
@@ -186,7 +189,7 @@ def test_counts_and_workers_have_no_default(tmp_path: Path) -> None:
     with pytest.raises(
         ParamsError, match=r"missing download\.n_tumour, download\.n_healthy, download\.workers"
     ):
-        sources.build_real_cohort(cfg, tmp_path, fetch=False)
+        sources.build_real_cohort(cfg, tmp_path, fetch=False, max_voxels=MAX_VOXELS)
 
 
 def test_healthy_pick_is_deterministic_and_prefers_highres(tmp_path: Path) -> None:
@@ -215,15 +218,20 @@ def test_sha_cache_skips_unchanged_volumes(full: Path, monkeypatch: pytest.Monke
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     monkeypatch.setattr(sources, "sha256_file", counting)
-    first = sources.build_real_cohort(_cfg(full), full, fetch=False)
+    first = sources.build_real_cohort(_cfg(full), full, fetch=False, max_voxels=MAX_VOXELS)
     assert len(calls) == 5 and (full / "cache/sha.json").is_file()
     calls.clear()
-    assert sources.build_real_cohort(_cfg(full), full, fetch=False).equals(first) and calls == []
+    assert (
+        sources.build_real_cohort(_cfg(full), full, fetch=False, max_voxels=MAX_VOXELS).equals(first)
+        and calls == []
+    )
     changed = full / "data/brats/BraTS20_Training_002/BraTS20_Training_002_flair.nii"
     mtime = changed.stat().st_mtime_ns
     _nifti(changed, seed=12345)  # same size; bump mtime past the filesystem's timestamp granularity
     os.utime(changed, ns=(mtime + 10**9, mtime + 10**9))
-    third = sources.build_real_cohort(_cfg(full), full, fetch=False).set_index("subject")
+    third = sources.build_real_cohort(_cfg(full), full, fetch=False, max_voxels=MAX_VOXELS).set_index(
+        "subject"
+    )
     assert calls == [changed]
     assert third.loc["BraTS20_Training_002", "sha256"] == hashlib.sha256(changed.read_bytes()).hexdigest()
 
@@ -292,7 +300,7 @@ def test_fetch_downloads_only_what_is_missing(
     shutil.rmtree(full / "data/TextBraTSData")
     shutil.rmtree(full / "data/ds000221")
     fake = FakeClients(monkeypatch)
-    df = sources.build_real_cohort(_cfg(full, n_healthy=n_healthy), full, fetch=True)
+    df = sources.build_real_cohort(_cfg(full, n_healthy=n_healthy), full, fetch=True, max_voxels=MAX_VOXELS)
     assert fake.openneuro == [
         {
             "dataset": "ds000221",
@@ -321,7 +329,7 @@ def test_fetch_false_never_calls_clients(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     with pytest.raises(CohortError):
-        sources.build_real_cohort(_cfg(tmp_path), tmp_path, fetch=False)
+        sources.build_real_cohort(_cfg(tmp_path), tmp_path, fetch=False, max_voxels=MAX_VOXELS)
     assert fake.openneuro == fake.hub == fake.kaggle == []
 
 
@@ -332,7 +340,7 @@ def test_brats_fetch_needs_kaggle_credentials(full: Path, monkeypatch: pytest.Mo
     fake = FakeClients(monkeypatch)
     _no_kaggle_credentials(monkeypatch, full / "home")
     with pytest.raises(CohortError) as info:
-        sources.build_real_cohort(_cfg(full), full, fetch=True)
+        sources.build_real_cohort(_cfg(full), full, fetch=True, max_voxels=MAX_VOXELS)
     assert (
         fake.kaggle == []
         and "no Kaggle credentials" in str(info.value)
@@ -340,7 +348,7 @@ def test_brats_fetch_needs_kaggle_credentials(full: Path, monkeypatch: pytest.Mo
     )
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k")
-    df = sources.build_real_cohort(_cfg(full), full, fetch=True)
+    df = sources.build_real_cohort(_cfg(full), full, fetch=True, max_voxels=MAX_VOXELS)
     assert fake.kaggle == [(fetch.KAGGLE_DATASET, str(full / "data/brats"), True)]
     assert (
         df.volume.str.startswith("data/brats/BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/").sum()

@@ -100,23 +100,39 @@ def aal_lobes() -> dict[int, tuple[int, int]]:
 @functools.cache
 def mni(resolution_mm: int = 2) -> MNIAtlas:
     """The MNI152 2009 grid at 1 or 2 mm with its derived maps: built once (a few seconds), then read
-    from the on-disk cache, once per process."""
-    import dataclasses
+    from the on-disk cache, once per process. The cached file is trusted only while its sha256 matches the
+    one recorded when it was written; otherwise (truncated, tampered, unreadable) it is built again."""
+    from brain3d import cache
 
-    from brain3d.cache import cache_dir
-    from brain3d.fileio import atomic_path
-
-    path = cache_dir("atlas", f"mni{resolution_mm}") / "atlas.npz"
-    if path.exists():
-        with np.load(path) as z:
-            atlas = MNIAtlas(**{f.name: z[f.name] for f in dataclasses.fields(MNIAtlas)})
-    else:
-        atlas = _build_mni(resolution_mm)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **vars(atlas))
+    path = cache.cache_dir("atlas", f"mni{resolution_mm}") / "atlas.npz"
+    with cache.building(path):
+        atlas = _read_atlas(path) if cache.intact(path) else None
+        if atlas is None:
+            atlas = _build_mni(resolution_mm)
+            _write_atlas(path, atlas)
+            cache.seal(path)
     for value in vars(atlas).values():
         value.setflags(write=False)
     return atlas
+
+
+def _read_atlas(path: Path) -> MNIAtlas | None:
+    """The atlas saved at `path`, or None if it is not one (a file of an older layout, say)."""
+    import dataclasses
+    import zipfile
+
+    try:
+        with np.load(path) as z:
+            return MNIAtlas(**{f.name: z[f.name] for f in dataclasses.fields(MNIAtlas)})
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _write_atlas(path: Path, atlas: MNIAtlas) -> None:
+    from brain3d.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **vars(atlas))
 
 
 def _build_mni(resolution_mm: int) -> MNIAtlas:

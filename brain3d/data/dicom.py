@@ -37,24 +37,34 @@ def _locale_kept():
 
 
 def is_dicom_folder(path: Path) -> bool:
-    """A folder with at least one file carrying the DICOM preamble ("DICM" at byte 128)."""
-    if not path.is_dir():
+    """A folder with at least one readable file carrying the DICOM preamble ("DICM" at byte 128); False for a
+    folder that cannot be listed."""
+    try:
+        files = [f for f in path.iterdir() if f.is_file()] if path.is_dir() else []
+    except OSError:
         return False
-    for f in path.iterdir():
-        if f.is_file():
+    for f in files:
+        try:
             with open(f, "rb") as fh:
                 fh.seek(128)
                 if fh.read(4) == b"DICM":
                     return True
+        except OSError:
+            continue
     return False
 
 
 @_locale_kept()
-def read_series(folder: Path) -> nib.Nifti1Image:
+def read_series(folder: Path, *, max_voxels: int) -> nib.Nifti1Image:
     """The one DICOM series in `folder` as a float32 NIfTI (RAS world). InputError for no series, several
-    series, or a series ITK cannot read."""
+    series, more than `max_voxels` voxels (`preprocess.max_voxels`, checked on the file headers before any
+    pixel is read), a missing slice or non-uniform slice spacing, or a series ITK cannot read."""
     import SimpleITK as sitk
 
+    try:
+        next(folder.iterdir(), None)
+    except OSError as exc:  # GDCM would see no series where the folder cannot be listed
+        raise InputError(folder.name, folder, f"cannot read the folder ({exc.strerror or exc})") from exc
     reader = sitk.ImageSeriesReader()
     ids = reader.GetGDCMSeriesIDs(str(folder))
     if not ids:
@@ -66,6 +76,9 @@ def read_series(folder: Path) -> nib.Nifti1Image:
     files = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
     if len(files) < 2:
         raise InputError(folder.name, folder, "a DICOM series of one slice is not a 3D volume")
+    problem = _geometry_problem(files, max_voxels)
+    if problem:
+        raise InputError(folder.name, folder, problem)
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
@@ -79,6 +92,53 @@ def read_series(folder: Path) -> nib.Nifti1Image:
     affine[:3, :3] = LPS_TO_RAS @ cosines @ np.diag(image.GetSpacing())
     affine[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin())
     return nib.Nifti1Image(data, affine)
+
+
+def _geometry_problem(files: list[str], max_voxels: int) -> str:
+    """Why the slices (in GDCM's order) do not form one regular volume, from their headers only: too many
+    voxels, or gaps between slice positions along the slice normal that are not all equal (ITK only warns
+    and records ITK_non_uniform_sampling_deviation); "" when they do."""
+    import SimpleITK as sitk
+
+    header = sitk.ImageFileReader()
+    positions, normal = [], None
+    for f in files:
+        header.SetFileName(f)
+        try:
+            header.ReadImageInformation()
+            position = [float(v) for v in header.GetMetaData("0020|0032").split("\\")]
+            cosines = np.array([float(v) for v in header.GetMetaData("0020|0037").split("\\")])
+            if len(position) != 3 or len(cosines) != 6:
+                raise ValueError(f"{len(position)} position and {len(cosines)} orientation values")
+        except (RuntimeError, ValueError) as exc:  # unreadable header, tag missing or not numbers
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"{Path(f).name}: no usable ImagePositionPatient/ImageOrientationPatient ({why})"
+        if normal is None:
+            columns, rows, _ = header.GetSize()
+            if columns * rows * len(files) > max_voxels:
+                return (
+                    f"{len(files)} slices of {columns}x{rows} = {columns * rows * len(files)} voxels, more "
+                    f"than preprocess.max_voxels ({max_voxels})"
+                )
+            normal = np.cross(cosines[:3], cosines[3:6])
+        positions.append(float(np.dot(position, normal)))
+    gaps = np.abs(np.diff(positions))
+    usual = float(np.median(gaps))
+    odd = np.flatnonzero(np.abs(gaps - usual) > max(0.01, 0.01 * usual))
+    if not odd.size:
+        return ""
+    i = int(odd[0])
+    missing = round(gaps[i] / usual) - 1
+    if gaps[i] < 0.01:
+        why = "two slices at the same position (a duplicate slice)"
+    elif missing >= 1 and abs(gaps[i] / usual - missing - 1) < 0.1:
+        why = "a slice is missing" if missing == 1 else f"{missing} slices are missing"
+    else:
+        why = "non-uniform slice spacing"
+    return (
+        f"slices {i + 1} and {i + 2} ({Path(files[i]).name}, {Path(files[i + 1]).name}) are "
+        f"{gaps[i]:.1f} mm apart, the others {usual:.1f} mm: {why}"
+    )
 
 
 @_locale_kept()

@@ -198,14 +198,16 @@ def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
     fov_mm: tuple | None,
     min_similarity: float,
     sequence: str,
+    max_voxels: int,
     seg_path: str | Path | None = None,
 ) -> Preprocessed:
     """Load, validate, skull strip (unless already stripped), standardise, check the sequence; returns volume,
     labels, QC (with the sequence check's columns).
 
-    `skull_strip`, `fov_mm`, `min_similarity` and `sequence` are the `preprocess` params (`skull_strip`,
-    `fov_mm`, `min_brain_similarity`, `sequence`: "FLAIR" refuses a scan whose tissue contrast is not FLAIR's
-    with a `SequenceError`, "any" records what it looks like); no defaults, so a caller cannot preprocess
+    `skull_strip`, `fov_mm`, `min_similarity`, `sequence` and `max_voxels` are the `preprocess` params
+    (`skull_strip`, `fov_mm`, `min_brain_similarity`, `sequence`: "FLAIR" refuses a scan whose tissue contrast
+    is not FLAIR's with a `SequenceError`, "any" records what it looks like; `max_voxels`: a NIfTI header
+    claiming more is refused before any voxel is read); no defaults, so a caller cannot preprocess
     differently from the pipeline by omission.
     """
     from brain3d.data.sequence import SequenceError, check_sequence
@@ -215,7 +217,7 @@ def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
         raise ValueError(f"preprocess.sequence must be 'FLAIR' or 'any', got '{sequence}'")
 
     t0 = time.perf_counter()
-    img = nifti.load(volume_path, subject)
+    img = nifti.load(volume_path, subject, max_voxels=max_voxels)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     try:
         mask = None if skull_stripped else brain_mask(img, skull_strip)
@@ -252,7 +254,11 @@ def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
         raise SequenceError(subject, volume_path, f"{check.reason}; Brain3D reads FLAIR")
     seg = None
     if seg_path:
-        seg_img = nifti.load(seg_path, subject, label_map=True) if Path(seg_path).exists() else None
+        seg_img = (
+            nifti.load(seg_path, subject, max_voxels=max_voxels, label_map=True)
+            if Path(seg_path).exists()
+            else None
+        )
         if seg_img is None:
             raise InputError(subject, seg_path, "label map not found")
         if seg_img.shape != img.shape:
@@ -306,6 +312,7 @@ def preprocess_cohort(
     on_error: str,
     min_similarity: float,
     sequence: str,
+    max_voxels: int,
     progress: bool = True,
 ):
     """Preprocess every manifest row in parallel, resumably, collecting every bad subject. Every keyword but
@@ -338,6 +345,7 @@ def preprocess_cohort(
             "fov_mm": fov_mm,
             "min_similarity": min_similarity,
             "sequence": sequence,
+            "max_voxels": max_voxels,
         }
     )  # cache_dir adds the code
     cache = cache_dir("preprocess", key)
@@ -352,7 +360,15 @@ def preprocess_cohort(
     ]
     jobs = (
         delayed(_preprocess_to_cache)(
-            r, str(root), str(stem(r)), tuple(shape), skull_strip, fov_mm, min_similarity, sequence
+            r,
+            str(root),
+            str(stem(r)),
+            tuple(shape),
+            skull_strip,
+            fov_mm,
+            min_similarity,
+            sequence,
+            max_voxels,
         )
         for r in todo
     )
@@ -386,7 +402,15 @@ def preprocess_cohort(
 
 
 def _preprocess_to_cache(
-    row, root: str, stem: str, shape, skull_strip: str, fov_mm, min_similarity: float, sequence: str
+    row,
+    root: str,
+    stem: str,
+    shape,
+    skull_strip: str,
+    fov_mm,
+    min_similarity: float,
+    sequence: str,
+    max_voxels: int,
 ):
     """Worker: preprocess one subject into the cache; returns an InputError instead of raising."""
     from brain3d import fileio
@@ -406,6 +430,7 @@ def _preprocess_to_cache(
             fov_mm=fov_mm,
             min_similarity=min_similarity,
             sequence=sequence,
+            max_voxels=max_voxels,
         )
     except InputError as exc:
         return exc

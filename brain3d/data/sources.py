@@ -44,9 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import pandas as pd
 
+from brain3d.data import nifti
 from brain3d.data.fetch import (
     DS000221,
     KAGGLE_DATASET,
@@ -178,21 +178,18 @@ class _Problems:
 # ---------------------------------------------------------------- hashing
 
 
-def _check_and_hash(path: Path) -> tuple[str, str]:
-    """(sha256, "") for a file whose NIfTI header describes a 3D volume, else ("", reason)."""
+def _check_and_hash(path: Path, max_voxels: int) -> tuple[str, str]:
+    """(sha256, "") for a file whose NIfTI header describes a usable 3D volume (brain3d.data.nifti's header
+    checks, at most `max_voxels` voxels; no voxel is read), else ("", reason)."""
     try:
-        shape = nib.load(str(path)).shape
-    except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError... for junk
-        return "", f"not a readable NIfTI ({type(exc).__name__}: {exc})"
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        return "", f"expected a 3D volume, got shape {tuple(shape)}"
+        nifti.read_header(path, max_voxels=max_voxels)
+    except InputError as exc:
+        return "", exc.reason
     return sha256_file(path), ""
 
 
 def hash_volumes(
-    paths: list[Path], cache_path: Path, *, workers: int
+    paths: list[Path], cache_path: Path, *, workers: int, max_voxels: int
 ) -> tuple[dict[Path, str], dict[Path, str]]:
     """sha256 of each volume, and the reason for each unusable one.
 
@@ -215,7 +212,8 @@ def hash_volumes(
             todo.append(p)
     errors: dict[Path, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for p, (sha, reason) in zip(todo, pool.map(_check_and_hash, todo)):
+        checked = pool.map(_check_and_hash, todo, [max_voxels] * len(todo))
+        for p, (sha, reason) in zip(todo, checked):
             if sha:
                 shas[p] = sha
             else:
@@ -400,8 +398,9 @@ def _manifest_path(path: Path | str, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def build_real_cohort(cfg: dict, root: str | Path, *, fetch: bool) -> pd.DataFrame:
-    """Manifest rows of the paper cohort (n_tumour BraTS + n_healthy ds000221) from the `download` params.
+def build_real_cohort(cfg: dict, root: str | Path, *, fetch: bool, max_voxels: int) -> pd.DataFrame:
+    """Manifest rows of the paper cohort (n_tumour BraTS + n_healthy ds000221) from the `download` params;
+    a volume whose NIfTI header claims more than `max_voxels` voxels (`preprocess.max_voxels`) is unusable.
 
     With `fetch` (`download.fetch`), datasets that fall short are downloaded first. Raises `MissingDataError`
     listing every missing or unusable file, count shortfall and failed fetch, with how to get each dataset.
@@ -412,7 +411,8 @@ def build_real_cohort(cfg: dict, root: str | Path, *, fetch: bool) -> pd.DataFra
     if fetch:
         _fetch_missing(conf, problems)
     rows = _tumour_rows(conf, problems) + _healthy_rows(conf, problems)
-    shas, bad = hash_volumes([r["volume"] for r in rows], conf.sha_cache, workers=conf.workers)
+    volumes = [r["volume"] for r in rows]
+    shas, bad = hash_volumes(volumes, conf.sha_cache, workers=conf.workers, max_voxels=max_voxels)
     for row in rows:
         if row["volume"] in bad:
             problems.add(row["source"], row["subject"], row["volume"], bad[row["volume"]])
