@@ -109,13 +109,13 @@ def test_registration_skull_strip_is_the_same_in_every_process(tmp_path):
     import subprocess
     import sys
 
-    from brain3d.data.skullstrip import registration_mask
+    from brain3d.data.skullstrip import registered_mask
 
     img, _ = head(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 56), skull=True)
     path = _save(img, tmp_path / "head.nii.gz")
     code = (
-        "import hashlib, sys, nibabel as nib; from brain3d.data.skullstrip import registration_mask; "
-        "print(hashlib.md5(registration_mask(nib.load(sys.argv[1])).tobytes()).hexdigest())"
+        "import hashlib, sys, nibabel as nib; from brain3d.data.skullstrip import registered_mask; "
+        "print(hashlib.md5(registered_mask(nib.load(sys.argv[1]))[0].tobytes()).hexdigest())"
     )
     masks = {
         subprocess.run(
@@ -125,7 +125,7 @@ def test_registration_skull_strip_is_the_same_in_every_process(tmp_path):
     }
     assert len(masks) == 1, masks
     with pytest.raises(ValueError, match="seed"):
-        registration_mask(img, seed=0)
+        registered_mask(img, seed=0)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -132,3 +132,35 @@ def test_the_preprocess_stage_refuses_what_is_not_flair_and_records_what_each_sc
     qc, ok = preprocess_cohort(pd.DataFrame(rows), tmp_path, tmp_path / "any", sequence="any", **kwargs)
     assert {"FLAIR", "T1"} <= set(ok["subject"])
     assert qc.set_index("subject").loc["T1", "sequence"] == "T1"
+
+
+def test_a_clear_flair_reuses_the_skull_strips_registration_and_anything_else_is_registered_again(
+    tmp_path, monkeypatch
+):
+    """With the registration skull strip, the template is already on the brain: a clear FLAIR is judged by the
+    maps it moved (no second registration); a T1 head (the MNI template with its skull) is not clear, so it is
+    registered again and refused as before."""
+    from nilearn import datasets
+
+    from brain3d.data import phantom, sequence
+    from brain3d.data.preprocess import preprocess_subject
+
+    registered = []
+    original = sequence._registered
+    monkeypatch.setattr(sequence, "_registered", lambda *a, **k: registered.append(1) or original(*a, **k))
+    spec = phantom.plan_cohort(3, 5, 0.0, {"left": 1.0})[0]
+    phantom.simulate_subject(spec, tmp_path)
+    pre = config.load(ROOT / "params.yaml")["preprocess"]
+    kwargs = dict(
+        skull_stripped=False,
+        skull_strip="registration",
+        fov_mm=None,
+        min_similarity=pre["min_brain_similarity"],
+        max_voxels=pre["max_voxels"],
+        sequence="any",
+    )
+    flair = preprocess_subject(spec.subject, tmp_path / spec.subject / "flair.nii.gz", SHAPE, **kwargs)
+    assert flair.qc["sequence"] == "FLAIR" and registered == []
+    t1 = tmp_path / "t1.nii.gz"
+    nib.save(datasets.load_mni152_template(resolution=2), str(t1))
+    assert preprocess_subject("t1", t1, SHAPE, **kwargs).qc["sequence"] == "T1" and registered == [1]

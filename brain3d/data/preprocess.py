@@ -165,6 +165,13 @@ def tissue_maps(shape: tuple[int, int, int], fov_mm: tuple | None) -> np.ndarray
     return out
 
 
+def _moved_tissue_maps(warp, grid: Grid) -> np.ndarray:
+    """(3, D, H, W): the MNI GM, WM and CSF fractions moved by a skull strip's template registration
+    (skullstrip.TemplateWarp) onto the standardised `grid`."""
+    moved = warp.tissue_maps(grid.affine, grid.shape[::-1])
+    return np.ascontiguousarray(moved.transpose(0, 3, 2, 1))  # (3, x, y, z) -> (3, D, H, W)
+
+
 def brain_similarity(volume: np.ndarray) -> float:
     """ "Is this a brain FLAIR?": correlation of the internal structure of a standardised volume with the
     MNI FLAIR-like template standardised the same way. Both are clipped at their median inside the brain
@@ -211,7 +218,7 @@ def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
     differently from the pipeline by omission.
     """
     from brain3d.data.sequence import SequenceError, check_sequence
-    from brain3d.data.skullstrip import brain_mask
+    from brain3d.data.skullstrip import skull_strip as strip
 
     if sequence not in ("FLAIR", "any"):
         raise ValueError(f"preprocess.sequence must be 'FLAIR' or 'any', got '{sequence}'")
@@ -220,7 +227,7 @@ def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
     img = nifti.load(volume_path, subject, max_voxels=max_voxels)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     try:
-        mask = None if skull_stripped else brain_mask(img, skull_strip)
+        mask, warp = (None, None) if skull_stripped else strip(img, skull_strip)
         data = np.asarray(img.dataobj, dtype=np.float32)
         mask_arr = data != 0 if mask is None else mask
         volume, grid = standardize_with_grid(img, shape, mask, fov_mm=fov_mm)
@@ -235,7 +242,11 @@ def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
         )
     similarity = brain_similarity(volume)
     try:
-        check = check_sequence(volume, tissue_maps(tuple(shape), None if fov_mm is None else tuple(fov_mm)))
+        check = (
+            check_sequence(volume, _moved_tissue_maps(warp, grid), aligned=True)
+            if warp is not None  # the skull strip's registration already put the template on this brain
+            else check_sequence(volume, tissue_maps(tuple(shape), None if fov_mm is None else tuple(fov_mm)))
+        )
     except ValueError as exc:
         if similarity >= min_similarity:
             raise InputError(subject, volume_path, f"sequence check failed: {exc}") from exc
