@@ -15,9 +15,10 @@ reason, while the other scans go on; the exit status is then 2. --out rows are w
 own inputs (params, model, --out) is one line and exit status 2; anything unexpected is one line naming a log
 file that holds the traceback, exit status 1. Never a traceback on the terminal.
 
-One module for one command (about 650 lines): its parser, input expansion, worker preprocessing, model
-description and the per-scan flow are steps of `report` that nothing else uses; the work itself is library
-code (preprocessing, brain3d.workers for the processes, brain3d.results for --out).
+One module for one command (about 630 lines): its parser, options and params, model description, the
+per-scan flow and what is printed are steps of `report` that nothing else uses; the work is library code
+(brain3d.data.scans: the scans named and their preprocessing; brain3d.workers: the processes that survive a
+killed worker; brain3d.results: the --out rows).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from brain3d.data.scans import expand, prepare
 from brain3d.results import printable
 
 EXIT_BAD_INPUT = 2
@@ -203,9 +205,8 @@ def log_details(text: str) -> Path:
 
     global _log_path
     name = f"brain3d-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    for path in (
-        [_log_path] if _log_path else [base_dir() / "logs" / name, Path(tempfile.gettempdir()) / name]
-    ):
+    places = [_log_path] if _log_path else [base_dir() / "logs" / name, Path(tempfile.gettempdir()) / name]
+    for path in places:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8", errors="backslashreplace") as fh:
@@ -231,32 +232,15 @@ def _quiet_libraries() -> None:
     """On a user's terminal only this command speaks: other libraries' log records below ERROR, their
     warnings and their progress bars are dropped; brain3d's own logging and warnings are left as they are.
     Called before the libraries are imported, so that what they say on import is dropped too."""
+    from brain3d.runtime import quiet_logs_and_warnings
+
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    _quiet_logs_and_warnings()
+    quiet_logs_and_warnings()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # transformers' own handler does not go through the root logger
     hf_logging.disable_progress_bar()
-
-
-def _quiet_logs_and_warnings() -> None:
-    """Other libraries' log records below ERROR and their warnings dropped (also in worker processes)."""
-    import logging
-    import warnings
-
-    logging.getLogger().setLevel(logging.ERROR)  # every logger that keeps the default level inherits it
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):  # those already set a level
-        if isinstance(logger, logging.Logger) and name.split(".")[0] != "brain3d":
-            logger.setLevel(max(logger.level, logging.ERROR))
-    own = logging.getLogger("brain3d")
-    if own.level == logging.NOTSET:
-        own.setLevel(logging.WARNING)  # Python's default, not the root's ERROR
-    warnings.simplefilter("ignore")
-    # ours, unless it is a library's deprecation notice that names our call
-    warnings.filterwarnings("default", module=r"brain3d(\.|$)")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"brain3d(\.|$)")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"brain3d(\.|$)")
 
 
 def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
@@ -272,32 +256,6 @@ def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
     }
     lime = {**cfg["lime"], **({"n_samples": args.lime_samples} if args.lime_samples is not None else {})}
     return decoding_from_params(g), LimeSettings.from_params(lime)
-
-
-def expand(paths: list[Path]) -> list[Path]:
-    """The scans named: files and DICOM series folders as given (a missing file fails later, with its reason),
-    other folders searched for .nii / .nii.gz files and DICOM series folders (recursively, sorted); each once.
-    A folder that cannot be listed is kept as a scan, so that its row says why it was not read."""
-    from brain3d.data.dicom import is_dicom_folder
-
-    out: list[Path] = []
-    for path in paths:
-        found = _scans_below(path) if path.is_dir() and not is_dicom_folder(path) else [path]
-        out += [p for p in found if p not in out]
-    return out
-
-
-def _scans_below(folder: Path) -> list[Path]:
-    from brain3d.data.dicom import is_dicom_folder
-
-    found: list[Path] = []
-    unlisted: list[OSError] = []  # folders that cannot be listed (no permission)
-    for root, dirs, files in os.walk(folder, onerror=unlisted.append):
-        here = Path(root)
-        series = {d for d in dirs if is_dicom_folder(here / d)}
-        found += [here / d for d in series] + [here / f for f in files if f.endswith((".nii", ".nii.gz"))]
-        dirs[:] = [d for d in dirs if d not in series]  # a series folder is one scan: not searched further
-    return sorted(found + [Path(exc.filename) for exc in unlisted])
 
 
 def model_info(model_dir: Path, card: dict) -> dict:
@@ -368,46 +326,6 @@ DEMO_WARNING = (
     "brain3d: warning: {dir} is a demo model: stand-in backbones trained on a synthetic phantom "
     "cohort. Its reports of real scans are not meaningful; research use only."
 )
-
-
-def _prepare(job: tuple) -> tuple:
-    """Worker: (Preprocessed or None, reason, seconds, traceback or ""); a DICOM folder is converted to NIfTI
-    first. Every failure is a reason, the unexpected ones with their traceback (for the log file)."""
-    import traceback
-
-    from brain3d.data.manifest import InputError
-    from brain3d.data.sequence import SequenceError
-
-    _quiet_logs_and_warnings()  # a worker process: its libraries keep quiet as the command's do
-    scan, shape, kwargs = job
-    t0 = time.perf_counter()
-    try:
-        return _preprocess(scan, shape, kwargs), "", time.perf_counter() - t0, ""
-    except SequenceError as exc:
-        return None, f"{exc.reason} (--allow-any-sequence to override)", time.perf_counter() - t0, ""
-    except InputError as exc:
-        return None, exc.reason, time.perf_counter() - t0, ""
-    except MemoryError:
-        return None, "out of memory while preprocessing", time.perf_counter() - t0, traceback.format_exc()
-    except Exception as exc:  # e.g. ANTs' RuntimeError: this scan fails, the others go on
-        reason = f"preprocessing failed ({type(exc).__name__}: {exc})"
-        return None, reason, time.perf_counter() - t0, traceback.format_exc()
-
-
-def _preprocess(scan: Path, shape, kwargs: dict):
-    from brain3d.data.preprocess import preprocess_subject
-
-    if not scan.is_dir():
-        return preprocess_subject(scan.name, scan, shape, **kwargs)
-    import tempfile
-
-    import nibabel as nib
-
-    from brain3d.data.dicom import read_series
-
-    with tempfile.TemporaryDirectory() as tmp:
-        nib.save(read_series(scan, max_voxels=kwargs["max_voxels"]), Path(tmp) / "series.nii.gz")
-        return preprocess_subject(scan.name, Path(tmp) / "series.nii.gz", shape, **kwargs)
 
 
 def figure_paths(out: Path, scans: list[Path]) -> dict[Path, Path]:
@@ -484,7 +402,7 @@ def plan(args: argparse.Namespace, cfg: dict) -> Plan:
         raise Refused(f"--lime-samples must be at least 2, got {lime.n_samples}")
     if args.out and args.out.suffix not in (".jsonl", ".csv"):
         raise Refused(f"--out {args.out}: use a .jsonl or .csv file name")
-    scans = expand(args.scans)
+    scans = expand(args.scans)  # brain3d.data.scans
     if not scans:
         raise Refused(f"no .nii or .nii.gz scans in {', '.join(map(str, args.scans))}")
     workers = args.workers or min(4, len(scans), os.cpu_count() or 1)
@@ -654,9 +572,10 @@ def report(args: argparse.Namespace) -> int:
         leave=False,
         disable=not sys.stderr.isatty(),
     )
-    jobs = [(scan, p.card["model"]["volume_shape"], p.kwargs) for scan in todo]
+    hint = " (--allow-any-sequence to override)"
+    jobs = [(scan, p.card["model"]["volume_shape"], p.kwargs, hint) for scan in todo]
     try:
-        for (scan, _, _), prepared, died in workers.imap(_prepare, jobs, p.workers):
+        for (scan, *_), prepared, died in workers.imap(prepare, jobs, p.workers):
             bar.update()
             pre, reason, prep_s, trace = prepared or (None, died, 0.0, "")
             reason = with_details(reason, scan, trace) if trace else reason

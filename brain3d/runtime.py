@@ -75,3 +75,23 @@ def device() -> str:
 def is_main_process() -> bool:
     """False in the non-zero ranks of an `accelerate launch` / torchrun job (they must not write outputs)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def quiet_logs_and_warnings() -> None:
+    """Other libraries' log records below ERROR and their warnings dropped, brain3d's own kept: what the
+    `brain3d` command and its worker processes show a user (brain3d.cli._quiet_libraries)."""
+    import logging
+    import warnings
+
+    logging.getLogger().setLevel(logging.ERROR)  # every logger that keeps the default level inherits it
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):  # those already set a level
+        if isinstance(logger, logging.Logger) and name.split(".")[0] != "brain3d":
+            logger.setLevel(max(logger.level, logging.ERROR))
+    own = logging.getLogger("brain3d")
+    if own.level == logging.NOTSET:
+        own.setLevel(logging.WARNING)  # Python's default, not the root's ERROR
+    warnings.simplefilter("ignore")
+    # ours, unless it is a library's deprecation notice that names our call
+    warnings.filterwarnings("default", module=r"brain3d(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"brain3d(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"brain3d(\.|$)")

@@ -286,24 +286,22 @@ def test_a_worker_killed_by_the_os_fails_only_its_own_item():
     ],
 )
 def test_a_failure_in_preprocessing_is_that_scans_reason(monkeypatch, error, reason):
-    from brain3d import cli
+    from brain3d import runtime
+    from brain3d.data import scans
 
-    def fail(*_):
+    def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cli, "_preprocess", fail)
-    monkeypatch.setattr(
-        cli, "_quiet_logs_and_warnings", lambda: None
-    )  # a worker's set-up, not this process's
-    pre, got, _, trace = cli._prepare((Path("scan.nii.gz"), (32, 64, 64), {}))
+    monkeypatch.setattr(scans, "preprocess_scan", fail)
+    monkeypatch.setattr(runtime, "quiet_logs_and_warnings", lambda: None)  # a worker's, not pytest's
+    pre, got, _, trace = scans.prepare((Path("scan.nii.gz"), (32, 64, 64), {}, ""))
     assert pre is None and got.startswith(reason) and "Traceback" in trace
 
 
 def test_unreadable_files_and_folders_are_their_own_reason(monkeypatch, tmp_path):
     """As root (tests in a container) permissions do not bite, so the OS's refusal is simulated here; the
     must-show test above includes real unreadable files when it runs as another user."""
-    from brain3d import cli
-    from brain3d.data import dicom, nifti
+    from brain3d.data import dicom, nifti, scans
     from brain3d.data.manifest import InputError
 
     scan = tmp_path / "locked.nii.gz"
@@ -331,7 +329,7 @@ def test_unreadable_files_and_folders_are_their_own_reason(monkeypatch, tmp_path
             yield root, dirs, files
 
     monkeypatch.setattr(os, "walk", walk_refusing_locked)
-    assert cli.expand([tmp_path]) == [scan, tmp_path / "sub" / "locked"]  # kept: its row says why
+    assert scans.expand([tmp_path]) == [scan, tmp_path / "sub" / "locked"]  # kept: its row says why
 
 
 def test_unexpected_errors_are_one_line_and_a_log_file(monkeypatch, capsys, tmp_path):
