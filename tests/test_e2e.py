@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 from tiny_pipeline import DVC_STAGES, EXPERIMENT, STAGES, UPSTREAM
@@ -233,8 +234,17 @@ def test_results_are_real_results_not_only_finished_stages(tiny_pipeline):
                 assert 0 <= value <= 1, (system, key, value)
 
     faith = pd.read_csv(repo / "reports/lime/faithfulness.csv")
-    numeric = faith.select_dtypes("number")
-    assert numeric.notna().all().all() and numeric.abs().lt(float("inf")).all().all()
+
+    def finite(rows: pd.DataFrame, columns: list[str]) -> bool:
+        values = rows[columns].to_numpy(dtype=float)
+        return values.size > 0 and bool(np.isfinite(values).all())
+
+    # every explanation has its score, fit and deletion curve; lesion figures where there is a lesion; the
+    # stability (two seeds' agreement) of every trained model's explanation
+    assert finite(faith, ["score", "r2", "deletion_drop", "deletion_drop_random_order"])
+    lesion = ["lesion_share", "lesion_chance", "lesion_rank", "lesion_top1"]
+    assert finite(faith[faith["laterality"] != "none"], lesion)
+    assert finite(faith[faith["model"] == "trained"], ["stability"])
     test = pd.read_csv(repo / "data/splits.csv").query("split == 'test'")
     for side in ("left", "right", "bilateral"):  # lime.per_class 1 per side, and one healthy subject
         assert (faith["laterality"] == side).sum() > 0, side
