@@ -59,8 +59,15 @@ def run(name: str, init: str, *, lora: bool) -> None:
         )
         if not is_main_process():
             return
+        findings = paths.model_dir("phase1") / "findings.safetensors"  # phase 1's head, when it trained one
         model.save_pretrained(
-            out, phase=name, model_cfg=model_cfg, backbones=bb, visual=visual_weights, adapter=adapter
+            out,
+            phase=name,
+            model_cfg=model_cfg,
+            backbones=bb,
+            visual=visual_weights,
+            adapter=adapter,
+            findings=findings if findings.exists() else None,
         )
         phases.write_training_record(name, result, paths.CURVES, paths.TRAINING, tracker)
         tracker.log_metrics({"vis_scale": model.projector.vis_scale.item()})

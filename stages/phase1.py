@@ -50,10 +50,12 @@ def main() -> None:
         brain3d = Brain3D(lm, visual.width, model_cfg.prompt, visual=visual, variant=model_cfg.variant)
         z = visual.encode([train.volume(i) for i in range(min(16, len(train)))])
         brain3d.projector.calibrate(z, brain3d.text_rms())
-        brain3d.save_pretrained(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb)
         fileio.save_safetensors(OUT / "head.safetensors", model.head.state_dict())
+        findings = None
         if model.findings is not None:  # (B, K, Cv) tokens -> presence, side, anatomy, pathology logits
-            fileio.save_safetensors(OUT / "findings.safetensors", model.findings.state_dict())
+            findings = OUT / "findings.safetensors"
+            fileio.save_safetensors(findings, model.findings.state_dict())
+        brain3d.save_pretrained(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb, findings=findings)
         phases.write_training_record("phase1", result, paths.CURVES, paths.TRAINING, tracker)
 
 

@@ -356,6 +356,9 @@ def test_batched_generation_equals_one_at_a_time(brain3d):
         max_new_tokens=12,
         min_new_tokens=2,
         repetition_exempt=("left", "right"),
+        select="plain",
+        candidates=0,
+        candidate_temperature=1.0,
         do_sample=False,
     )
     batched = brain3d.generate(z, greedy)
@@ -407,6 +410,9 @@ def test_repetition_exempt_spares_every_spelling_of_the_side_words(brain3d):
         max_new_tokens=4,
         min_new_tokens=1,
         repetition_exempt=("left",),
+        select="plain",
+        candidates=0,
+        candidate_temperature=1.0,
         do_sample=False,
     )
     kwargs = decoding.kwargs(tok)
@@ -517,6 +523,9 @@ def test_a_bf16_backbone_encodes_and_generates_outside_autocast(tiny_siglip_dir,
             max_new_tokens=3,
             min_new_tokens=3,
             repetition_exempt=(),
+            select="plain",
+            candidates=0,
+            candidate_temperature=1.0,
             do_sample=False,
         )
         assert len(model.generate(tokens, decoding)) == 2
@@ -638,3 +647,57 @@ def test_a_model_directory_refuses_files_that_changed_since_it_was_written(
     config.write_text(config.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
     with pytest.raises(IntegrityError, match="lm/config.json"):
         Brain3D.from_pretrained(tmp_path / "phase1")
+
+
+def test_findings_consistent_decoding_keeps_what_agrees_and_resamples_the_rest(brain3d, monkeypatch):
+    """`generate.select: findings`: a report that agrees with the findings head is the plain decoder's; one that
+    disagrees is sampled again (at the candidate temperature, at most `candidates` times) until one agrees, else
+    the one that agrees best (presence before side) is kept; `plain` never resamples."""
+    import dataclasses
+
+    from brain3d.models.findings_head import FindingsHead
+
+    left, right, both = (f"A lesion in the {s} frontal lobe." for s in ("left", "right", "bilateral"))
+    normal = "No lesion. Normal study."
+    rounds = {  # what the sampler writes for each row, call after call (the first call: the plain decoder)
+        0: [left],  # agrees with the head at once
+        1: [normal, right, both],  # agrees at the second further sample
+        2: [normal, left, left, left],  # a lesion, never the wanted side: the first with the lesion is kept
+        3: [left, left, left, left],  # the head says no lesion; nothing agrees: the plain report stays
+    }
+    calls: list[tuple[list[int], float]] = []
+
+    def sample(self, z, decoding, seed):
+        rows = [int(v) for v in z[:, 0, 0]]
+        calls.append((rows, decoding.temperature))
+        return [rounds[r][min(sum(r in c for c, _ in calls) - 1, len(rounds[r]) - 1)] for r in rows]
+
+    monkeypatch.setattr(Brain3D, "_sample", sample)
+    head = FindingsHead(32, 16)
+    wanted = ["left", "bilateral", "right", "none"]
+    monkeypatch.setattr(FindingsHead, "decide", lambda self, z: [wanted[int(v)] for v in z[:, 0, 0]])
+    brain3d.findings = head
+    z = torch.zeros(4, 32, 16)
+    z[:, 0, 0] = torch.arange(4)
+    decoding = Decoding(
+        temperature=0.1,
+        top_p=0.9,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        max_new_tokens=8,
+        min_new_tokens=1,
+        repetition_exempt=(),
+        select="findings",
+        candidates=3,
+        candidate_temperature=1.0,
+    )
+    assert brain3d.generate(z, decoding) == [left, both, left, left]
+    assert calls[0] == ([0, 1, 2, 3], 0.1) and all(t == 1.0 for _, t in calls[1:])
+    assert calls[1][0] == [1, 2, 3] and calls[2][0] == [1, 2, 3] and calls[3][0] == [2, 3] and len(calls) == 4
+
+    calls.clear()
+    assert brain3d.generate(z, dataclasses.replace(decoding, select="plain")) == [left, normal, normal, left]
+    assert len(calls) == 1
+    brain3d.findings = None
+    with pytest.raises(ValueError, match="findings head"):
+        brain3d.generate(z, decoding)

@@ -37,6 +37,7 @@ def write_card(
     visual: str | Path,
     projector: str | Path | None,
     adapter: str | Path | None = None,
+    findings: str | Path | None = None,
     extra: dict | None = None,
 ) -> None:
     """Record what `Brain3D.from_pretrained` needs (`model_cfg`: the ModelConfig) and the sha256 of every file
@@ -47,6 +48,7 @@ def write_card(
         *backbone_files(backbones["lm"]),
         visual,
         *([projector] if projector else []),
+        *([findings] if findings else []),
         *(sorted(p for p in Path(adapter).rglob("*") if p.is_file()) if adapter else []),
     ]
     card = {
@@ -60,6 +62,7 @@ def write_card(
         "visual": _rel(visual, out_dir),
         "projector": _rel(projector, out_dir) if projector else None,
         "adapter": _rel(adapter, out_dir) if adapter else None,
+        "findings": _rel(findings, out_dir) if findings else None,
         "sha256": {_rel(f, out_dir): fileio.sha256_file(f) for f in loaded},
         **(extra or {}),
     }
@@ -123,7 +126,9 @@ def verify(model_dir: str | Path, card: dict) -> None:
         f"or retrain this model on the new one (`dvc repro {card.get('phase', '<stage>')}` in its checkout)"
     )
     unpinned = [
-        card[k] for k in ("visual", "projector") if card.get(k) and _rel(card[k], model_dir) not in pins
+        card[k]
+        for k in ("visual", "projector", "findings")
+        if card.get(k) and _rel(card[k], model_dir) not in pins
     ]
     if unpinned:
         raise fileio.IntegrityError(f"{model_dir}: its card loads {unpinned[0]} but pins no hash for it")
@@ -147,7 +152,7 @@ def read_card(model_dir: str | Path) -> dict:
             f"({', '.join(release.LAYOUT)})"
         )
     card = {**fileio.read_json(card_path), "dir": str(model_dir.resolve())}
-    for key in ("visual", "projector", "adapter"):
+    for key in ("visual", "projector", "adapter", "findings"):
         if card.get(key):
             card[key] = str((model_dir / card[key]).resolve())
     for key in ("vision", "lm"):

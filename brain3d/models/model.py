@@ -6,7 +6,7 @@ tokens. Every sample has the same prefix length (K + prompt), so generation batc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from brain3d.models import checkpoint, release
 from brain3d.models.backbones import LanguageModel, load_vision_model, record_language_model, torch_dtype
 from brain3d.models.compressor import build_compressor
 from brain3d.models.encoder import VolumeEncoder, check_variant
+from brain3d.models.findings_head import FindingsHead
 from brain3d.models.projector import Projector
 
 if TYPE_CHECKING:
@@ -72,8 +73,15 @@ class Decoding:
     max_new_tokens: int
     min_new_tokens: int
     repetition_exempt: tuple[str, ...]
+    select: str  # plain (the paper's) | findings: findings-consistent decoding (Brain3D.generate)
+    candidates: int  # findings: at most this many further samples of a report that disagrees with the head
+    candidate_temperature: float  # findings: the sampling temperature of those candidates
     do_sample: bool = True
     extra: dict = field(default_factory=dict)
+
+    def candidate(self) -> Decoding:
+        """The settings a findings-consistent decoder samples its further candidates with."""
+        return replace(self, temperature=self.candidate_temperature, do_sample=True)
 
     def kwargs(self, tokenizer=None, prompt_length: int = 0) -> dict:
         """`generate()` keyword arguments. The repetition penalty runs as an ExemptRepetitionPenalty over the
@@ -197,7 +205,8 @@ class Brain3D(nn.Module):
     layers); `language_model` is the backbone record it came from (tokenizer, checkpoint class).
     Saved and loaded as one directory: `save_pretrained` / `from_pretrained` (brain3d.models.checkpoint).
     `variant` (`model.variant`): with `reference`, the authors' released model, the projector runs in the LM's
-    dtype and its output is not multiplied by Gemma's embedding scale (SPEC §4b).
+    dtype and its output is not multiplied by Gemma's embedding scale (SPEC §4b). `findings`: phase 1's findings
+    head (brain3d.models.findings_head), when the model carries one: findings-consistent decoding reads it.
     """
 
     def __init__(
@@ -212,6 +221,7 @@ class Brain3D(nn.Module):
         self.language_model = lm
         self.lm = lm.causal
         self.visual = visual
+        self.findings: FindingsHead | None = None
         self.variant = check_variant(variant)
         self.projector = Projector(
             vision_width, lm.hidden_size, lm.embed_scale if variant == "paper" else 1.0
@@ -241,10 +251,12 @@ class Brain3D(nn.Module):
         backbones: dict,
         visual: str | Path | None = None,
         adapter=None,
+        findings: str | Path | None = None,
     ) -> None:
         """Write the model to `out_dir` as one directory: projector.safetensors, the visual tokenizer's weights
         (visual.safetensors, unless `visual` names weights saved before, e.g. phase 1's for phases 2A/2B), the
-        LoRA adapter (`adapter`: the PeftModel of phase 2B) in adapter/, and the card (checkpoint.py)."""
+        LoRA adapter (`adapter`: the PeftModel of phase 2B) in adapter/, and the card (checkpoint.py), which also
+        names the findings head's weights (`findings`: phase 1's findings.safetensors) when there is one."""
         out_dir = Path(out_dir)
         if visual is None:
             if self.visual is None:
@@ -264,6 +276,7 @@ class Brain3D(nn.Module):
             visual=visual,
             projector=out_dir / "projector.safetensors",
             adapter=out_dir / "adapter" if adapter is not None else None,
+            findings=findings,
         )
 
     @classmethod
@@ -291,6 +304,9 @@ class Brain3D(nn.Module):
             # injects the LoRA layers into lm.full in place
             PeftModel.from_pretrained(lm.full, card["adapter"])
         model = cls(lm, visual.width, model_cfg.prompt, visual=visual, variant=model_cfg.variant)
+        if card.get("findings"):
+            model.findings = FindingsHead(model_cfg.n_tokens, visual.width)
+            model.findings.load_state_dict(load_file(card["findings"]))
         model.projector.load_state_dict(
             release.read_projector(card["projector"], visual.width, lm.hidden_size)
             if is_release
@@ -361,7 +377,36 @@ class Brain3D(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, decoding: Decoding, seed: int = 0) -> list[str]:
-        """Reports for a batch of visual tokens; sampling is seeded, KV cache on."""
+        """Reports for a batch of visual tokens; sampling is seeded, KV cache on.
+
+        With `decoding.select` "findings" (findings-consistent decoding, a departure from the paper), a report
+        whose asserted finding (a lesion or none, and its side) disagrees with the findings head is sampled
+        again, up to `decoding.candidates` times at `decoding.candidate_temperature`; the first candidate that
+        agrees is kept, else the one that agrees best (presence first, then side), else the first report. A
+        report that agrees with the head is the plain decoder's, unchanged."""
+        reports = self._sample(z, decoding, seed)
+        if decoding.select == "plain":
+            return reports
+        if decoding.select != "findings":
+            raise ValueError(f"generate.select must be 'plain' or 'findings', got {decoding.select!r}")
+        if self.findings is None:
+            raise ValueError(
+                "generate.select findings needs a model with a findings head (phase1.findings_weight > 0)"
+            )
+        wanted = self.findings.to(self.device).decide(z.to(self.device))
+        misfit = [_misfit(r, w) for r, w in zip(reports, wanted)]
+        for attempt in range(1, decoding.candidates + 1):
+            todo = [i for i, m in enumerate(misfit) if m != (False, False)]
+            if not todo:
+                break
+            more = self._sample(z[todo], decoding.candidate(), seed + 7919 * attempt)
+            for i, text in zip(todo, more):
+                if (m := _misfit(text, wanted[i])) < misfit[i]:
+                    reports[i], misfit[i] = text, m
+        return reports
+
+    def _sample(self, z: torch.Tensor, decoding: Decoding, seed: int) -> list[str]:
+        """One sampled (or greedy) report per row of visual tokens: the plain decoder."""
         prefix = self._prefix(z)
         attention = torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device)
         torch.manual_seed(seed)
@@ -374,3 +419,14 @@ class Brain3D(nn.Module):
             **decoding.kwargs(self.tokenizer),
         )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def _misfit(report: str, wanted: str) -> tuple[bool, bool]:
+    """How a report disagrees with the findings head's `wanted` finding ("none", left, right, bilateral): (the
+    presence of a lesion differs, its side differs); (False, False) when it agrees."""
+    from brain3d.data.findings import asserted_side, extract_negation_aware
+
+    present = bool(extract_negation_aware(report)["pathology"])  # as the metrics read a report's findings
+    if present != (wanted != "none"):
+        return True, True
+    return False, present and asserted_side(report) != wanted

@@ -59,6 +59,9 @@ DECODING = dict(
     no_repeat_ngram_size=3,
     min_new_tokens=10,
     max_new_tokens=128,
+    select="plain",  # its own decoder: the release has no findings head
+    candidates=0,
+    candidate_temperature=1.0,
 )
 # the reference loads the LM in 4-bit NF4 with bf16 compute, and the vision encoder and projector in bf16; where
 # 4-bit cannot run (no CUDA) the LM loads unquantised in bf16, said on stderr (runtime.precision_fallback)

@@ -25,28 +25,13 @@ from brain3d.data.reports import swap_laterality
 from brain3d.data.split import SplitSubjects
 from brain3d.data.views import mirror
 from brain3d.models.backbones import LanguageModel
+from brain3d.models.findings_head import FindingsHead
 from brain3d.models.model import Brain3D, VisualTokenizer
 from brain3d.training.loop import FitResult, TrainConfig, fit
 from brain3d.training.losses import InfoNCE
 
 
 # ----------------------------------------------------------------------------- phase 1
-class FindingsHead(nn.Module):
-    """(B, K, Cv) visual tokens -> findings logits, reading each token at its position: a linear layer over the
-    flattened, per-token normalised tokens (no mean over K, which would average left and right away)."""
-
-    SIZES = {"presence": 1, "side": len(SIDES), "anatomy": len(ANATOMY), "pathology": len(PATHOLOGY)}
-
-    def __init__(self, n_tokens: int, width: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.linear = nn.Linear(n_tokens * width, sum(self.SIZES.values()))
-
-    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.linear(self.norm(tokens).flatten(1))  # (B, K, Cv) -> (B, K*Cv) -> (B, 19)
-        return dict(zip(self.SIZES, logits.split(list(self.SIZES.values()), dim=1)))
-
-
 class ContrastiveModel(nn.Module):
     """Visual tokenizer + projection head: volume -> image embedding in the LM's hidden space, and with
     `findings` a findings head over the same tokens."""
