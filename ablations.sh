@@ -39,7 +39,7 @@ if [ "${1:-}" != "--table" ]; then
   for seed in 1 2; do
     queue "seed-$seed" "phase1.seed=$seed" "phase2a.seed=$seed" "phase2b.seed=$seed"
   done
-  queue findings-off phase1.findings_weight=0 phase1.laterality_flip=false
+  queue findings-off phase1.findings_weight=0 phase1.laterality_flip=false generate.select=plain
   queue inflation-sum model.inflation=sum
   queue inflation-center model.inflation=center
   queue seq-pool model.compressor=seq_pool

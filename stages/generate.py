@@ -1,10 +1,11 @@
 """DVC stage `generate@<system>`: reports for every test subject with one trained model, written to
 reports/predictions/<system>.jsonl (+ <system>.json metadata).
 
-    python -m stages.generate <system> <model> [shuffled]
+    python -m stages.generate <system> <model> [shuffled] [plain]
 
 `shuffled` is the image-shuffled control: each subject gets another test subject's visual tokens, so a
-system that truly reads the image must beat it.
+system that truly reads the image must beat it. `plain` decodes as the paper does, whatever `generate.select`
+says (the paper row beside findings-consistent decoding).
 """
 
 import sys
@@ -22,6 +23,7 @@ DESCRIPTIONS = {
     "phase1": "Brain3D after phase 1 only (contrastive encoder, untrained projector)",
     "phase2a": "Brain3D after phase 2A (projector warm-up)",
     "phase2b": "Brain3D full (phase 2B: projector + LoRA)",
+    "phase2b_plain": "Brain3D full with the paper's plain decoder (no findings-consistent selection)",
     "phase2b_shuffled": "control: phase 2B fed another test subject's visual tokens",
 }
 
@@ -29,8 +31,9 @@ DESCRIPTIONS = {
 def main() -> None:
     system, model_name = sys.argv[1], sys.argv[2]
     shuffled = len(sys.argv) > 3 and sys.argv[3].lower() in ("true", "shuffled")
+    plain = len(sys.argv) > 4 and sys.argv[4] == "plain"
     with entrypoint.run(f"generate@{system}", ("generate",)) as (cfg, tracker):
-        g = cfg["generate"]
+        g = {**cfg["generate"], **({"select": "plain"} if plain else {})}
         model = Brain3D.from_pretrained(paths.model_dir(model_name), runtime.device())
         test = SplitSubjects.load(
             pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST), "test", paths.VOLUMES

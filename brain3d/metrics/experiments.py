@@ -31,6 +31,7 @@ ABLATED = (
     "phase2a.laterality_flip",
     "phase2b.laterality_flip",
     "corpus.n_subjects",
+    "generate.select",
     "phase1.seed",
 )
 METRICS = (
@@ -68,6 +69,7 @@ HEADERS = {
     "phase2a.laterality_flip": "flip 2A",
     "phase2b.laterality_flip": "flip 2B",
     "corpus.n_subjects": "corpus",
+    "generate.select": "decoder",
     "phase1.seed": "seed",
 }
 
