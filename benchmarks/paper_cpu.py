@@ -9,7 +9,8 @@ CUDA; `foundation.allow_cpu_fallback`). Then, each timed once after a warm-up, w
    encoder and the compressor (what the token cache computes once per volume);
 2. one phase-2B micro-batch (params.yaml `profiles.paper.phase2b.batch_size`, a 160-token report) forward and
    backward, with LoRA (r 16) on the language model's q/k/v/o, under bf16 autocast as the training loop runs it;
-3. a generation of 16 new tokens for a batch of `profiles.paper.generate.batch_size`.
+3. a generation of 16 new tokens for a batch of `profiles.paper.generate.batch_size` (the plain decoder: with
+   `generate.select: findings` a report that disagrees with the findings head is sampled again, at this cost each).
 
 It prints seconds and peak RSS per step, and what they imply at the full epoch budget
 (benchmarks/paper_gpu.py's `training_hours`, phase 1 estimated at 3 encoder passes per volume), in CPU-hours.
@@ -127,7 +128,12 @@ def main() -> None:  # noqa: C901 (one measurement after another)
     model.eval()
     n_gen = cfg["generate"]["batch_size"]
     decoding = decoding_from_params(
-        {**cfg["generate"], "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+        {
+            **cfg["generate"],
+            "max_new_tokens": args.new_tokens,
+            "min_new_tokens": args.new_tokens,
+            "select": "plain",
+        }
     )
     with torch.no_grad(), torch.autocast("cpu", dtype=bf16):
         measured("generate_16_tokens", lambda: model.generate(tokens[:n_gen], decoding), figures)

@@ -245,7 +245,10 @@ def _quiet_libraries() -> None:
 
 def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
     """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides; a
-    model card's own `decoding` (a release's generate_report defaults) replaces the `generate` keys it sets."""
+    model card's own `decoding` (a release's generate_report defaults) replaces the `generate` keys it sets. A
+    model without phase 1's findings head (the card names none) decodes plainly, as the paper does, whatever
+    `generate.select` says: findings-consistent decoding needs the head (the result's `model.decoder` says
+    which decoder wrote the report)."""
     from brain3d.generation import decoding_from_params
     from brain3d.interpretability.cases import LimeSettings
 
@@ -254,6 +257,8 @@ def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
         **((card or {}).get("decoding") or {}),
         **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
     }
+    if card is not None and not card.get("findings"):
+        g["select"] = "plain"
     lime = {**cfg["lime"], **({"n_samples": args.lime_samples} if args.lime_samples is not None else {})}
     return decoding_from_params(g), LimeSettings.from_params(lime)
 
@@ -385,6 +390,7 @@ def plan(args: argparse.Namespace, cfg: dict) -> Plan:
     card, info = _model(model_dir)
     try:
         decoding, lime = settings(cfg, args, card)
+        info["decoder"] = decoding.select
         p = cfg["preprocess"]
         kwargs = dict(
             skull_stripped=args.skull_stripped,

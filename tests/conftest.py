@@ -159,13 +159,19 @@ DEMO_SHAPE = (32, 64, 64)  # profiles.demo.preprocess.shape: brain_similarity is
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     """A trained-model directory laid out as the phase2b stage writes it (visual + projector weights, LoRA
-    adapter, brain3d.json) over the tiny SigLIP / Gemma 3 checkpoints, at the demo volume shape."""
+    adapter, phase 1's findings head, brain3d.json) over the tiny SigLIP / Gemma 3 checkpoints, at the demo
+    volume shape."""
     import torch
+
+    from brain3d.fileio import save_safetensors
+    from brain3d.models.findings_head import FindingsHead
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("phase2b")
     cfg = model_config(volume_shape=DEMO_SHAPE, n_tokens=32, grid=(2, 4, 4))
     model, lora = lora_brain3d(tiny_siglip_dir, tiny_gemma3_dir, cfg, b_std=0.02)
+    findings = out / "findings.safetensors"
+    save_safetensors(findings, FindingsHead(32, model.visual.width).state_dict())
     model.save_pretrained(
         out,
         phase="phase2b",
@@ -178,21 +184,31 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
             "load_in_4bit": False,
         },
         adapter=lora,
+        findings=findings,
     )
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_release_dir(tmp_path_factory):
+def paper_snapshots(tmp_path_factory):
+    """(medsiglip-448, medgemma-1.5-4b-it) snapshot folders as the paper world holds them (brain3d.rehearsal):
+    the real classes and geometry (patch 14, MedGemma image 896 with 256 tokens per image) at tiny widths."""
+    from brain3d.models.release import PROMPT as RELEASE_PROMPT
+    from brain3d.rehearsal import write_snapshots
+
+    tmp = tmp_path_factory.mktemp("snapshots")
+    return write_snapshots(tmp, (REPORTS + [PROMPT, RELEASE_PROMPT]) * 5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_release_dir(tmp_path_factory, paper_snapshots):
     """A miniature of the authors' released BrainGemma3D in its published layout (brain3d.rehearsal): the real
     classes and MedSigLIP's / MedGemma's geometry (patch 14) at tiny widths, a projector saved with torch.save,
     a LoRA on plain module names, a recorded hub revision."""
-    from brain3d.models.release import PROMPT as RELEASE_PROMPT
-    from brain3d.rehearsal import write_release, write_snapshots
+    from brain3d.rehearsal import write_release
 
-    tmp = tmp_path_factory.mktemp("release")
-    vision, lm = write_snapshots(tmp / "snapshots", (REPORTS + [PROMPT, RELEASE_PROMPT]) * 5, seed=0)
-    return write_release(tmp / "BrainGemma3D", vision, lm, seed=0)
+    vision, lm = paper_snapshots
+    return write_release(tmp_path_factory.mktemp("release") / "BrainGemma3D", vision, lm, seed=0)
 
 
 # ------------------------------------------------------------------ report keyword contract (shared helper)

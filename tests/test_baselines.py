@@ -1,5 +1,7 @@
 """Baselines: the slice-sequence prompt on a tiny Gemma 3 of the real class, Med3DVLM's input and gate."""
 
+import functools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +188,55 @@ def test_med3dvlm_runs_in_its_own_environment(tmp_path):
     assert cmds[0][1:3] == ["-m", "venv"]
     assert any("transformers==4.48.3" in c for c in cmds[-1])
     assert all(str(tmp_path / "env" / "bin" / "python") == c[0] for c in cmds[1:])
+
+
+def test_the_paper_geometry_64_slices_of_256_image_tokens(paper_snapshots, monkeypatch):
+    """The paper profile's slice prompt (64 slices of a 64 x 128 x 128 volume, 256 image tokens each: 16 384
+    of a ~16.6k-token prompt) through the MedGemma snapshot's real processor and classes: encoded once for the
+    loss, whose answer start is read from that encoding's ids, and decoded. The paper rehearsal
+    (tests/test_rehearsal.py) runs the slice stages on fewer slices; this carries the geometry."""
+    _, lm_dir = paper_snapshots
+    lm = load_language_model(lm_dir, keep_vision=True)
+    prompt = SlicePrompt("Axial FLAIR slices follow.", "Write the report.", n_slices=64)
+    seq = SliceSequence(lm, load_processor(lm_dir), prompt, decoding=decoding(max_new_tokens=2))
+    volume = np.random.default_rng(0).random((64, 128, 128), dtype=np.float32)
+    assert prompt.slice_indices(64) == list(range(64))
+
+    seen, calls = {}, []
+    forward, encode = seq.lm.full.forward, seq.encode
+
+    @functools.wraps(forward)  # generate() reads the forward's signature
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return forward(*args, **kwargs)
+
+    def counted(*args, **kwargs):
+        out = encode(*args, **kwargs)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(seq.lm.full, "forward", spy)
+    monkeypatch.setattr(seq, "encode", counted)
+    report = "A lesion is seen in the left frontal lobe."
+    with torch.no_grad():
+        loss = seq.loss([volume], [report])
+    assert torch.isfinite(loss) and len(calls) == 1, "the 64 slices were encoded more than once"
+    tok = seq.processor.tokenizer
+    ids, labels = seen["input_ids"][0], seen["labels"][0]
+    assert seq.lm.full.config.mm_tokens_per_image == 256
+    assert int((ids == tok.convert_tokens_to_ids("<image_soft_token>")).sum()) == 64 * 256
+    assert tuple(seen["pixel_values"].shape) == (64, 3, 896, 896)
+    text = tok.decode(ids)
+    assert [text.index(f"SLICE {n}\n") for n in (1, 2, 63, 64)] == sorted(
+        text.index(f"SLICE {n}\n") for n in (1, 2, 63, 64)
+    )
+    kept = (labels != -100).nonzero()[:, 0]
+    assert kept[0] > 64 * 256 and tok.decode(ids[kept]).strip() == f"{report}<end_of_turn>"
+
+    t0 = time.perf_counter()
+    (text_out,) = seq.predict([volume], batch_size=1, seed=0, progress=False)
+    print(f"generation {time.perf_counter() - t0:.1f} s")
+    assert isinstance(text_out, str) and len(calls) == 2
+    prefill = calls[1]["input_ids"][0]  # the generation prompt: every slice, then the model's turn
+    assert int((prefill == tok.convert_tokens_to_ids("<image_soft_token>")).sum()) == 64 * 256
+    assert tok.decode(prefill[-8:]).endswith("<start_of_turn>model\n")

@@ -29,19 +29,11 @@ def brain3d(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
 
 
+OPTIONS = ("--skull-stripped", "--device", "cpu", "--max-new-tokens", "12")
+
+
 def report(scan: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    return brain3d(
-        "report",
-        str(scan),
-        "--model",
-        str(model),
-        "--skull-stripped",
-        "--device",
-        "cpu",
-        "--max-new-tokens",
-        "12",
-        *extra,
-    )
+    return brain3d("report", str(scan), "--model", str(model), *OPTIONS, *extra)
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -149,8 +141,10 @@ def test_findings_are_negation_aware():
 
 
 @pytest.fixture(scope="module")
-def text_run(scans, tiny_model_dir):
-    return report(scans["good"], tiny_model_dir)
+def text_run(scans, tiny_model_dir, tmp_path_factory):
+    """One good scan, its report as text, and its row in --out results.csv: (the run, the csv)."""
+    csv = tmp_path_factory.mktemp("text") / "results.csv"
+    return report(scans["good"], tiny_model_dir, "--out", str(csv)), csv
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +154,7 @@ def json_run(scans, tiny_model_dir, tmp_path_factory):
 
 
 def test_a_good_scan_prints_a_report_and_its_findings(text_run, tiny_model_dir):
+    text_run, _ = text_run
     assert text_run.returncode == 0, text_run.stderr
     assert "Traceback" not in text_run.stderr
     # piped stderr holds nothing but the demo model's warning (the tiny model's card says "standins")
@@ -176,6 +171,7 @@ def test_a_good_scan_prints_a_report_and_its_findings(text_run, tiny_model_dir):
 
 def test_json_output_and_explanation_figure(json_run, text_run):
     run, png = json_run
+    text_run, _ = text_run
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     result = json.loads(run.stdout)
@@ -193,6 +189,9 @@ def test_json_output_and_explanation_figure(json_run, text_run):
     assert result["sequence"] == "FLAIR" and result["status"] == "ok"
     assert result["model"]["profile"] == "demo" and "phantom" in result["model"]["trained_on"]
     assert result["model"]["use"].startswith("research use only")
+    assert (
+        result["model"]["decoder"] == "findings"
+    )  # params' generate.select, the model having a findings head
     assert result["explanation"] == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     import matplotlib.image as mpimg
@@ -259,26 +258,37 @@ BAD = {  # case -> what its one line must say
 }
 
 
+SCAN_CASES = [case for case in BAD if case != "no_model"]  # a failed row each; no_model refuses the call
+
+
 @pytest.fixture(scope="module")
 def bad_runs(scans, tiny_model_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Every bad case, two processes at a time (each one pays the interpreter start-up)."""
-    jobs = {case: (scans.get(case), tiny_model_dir) for case in BAD}
-    jobs["no_model"] = (scans["good"], tmp_path_factory.mktemp("not_a_model"))
+    """Every bad scan in one call, and a model folder without its card in another (two processes at a time:
+    each pays the interpreter start-up). A bad scan alone takes the same path as among others (brain3d.cli
+    `report`: a failed row, then its one line at the end), so one call checks them all: its stderr must hold
+    one line per scan, in their order, and nothing else."""
     with ThreadPoolExecutor(2) as pool:
-        futures = {case: pool.submit(report, scan, model) for case, (scan, model) in jobs.items()}
-        return {case: f.result() for case, f in futures.items()}
+        paths = [str(scans[case]) for case in SCAN_CASES]
+        many = pool.submit(brain3d, "report", *paths, "--model", str(tiny_model_dir), *OPTIONS)
+        no_model = pool.submit(report, scans["good"], tmp_path_factory.mktemp("not_a_model"))
+        return {"scans": many.result(), "no_model": no_model.result()}
 
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_is_one_line_on_stderr_and_exit_2(bad_runs, scans, case):
-    run = bad_runs[case]
+    run = bad_runs["no_model" if case == "no_model" else "scans"]
     assert run.returncode == 2, f"{case}: exit {run.returncode}\n{run.stderr}"
     assert "Traceback" not in run.stderr
     lines = run.stderr.splitlines()
-    assert len(lines) == 1, f"{case}: expected one line on stderr, got {len(lines)}:\n{run.stderr}"
-    assert lines[0].startswith("brain3d: ") and BAD[case] in lines[0], lines[0]
-    if case != "no_model":
-        assert str(scans[case]) in lines[0], "the message names the file"
+    if case == "no_model":
+        assert len(lines) == 1, f"{case}: expected one line on stderr, got {len(lines)}:\n{run.stderr}"
+        line = lines[0]
+    else:
+        named = [str(scans[c]) for c in SCAN_CASES]
+        assert [ln.split(": ")[1] for ln in lines] == named, f"one line per bad scan, in order:\n{run.stderr}"
+        line = lines[SCAN_CASES.index(case)]
+        assert line.startswith(f"brain3d: {scans[case]}: "), "the message names the file"
+    assert line.startswith("brain3d: ") and BAD[case] in line, line
     assert run.stdout == ""
 
 
@@ -293,9 +303,12 @@ def test_cuda_without_a_gpu_is_one_line(scans, tiny_model_dir):
 # ------------------------------------------------------------------------------------ many scans at once
 
 
-def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tiny_model_dir, tmp_path):
+def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(
+    scans, tiny_model_dir, tmp_path, text_run
+):
     """A folder (two good scans, one T1) plus a missing file: the model loads once, every good scan gets its
-    report, the bad ones are listed at the end, exit status 2, and --out holds one row per scan."""
+    report, the bad ones are listed at the end, exit status 2, and --out holds one row per scan (a .csv: the
+    one-scan run of text_run)."""
     import shutil
 
     import pandas as pd
@@ -348,8 +361,8 @@ def test_many_scans_in_one_call_with_out_rows_and_failures_at_the_end(scans, tin
         a["seconds"]["model_load"] > 0 and b["seconds"]["model_load"] == 0
     )  # loaded once, for the first scan
     assert "looks T1-weighted" in c["reason"] and "report" not in c
-    csv = tmp_path / "results.csv"
-    assert report(folder / "a.nii.gz", tiny_model_dir, "--out", str(csv)).returncode == 0
+    run, csv = text_run  # the same scan as a.nii.gz, alone
+    assert run.returncode == 0, run.stderr
     table = pd.read_csv(csv)
     assert list(table["status"]) == ["ok"] and table.loc[0, "model_profile"] == "demo"
     assert table.loc[0, "report"] == a["report"] and "findings_side" in table
@@ -414,3 +427,18 @@ def test_side_probability_is_the_models_and_follows_the_side(tiny_model_dir):
     ll = model.log_likelihood(z.expand(2, -1, -1), [text, swap_laterality(text)], reduction="sum").double()
     assert np.log(p["left"] / p["right"]) == pytest.approx(float(ll[0] - ll[1]), abs=1e-3)
     assert side_probabilities(model, z, "No lesion. Normal study.") is None
+
+
+def test_a_model_without_a_findings_head_decodes_plainly():
+    """generate.select findings needs phase 1's findings head: a card without one (phase1.findings_weight 0, a
+    release) gets the paper's plain decoder rather than an error on every scan."""
+    import argparse
+
+    from brain3d import config
+    from brain3d.cli import settings
+
+    cfg = config.load(ROOT / "params.yaml")
+    assert cfg["generate"]["select"] == "findings"
+    args = argparse.Namespace(max_new_tokens=None, lime_samples=None)
+    assert settings(cfg, args, {"findings": "findings.safetensors"})[0].select == "findings"
+    assert settings(cfg, args, {"phase": "phase2b"})[0].select == "plain"

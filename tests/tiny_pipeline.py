@@ -110,8 +110,9 @@ def tiny_params(params: dict) -> dict:
 
 def paper_params(params: dict, world: dict[str, Path]) -> dict:
     """`profile: paper` pointed at a miniature paper world (brain3d.rehearsal.write_world's folders): its data,
-    snapshots and miniature BrainGemma3D release, the paper's volume shape, token counts, 64 slices and 4-bit request (which falls back on a
-    CPU, said and logged), with one epoch of tiny batches and short generations. float32, not the paper's
+    snapshots and miniature BrainGemma3D release, the paper's volume shape, token counts and 4-bit request (which
+    falls back on a CPU, said and logged), 4 slices of 256 image tokens for the slice baselines (the paper's 64:
+    tests/test_baselines.py, at unit level; 64 cost the rehearsal 4 minutes), with one epoch of tiny batches and short generations. float32, not the paper's
     bfloat16: bf16 matmuls are emulated on this CPU and would double the run (tests/test_model.py holds the
     bf16 path: a bf16 encoder and LM run outside autocast)."""
     p = yaml.safe_load(yaml.safe_dump(params))  # deep copy
@@ -133,6 +134,7 @@ def paper_params(params: dict, world: dict[str, Path]) -> dict:
     for phase in ("phase1", "phase2a", "phase2b"):
         paper[phase].update(epochs=1, batch_size=2, grad_accum=2, patience=1)
     paper["generate"].update(max_new_tokens=12, batch_size=4)
+    paper["baselines"].update(n_slices=4)
     paper["evaluate"].update(bertscore_model=None, bertscore_layers=None)  # no roberta-base in the world
     p["evaluate"]["n_resamples"] = 50
     p["lime"].update(per_class=1, batch_size=8, deletion_steps=3)
@@ -312,6 +314,7 @@ def outs_hashes(repo: Repo) -> dict[str, str]:
     return {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
 
 
+TWIN_TARGET = "phase2b"  # the twin's repro stops here (its upstream stages run too)
 INTERRUPT_EPOCHS = 6  # phase 1 epochs in the interruption check: it is killed after the first one
 
 
@@ -371,9 +374,10 @@ def twin_exp(twin: Repo, override: str) -> subprocess.CompletedProcess:
 
 
 def run_pipeline(tmp: Path) -> Pipeline:
-    """repro (and an independent twin's repro beside it), repro again, commit, `dvc exp run -S
-    phase2b.lora_rank=4`, `dvc exp show --json`; then in the twin: an interrupted phase 1 resumed, phase 1
-    after a code edit, and an experiment with a misspelt key."""
+    """repro (and an independent twin's repro up to phase 2B beside it: the stages that train and simulate,
+    where two runs could drift apart), repro again, commit, `dvc exp run -S phase2b.lora_rank=4`, `dvc exp
+    show --json`; then in the twin: an interrupted phase 1 resumed, phase 1 after a code edit, and an
+    experiment with a misspelt key."""
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.perf_counter()
@@ -382,7 +386,7 @@ def run_pipeline(tmp: Path) -> Pipeline:
     try:
         result.sha_repro = repo.git("rev-parse", "HEAD").strip()
         with ThreadPoolExecutor(1) as pool:  # the twin's repro runs beside ours (each stage on one thread)
-            twin_repro = pool.submit(twin.dvc, "repro", label="dvc repro (twin)")
+            twin_repro = pool.submit(twin.dvc, "repro", TWIN_TARGET, label="dvc repro phase2b (twin)")
             result.repro = repo.dvc("repro", label="dvc repro")
             result.twin_repro = twin_repro.result()
         result.hashes, result.twin_hashes = outs_hashes(repo), outs_hashes(twin)
