@@ -342,6 +342,7 @@ SCHEMA: dict = {
         "temperature": Float(gt=0),
         "laterality_flip": Bool(),
         "findings_weight": Float(ge=0),
+        "side_balance": Bool(),
     },
     "phase2a": {**TRAIN, **PHASE2},
     "phase2b": {

@@ -41,6 +41,7 @@ def main() -> None:
             temperature=p["temperature"],
             laterality_flip=p["laterality_flip"],
             findings_weight=p["findings_weight"],
+            side_balance=p["side_balance"],
             state_dir=cache_dir("phase1", key),
             tracker=tracker,
         )

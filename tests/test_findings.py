@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import model_config
 
 from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
@@ -206,3 +207,26 @@ def test_side_head_beats_chance_on_held_out_volumes(tmp_path, tiny_siglip_dir, t
     truth = torch.tensor([SIDES.index(s or "none") for s in test_sides])
     accuracy = float((predicted == truth).float().mean())
     assert accuracy >= 0.85, f"side accuracy {accuracy:.2f} on held-out volumes (chance 0.40)"
+
+
+def test_balanced_side_weights_give_each_side_class_the_same_total():
+
+    left, right, both = (SIDES.index(s) for s in ("left", "right", "bilateral"))
+    side = torch.tensor([left] * 6 + [right] * 3 + [both] + [UNDEFINED_SIDE] * 2)
+    w = phases.balanced_side_weights(side)
+    totals = {c: float(w[c]) * int((side == c).sum()) for c in (left, right, both)}
+    assert (
+        totals[left] == pytest.approx(totals[right]) == pytest.approx(totals[both]) == pytest.approx(10 / 3)
+    )
+    assert float(w[SIDES.index("none")]) == 0  # absent from these targets
+
+    logits = {"side": torch.randn(len(side), len(SIDES)), "presence": torch.zeros(len(side), 1)}
+    logits |= {k: torch.zeros(len(side), 7) for k in ("anatomy", "pathology")}
+    targets = {"side": side, "presence": torch.ones(len(side)), "anatomy": torch.zeros(len(side), 7)}
+    targets["pathology"] = torch.zeros(len(side), 7)
+    plain = phases.findings_loss(logits, targets)["side"]
+    ok = side != UNDEFINED_SIDE
+    assert float(plain) == pytest.approx(float(F.cross_entropy(logits["side"][ok], side[ok])))
+    weighted = phases.findings_loss(logits, targets, w)["side"]
+    want = F.cross_entropy(logits["side"][ok], side[ok], weight=w)  # torch's weighted mean
+    assert float(weighted) == pytest.approx(float(want)) and float(weighted) != pytest.approx(float(plain))

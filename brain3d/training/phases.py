@@ -65,14 +65,19 @@ def findings_tensors(reports: list[str]) -> dict[str, torch.Tensor]:
 
 
 def findings_loss(
-    logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+    logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], side_weight: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-term findings losses: CE over side (undefined side masked out; 0 when a batch has none), BCE over
-    presence, anatomy and pathology (means over the batch)."""
+    """Per-term findings losses: CE over side (undefined side masked out; 0 when a batch has none; each class
+    weighted by `side_weight` when given, a weighted mean), BCE over presence, anatomy and pathology (means over
+    the batch)."""
     side_ok = targets["side"] != UNDEFINED_SIDE
-    side = F.cross_entropy(logits["side"], targets["side"], ignore_index=UNDEFINED_SIDE, reduction="sum")
+    if side_weight is None:
+        side_weight = torch.ones(logits["side"].shape[1], device=logits["side"].device)
+    side = F.cross_entropy(
+        logits["side"], targets["side"], weight=side_weight, ignore_index=UNDEFINED_SIDE, reduction="sum"
+    )
     return {
-        "side": side / side_ok.sum().clamp(min=1),
+        "side": side / side_weight[targets["side"][side_ok]].sum().clamp(min=1e-8),
         "presence": F.binary_cross_entropy_with_logits(logits["presence"][:, 0], targets["presence"]),
         "anatomy": F.binary_cross_entropy_with_logits(logits["anatomy"], targets["anatomy"]),
         "pathology": F.binary_cross_entropy_with_logits(logits["pathology"], targets["pathology"]),
@@ -140,7 +145,17 @@ def _collate_phase1(items):
     return batch
 
 
-def phase1_loss(infonce: InfoNCE, findings_weight: float):
+def balanced_side_weights(side: torch.Tensor) -> torch.Tensor:
+    """Per-class weights of the side CE that give each side class present in `side` (train targets) the same
+    total weight: n / (classes present x count); absent classes 0."""
+    counts = torch.bincount(side[side != UNDEFINED_SIDE], minlength=len(SIDES)).float()
+    present = counts > 0
+    weights = torch.zeros(len(SIDES))
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def phase1_loss(infonce: InfoNCE, findings_weight: float, side_weight: torch.Tensor | None = None):
     """The phase-1 loss_fn: InfoNCE, plus findings_weight x (side CE + presence, anatomy, pathology BCE) with
     each term returned as a named part (logged per epoch, train_/val_<term>). The total is what early stopping
     reads on the validation split. With weight 0 it is plain InfoNCE (a single tensor, as the paper's)."""
@@ -152,7 +167,7 @@ def phase1_loss(infonce: InfoNCE, findings_weight: float):
         volume, text, targets = batch
         image, logits = m(volume)
         contrastive = infonce(image, text)
-        terms = findings_loss(logits, targets)
+        terms = findings_loss(logits, targets, side_weight)
         total = contrastive + findings_weight * sum(terms.values())
         parts = {"infonce": contrastive.detach(), **{f"findings_{k}": v.detach() for k, v in terms.items()}}
         return total, parts
@@ -170,11 +185,13 @@ def train_phase1(
     temperature: float,
     laterality_flip: bool,
     findings_weight: float,
+    side_balance: bool = False,
     state_dir: Path,
     tracker=None,
 ) -> tuple[ContrastiveModel, FitResult]:
     """Contrastive (and, with findings_weight > 0, findings-grounded) training of the visual tokenizer; the LM
-    stays frozen (its text embeddings are cached)."""
+    stays frozen (its text embeddings are cached). `side_balance` weighs the findings head's side classes by
+    their inverse train frequency (bilateral reports are rare)."""
     if cfg.batch_size < 2:
         raise ValueError("phase1.batch_size must be >= 2: InfoNCE over one sample is identically zero")
     if findings_weight < 0:
@@ -189,7 +206,10 @@ def train_phase1(
         targets = findings_tensors(split.reports) if findings_weight > 0 else None
         data[name] = _Phase1Data(split, text, flipped if name == "train" else None, targets)
     model = ContrastiveModel(visual, lm.hidden_size, findings=findings_weight > 0)
-    loss_fn = phase1_loss(InfoNCE(temperature), findings_weight)
+    side_weight = (
+        balanced_side_weights(data["train"].findings["side"]) if side_balance and findings_weight else None
+    )
+    loss_fn = phase1_loss(InfoNCE(temperature), findings_weight, side_weight)
 
     params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     result = fit(
