@@ -14,6 +14,16 @@ from brain3d.models.model import Brain3D, Decoding, ModelConfig, VisualTokenizer
 from brain3d.models.projector import Projector
 
 
+def decoding(**settings) -> Decoding:
+    """Decoding settings for a test: sampling at temperature 1 with no penalty, 1-3 new tokens, the plain
+    decoder; `settings` replace any of them."""
+    base = dict(temperature=1.0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=3)
+    base |= dict(
+        min_new_tokens=1, repetition_exempt=(), select="plain", candidates=0, candidate_temperature=1.0
+    )
+    return Decoding(**{**base, **settings})
+
+
 def medsiglip_like(hidden=16, layers=1):
     """MedSigLIP-448's geometry (image 448, patch 14 -> 32x32 position grid) at a tiny width."""
     torch.manual_seed(0)
@@ -348,17 +358,12 @@ def test_loss_backpropagates_into_projector_only_when_lm_frozen(brain3d):
 
 def test_batched_generation_equals_one_at_a_time(brain3d):
     z = torch.randn(3, 32, 16)
-    greedy = Decoding(
-        temperature=1.0,
-        top_p=1.0,
+    greedy = decoding(
         repetition_penalty=1.2,
         no_repeat_ngram_size=3,
         max_new_tokens=12,
         min_new_tokens=2,
         repetition_exempt=("left", "right"),
-        select="plain",
-        candidates=0,
-        candidate_temperature=1.0,
         do_sample=False,
     )
     batched = brain3d.generate(z, greedy)
@@ -402,23 +407,17 @@ def test_repetition_exempt_spares_every_spelling_of_the_side_words(brain3d):
     assert ids and {tok.decode([i]).strip().lower() for i in ids} <= {"left", "right"}
     for i in range(len(tok)):  # every entry that is exactly the word, however the vocabulary spells it
         assert (i in ids) == (tok.decode([i]).strip().lower() in ("left", "right"))
-    decoding = Decoding(
-        temperature=1.0,
-        top_p=1.0,
+    exempt = decoding(
         repetition_penalty=1.2,
         no_repeat_ngram_size=3,
         max_new_tokens=4,
-        min_new_tokens=1,
         repetition_exempt=("left",),
-        select="plain",
-        candidates=0,
-        candidate_temperature=1.0,
         do_sample=False,
     )
-    kwargs = decoding.kwargs(tok)
+    kwargs = exempt.kwargs(tok)
     assert "repetition_penalty" not in kwargs and len(kwargs["logits_processor"]) == 1
     with pytest.raises(ValueError, match="tokenizer"):
-        decoding.kwargs()
+        exempt.kwargs()
 
 
 # ------------------------------------------------------------------------------- precision: no silent fallback
@@ -515,20 +514,7 @@ def test_a_bf16_backbone_encodes_and_generates_outside_autocast(tiny_siglip_dir,
     model = Brain3D(lm, visual.width, PROMPT).eval()  # the projector stays float32 (it is trained)
     with torch.no_grad():
         tokens = visual(torch.rand(2, 1, 8, 32, 32))
-        decoding = Decoding(
-            temperature=1.0,
-            top_p=1.0,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            max_new_tokens=3,
-            min_new_tokens=3,
-            repetition_exempt=(),
-            select="plain",
-            candidates=0,
-            candidate_temperature=1.0,
-            do_sample=False,
-        )
-        assert len(model.generate(tokens, decoding)) == 2
+        assert len(model.generate(tokens, decoding(min_new_tokens=3, do_sample=False))) == 2
         assert torch.isfinite(model.log_likelihood(tokens, ["left frontal lesion"] * 2)).all()
 
 
@@ -679,25 +665,14 @@ def test_findings_consistent_decoding_keeps_what_agrees_and_resamples_the_rest(b
     brain3d.findings = head
     z = torch.zeros(4, 32, 16)
     z[:, 0, 0] = torch.arange(4)
-    decoding = Decoding(
-        temperature=0.1,
-        top_p=0.9,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        max_new_tokens=8,
-        min_new_tokens=1,
-        repetition_exempt=(),
-        select="findings",
-        candidates=3,
-        candidate_temperature=1.0,
-    )
-    assert brain3d.generate(z, decoding) == [left, both, left, left]
+    findings = decoding(temperature=0.1, top_p=0.9, max_new_tokens=8, select="findings", candidates=3)
+    assert brain3d.generate(z, findings) == [left, both, left, left]
     assert calls[0] == ([0, 1, 2, 3], 0.1) and all(t == 1.0 for _, t in calls[1:])
     assert calls[1][0] == [1, 2, 3] and calls[2][0] == [1, 2, 3] and calls[3][0] == [2, 3] and len(calls) == 4
 
     calls.clear()
-    assert brain3d.generate(z, dataclasses.replace(decoding, select="plain")) == [left, normal, normal, left]
+    assert brain3d.generate(z, dataclasses.replace(findings, select="plain")) == [left, normal, normal, left]
     assert len(calls) == 1
     brain3d.findings = None
     with pytest.raises(ValueError, match="findings head"):
-        brain3d.generate(z, decoding)
+        brain3d.generate(z, findings)
