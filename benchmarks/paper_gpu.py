@@ -194,6 +194,9 @@ def main() -> None:  # noqa: C901 (one measurement after another, as the paper t
     model.eval()
     decoding = decoding_from_params(
         {**cfg["generate"], "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens}
+        | {
+            "select": "plain"
+        }  # the plain decoder's cost; findings decoding resamples disagreeing reports at it
     )
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16 == torch.bfloat16):
         gen_s = timed(

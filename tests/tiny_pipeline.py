@@ -308,10 +308,16 @@ class Pipeline:
     mistyped_seconds: float = 0.0
 
 
-def outs_hashes(repo: Repo) -> dict[str, str]:
-    """{output path: md5} of every stage output recorded in dvc.lock."""
+def outs_hashes(repo: Repo, stages: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{output path: md5} of every output that dvc.lock records for `stages` (default: all; a foreach stage
+    is `name@key`). The copied checkout's dvc.lock holds the committed demo run's entries until a stage re-runs."""
     lock = yaml.safe_load((repo.path / "dvc.lock").read_text())["stages"]
-    return {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
+    return {
+        o["path"]: o["md5"]
+        for name, stage in lock.items()
+        if stages is None or name in stages
+        for o in stage.get("outs", [])
+    }
 
 
 TWIN_TARGET = "phase2b"  # the twin's repro stops here (its upstream stages run too)
@@ -389,7 +395,8 @@ def run_pipeline(tmp: Path) -> Pipeline:
             twin_repro = pool.submit(twin.dvc, "repro", TWIN_TARGET, label="dvc repro phase2b (twin)")
             result.repro = repo.dvc("repro", label="dvc repro")
             result.twin_repro = twin_repro.result()
-        result.hashes, result.twin_hashes = outs_hashes(repo), outs_hashes(twin)
+        result.hashes = outs_hashes(repo)
+        result.twin_hashes = outs_hashes(twin, (*UPSTREAM, TWIN_TARGET))
         result.runs_repro = repo.mlflow_runs()
         # bytecode next to a code dep (as a subprocess or an editor leaves it) must not count as a code change:
         # a fresh clone has none (.dvcignore)
