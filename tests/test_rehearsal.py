@@ -140,36 +140,38 @@ def test_the_released_model_was_scored_beside_the_others_with_its_provenance(reh
     assert "Running stage 'baseline@braingemma3d_release'" in rehearsal[2]
 
 
-def test_the_gpu_benchmark_runs_end_to_end_at_tiny_widths(tmp_path):
-    """benchmarks/paper_gpu.py is meant for a CUDA machine; the same code at tiny widths on the CPU keeps it
-    from rotting until one is lent (its figures here mean nothing for a GPU)."""
+def run_benchmark(script: str, json_out, *args: str) -> tuple[str, dict]:
+    """Run benchmarks/`script` at tiny widths with `args` in a subprocess (it must exit 0); (stdout, its --json
+    figures)."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(root / "benchmarks/paper_gpu.py"),
-            "--scale",
-            "tiny",
-            "--device",
-            "cpu",
-            "--steps",
-            "1",
-            "--max-new-tokens",
-            "4",
-            "--json",
-            str(tmp_path / "gpu.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=root,
-    )
+    cmd = [
+        sys.executable,
+        str(root / "benchmarks" / script),
+        "--scale",
+        "tiny",
+        *args,
+        "--json",
+        str(json_out),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads((tmp_path / "gpu.json").read_text())
+    return out.stdout, json.loads(json_out.read_text())
+
+
+def adds_up(hours: dict) -> bool:
+    return hours["total"] == pytest.approx(sum(v for k, v in hours.items() if k != "total"))
+
+
+def test_the_gpu_benchmark_runs_end_to_end_at_tiny_widths(tmp_path):
+    """benchmarks/paper_gpu.py is meant for a CUDA machine; the same code at tiny widths on the CPU keeps it
+    from rotting until one is lent (its figures here mean nothing for a GPU)."""
+    stdout, figures = run_benchmark(
+        "paper_gpu.py", tmp_path / "gpu.json", "--device", "cpu", "--steps", "1", "--max-new-tokens", "4"
+    )
     for key in (
         "token_cache_s_per_volume",
         "phase1_microbatch_s",
@@ -177,31 +179,15 @@ def test_the_gpu_benchmark_runs_end_to_end_at_tiny_widths(tmp_path):
         "generate_reports_per_s",
     ):
         assert figures[key] > 0, key
-    assert figures["gpu_hours"]["total"] == pytest.approx(
-        sum(v for k, v in figures["gpu_hours"].items() if k != "total")
-    )
-    assert "ratio:" in out.stdout
+    assert adds_up(figures["gpu_hours"])
+    assert "ratio:" in stdout
 
 
 def test_the_real_size_cpu_benchmark_runs_end_to_end_at_tiny_widths(tmp_path):
     """benchmarks/paper_cpu.py takes ~20 GB and minutes at its real sizes; at tiny widths it checks that every
     step (build, save and load; encoder; phase-2B micro-batch with LoRA; generation) still runs with today's
     params, and that its figures add up."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, str(root / "benchmarks/paper_cpu.py"), "--scale", "tiny", "--batch", "1"]
-        + ["--new-tokens", "4", "--json", str(tmp_path / "cpu.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=root,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads((tmp_path / "cpu.json").read_text())
+    _, figures = run_benchmark("paper_cpu.py", tmp_path / "cpu.json", "--batch", "1", "--new-tokens", "4")
     for step in ("build_save_load", "encoder_one_volume", "phase2b_microbatch", "generate_16_tokens"):
         assert figures[f"{step}_s"] > 0 and figures[f"{step}_peak_rss_gb"] > 0, step
-    assert figures["token_grid"] == [65, 9, 9]
+    assert figures["token_grid"] == [65, 9, 9] and adds_up(figures["cpu_hours"])
