@@ -343,6 +343,8 @@ SCHEMA: dict = {
         "laterality_flip": Bool(),
         "findings_weight": Float(ge=0),
         "side_balance": Bool(),
+        "side_refit_epochs": Int(ge=0),
+        "side_refit_lr": Float(gt=0),
     },
     "phase2a": {**TRAIN, **PHASE2},
     "phase2b": {

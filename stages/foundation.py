@@ -34,14 +34,8 @@ def _split_items(split: str, splits: pd.DataFrame, df: pd.DataFrame):
 def _corpus_items() -> list:
     """The pretraining corpus (stages/corpus.py) as (volume, seg) pairs, memory-mapped: empty on the paper
     profile or with corpus.n_subjects 0."""
-    subjects = pd.read_csv(paths.CORPUS / "manifest.csv")["subject"]
-    return [
-        (
-            np.load(paths.CORPUS / "volumes" / f"{s}.npy", mmap_mode="r"),
-            np.load(paths.CORPUS / "seg" / f"{s}.npy", mmap_mode="r"),
-        )
-        for s in subjects
-    ]
+    _, volumes, segs = manifest.read_corpus(paths.CORPUS)
+    return list(zip(volumes, segs))
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """DVC stage `phase1`: contrastive grounding of the inflated 3D encoder against the frozen LM (InfoNCE), and
-with `phase1.findings_weight` > 0 findings grounding (its head is saved as findings.safetensors).
+with `phase1.findings_weight` > 0 findings grounding (its head is saved as findings.safetensors); with
+`phase1.side_refit_epochs` > 0 the head's side read-out is then refit on the frozen tokens of the train split
+and the corpus (data/corpus: the demo's extra phantoms, sides from their ground truth; empty on the paper).
 
 Also saves the seeded, RMS-calibrated projector that phase 2A starts from: with it, `models/phase1` is the
 paper's "Phase 1 only" system (trained encoder, untrained projector).
@@ -11,6 +13,7 @@ import torch
 from brain3d import entrypoint, fileio, paths
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
+from brain3d.data.findings import side_index
 from brain3d.data.split import SplitSubjects
 from brain3d.models.backbones import read_backbones
 from brain3d.models.model import Brain3D, ModelConfig, load_backbones
@@ -47,6 +50,22 @@ def main() -> None:
         )
         if not is_main_process():
             return
+        if (
+            p["side_refit_epochs"] and model.findings is not None
+        ):  # the head's side read-out, on more subjects
+            corpus, corpus_volumes, _ = manifest.read_corpus(paths.CORPUS)
+            sides = phases.findings_tensors(train.reports)["side"].tolist()
+            refit = phases.refit_side(
+                model.findings,
+                visual,
+                [train.volume(i) for i in range(len(train))] + corpus_volumes,
+                sides + [side_index(lat) for lat in corpus["laterality"]],
+                epochs=p["side_refit_epochs"],
+                lr=p["side_refit_lr"],
+                seed=p["seed"],
+            )
+            if tracker is not None:
+                tracker.log_metrics(refit)
         torch.manual_seed(p["seed"])
         brain3d = Brain3D(lm, visual.width, model_cfg.prompt, visual=visual, variant=model_cfg.variant)
         z = visual.encode([train.volume(i) for i in range(min(16, len(train)))])

@@ -13,6 +13,7 @@ import pytest
 from brain3d.config import ParamsError
 from brain3d.data import corpus
 from brain3d.data.corpus import generate_corpus, plan_corpus, standardised_subject
+from brain3d.data.manifest import CORPUS_COLUMNS
 from brain3d.data.phantom import SubjectSpec, largest_remainder, simulate_subject
 from brain3d.data.preprocess import preprocess_subject
 from brain3d.training.standins import slice_captions
@@ -179,5 +180,5 @@ def test_never_a_cohort_subject(made, tmp_path):
 
 def test_an_empty_corpus(tmp_path):
     df = make(tmp_path / "empty", n_subjects=0)
-    assert df.empty and list(df.columns) == corpus.COLUMNS
+    assert df.empty and list(df.columns) == CORPUS_COLUMNS
     assert pd.read_csv(tmp_path / "empty" / "manifest.csv").empty

@@ -230,3 +230,45 @@ def test_balanced_side_weights_give_each_side_class_the_same_total():
     weighted = phases.findings_loss(logits, targets, w)["side"]
     want = F.cross_entropy(logits["side"][ok], side[ok], weight=w)  # torch's weighted mean
     assert float(weighted) == pytest.approx(float(want)) and float(weighted) != pytest.approx(float(plain))
+
+
+def test_the_side_refit_learns_sides_from_mirrors_and_moves_only_the_side_rows(tmp_path, tiny_siglip_dir):
+    from brain3d.models.backbones import load_vision_model
+    from brain3d.models.findings_head import FindingsHead
+    from brain3d.models.model import VisualTokenizer
+
+    torch.manual_seed(0)
+    cfg = model_config(volume_shape=(8, 32, 32), n_tokens=8, grid=(2, 2, 2), prompt="")
+    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg).eval()
+    head = FindingsHead(8, visual.width)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    # every training lesion is on the left: the right side is learnt from the mirrored copies alone
+    train_sides = ["left"] * 16 + [None] * 4
+    train = _cohort(tmp_path, "train", train_sides, seed=1)
+    stats = phases.refit_side(
+        head,
+        visual,
+        [train.volume(i) for i in range(len(train))],
+        [SIDES.index(s or "none") for s in train_sides],
+        epochs=60,
+        lr=1e-2,
+        seed=0,
+    )
+    assert set(stats) == {"side_refit_acc_left", "side_refit_acc_right", "side_refit_acc_none"}
+    test_sides = ["left", "right"] * 8 + [None] * 4
+    test = _cohort(tmp_path, "test", test_sides, seed=3)
+    with torch.no_grad():
+        tokens = visual.encode([test.volume(i) for i in range(len(test))])
+        predicted = head(tokens)["side"].argmax(dim=1)
+    truth = torch.tensor([SIDES.index(s or "none") for s in test_sides])
+    right = truth == SIDES.index("right")
+    assert float((predicted == truth).float().mean()) >= 0.85
+    assert float((predicted[right] == truth[right]).float().mean()) >= 0.75  # never seen unmirrored
+    rows = slice(1, 1 + len(SIDES))
+    after = head.state_dict()
+    assert not torch.equal(after["linear.weight"][rows], before["linear.weight"][rows])
+    keep = torch.ones(len(before["linear.bias"]), dtype=torch.bool)
+    keep[rows] = False
+    assert torch.equal(after["linear.weight"][keep], before["linear.weight"][keep])
+    assert torch.equal(after["linear.bias"][keep], before["linear.bias"][keep])
+    assert torch.equal(after["norm.weight"], before["norm.weight"])

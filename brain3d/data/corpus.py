@@ -22,11 +22,9 @@ import pandas as pd
 
 from brain3d import fileio
 from brain3d.config import ParamsError
+from brain3d.data.manifest import CORPUS_COLUMNS, CORPUS_MANIFEST, CORPUS_SEGS, CORPUS_VOLUMES
 from brain3d.data.phantom import SubjectSpec, plan_cohort, simulate_brain
 from brain3d.data.preprocess import resample_labels, standardize_with_grid
-
-COLUMNS = ["subject", "cohort", "laterality", "sha256"]  # sha256 of the volume and seg files together
-VOLUMES, SEGS, MANIFEST = "volumes", "seg", "manifest.csv"
 
 
 def plan_corpus(
@@ -62,7 +60,7 @@ def generate_corpus(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Write `out_dir/volumes/<subject>.npy`, `out_dir/seg/<subject>.npy` and `out_dir/manifest.csv`
-    (COLUMNS); return the manifest. Every keyword but `progress` is a params value (`corpus`, `download.seed`
+    (CORPUS_COLUMNS); return the manifest. Every keyword but `progress` is a params value (`corpus`, `download.seed`
     as `cohort_seed`, and `preprocess` shape / fov_mm). `n_subjects: 0` writes an empty manifest. `out_dir` is
     the stage's own output: what was there is replaced."""
     from joblib import Parallel, delayed
@@ -90,11 +88,14 @@ def generate_corpus(
     ):
         pass
 
-    for folder in (VOLUMES, SEGS):
+    for folder in (CORPUS_VOLUMES, CORPUS_SEGS):
         shutil.rmtree(out_dir / folder, ignore_errors=True)
     rows = []
     for s in specs:
-        volume, seg = out_dir / VOLUMES / f"{s.subject}.npy", out_dir / SEGS / f"{s.subject}.npy"
+        volume, seg = (
+            out_dir / CORPUS_VOLUMES / f"{s.subject}.npy",
+            out_dir / CORPUS_SEGS / f"{s.subject}.npy",
+        )
         link_or_copy(f"{stems[s.subject]}.npy", volume)
         link_or_copy(f"{stems[s.subject]}.seg.npy", seg)
         rows.append(
@@ -105,8 +106,8 @@ def generate_corpus(
                 "sha256": fileio.fingerprint([fileio.sha256_file(volume), fileio.sha256_file(seg)]),
             }
         )
-    manifest = pd.DataFrame(rows, columns=COLUMNS)
-    fileio.write_csv(out_dir / MANIFEST, manifest)
+    manifest = pd.DataFrame(rows, columns=CORPUS_COLUMNS)
+    fileio.write_csv(out_dir / CORPUS_MANIFEST, manifest)
     return manifest
 
 

@@ -176,6 +176,12 @@ def findings_targets(text: str) -> Findings:
     )
 
 
+def side_index(laterality: str) -> int:
+    """The side target of a ground-truth laterality (left, right, bilateral, none; anything else, e.g. a
+    midline lesion's "undefined": UNDEFINED_SIDE)."""
+    return SIDES.index(laterality) if laterality in SIDES else UNDEFINED_SIDE
+
+
 def mirror_side(side: int) -> int:
     """The side target of the mirrored volume (left <-> right; bilateral, none and undefined unchanged)."""
     swap = {SIDES.index("left"): SIDES.index("right"), SIDES.index("right"): SIDES.index("left")}

@@ -22,6 +22,9 @@ import pandas as pd
 COLUMNS = ["subject", "cohort", "source", "volume", "seg", "report", "laterality", "sha256", "skull_stripped"]
 COHORTS = ("tumour", "healthy")
 LATERALITIES = ("left", "right", "bilateral", "undefined", "none")
+# The demo's pretraining corpus (brain3d.data.corpus writes it): subjects in no split, already standardised.
+CORPUS_COLUMNS = ["subject", "cohort", "laterality", "sha256"]  # sha256 of the volume and seg files together
+CORPUS_VOLUMES, CORPUS_SEGS, CORPUS_MANIFEST = "volumes", "seg", "manifest.csv"
 
 
 class InputError(ValueError):
@@ -99,3 +102,15 @@ def write(path: str | Path, rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
     df = df[COLUMNS].sort_values("subject").reset_index(drop=True)
     write_csv(path, df)
     return df
+
+
+def read_corpus(root: str | Path) -> tuple[pd.DataFrame, list, list]:
+    """The corpus folder under `root`: its manifest (CORPUS_COLUMNS) and each subject's (D, H, W) volume and
+    seg arrays, memory-mapped, in manifest order (all empty for an empty corpus)."""
+    import numpy as np
+
+    root = Path(root)
+    corpus = pd.read_csv(root / CORPUS_MANIFEST)
+    volumes = [np.load(root / CORPUS_VOLUMES / f"{s}.npy", mmap_mode="r") for s in corpus["subject"]]
+    segs = [np.load(root / CORPUS_SEGS / f"{s}.npy", mmap_mode="r") for s in corpus["subject"]]
+    return corpus, volumes, segs

@@ -227,6 +227,50 @@ def train_phase1(
     return model, result
 
 
+def refit_side(
+    head: FindingsHead,
+    visual: VisualTokenizer,
+    volumes: list,
+    sides: list[int],
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+) -> dict[str, float]:
+    """Refit the side read-out of a trained findings head on the frozen tokens of `volumes` and of their mirror
+    images, with side targets `sides` (indices into SIDES; UNDEFINED_SIDE left out; mirrored: mirror_side).
+    Only the side rows of the head's linear layer move (AdamW, weight decay .01, seeded shuffled batches of 64);
+    presence, anatomy, pathology and the token norm stay as phase 1 left them. Phase 1 trains the head on the
+    train split's reports, about 20 of them bilateral; the refit reads the same tokens of more subjects
+    (`phase1.side_refit_epochs`). Returns its per-class accuracy on its own data."""
+    targets = torch.tensor(list(sides) + [mirror_side(s) for s in sides], dtype=torch.long)
+    rows = slice(FindingsHead.SIZES["presence"], FindingsHead.SIZES["presence"] + len(SIDES))
+    weight = head.linear.weight[rows].detach().clone().requires_grad_(True)
+    bias = head.linear.bias[rows].detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        tokens = torch.cat([visual.encode(volumes), visual.encode(volumes, flip=True)])
+        normed = head.norm(tokens.to(weight.device, weight.dtype)).flatten(1)  # the norm is not refit
+    keep = targets != UNDEFINED_SIDE
+    x, y = normed[keep], targets[keep].to(weight.device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=0.01)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(64):
+            loss = F.cross_entropy(F.linear(x[batch], weight, bias), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        head.linear.weight[rows] = weight
+        head.linear.bias[rows] = bias
+        predicted = F.linear(x, weight, bias).argmax(1)
+    return {
+        f"side_refit_acc_{side}": float((predicted[y == i] == i).float().mean())
+        for i, side in enumerate(SIDES)
+        if (y == i).any()
+    }
+
+
 # ----------------------------------------------------------------------------- phase 2
 class _Phase2Data(Dataset):
     def __init__(self, tokens: torch.Tensor, reports: list[str], flipped: torch.Tensor | None = None):
