@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from conftest import model_config
 
-from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
+from brain3d.data.findings import (
+    ANATOMY,
+    PATHOLOGY,
+    SIDES,
+    UNDEFINED_SIDE,
+    findings_targets,
+    mirror_side,
+    named_hemispheres,
+)
 from brain3d.data.reports import HEALTHY_TEMPLATES, swap_laterality
 from brain3d.data.split import SplitSubjects
 from brain3d.data.views import mirror
@@ -48,6 +56,20 @@ def test_targets_follow_what_the_report_asserts():
         == BILATERAL
     )
     assert findings_targets("A lesion is seen in the midline at the corpus callosum.").side == UNDEFINED_SIDE
+
+
+@pytest.mark.parametrize(
+    "report, named",
+    [
+        ("Bilateral lesion with edema.", set()),  # bilateral, but no hemisphere named
+        ("Lesions in the left frontal and right parietal lobes.", {"left", "right"}),
+        ("A left frontal mass compressing the right lateral ventricle.", {"left", "right"}),
+        ("A mass in the left frontal lobe; no lesion in the right hemisphere.", {"left"}),
+        (HEALTHY_TEMPLATES[0], set()),
+    ],
+)
+def test_the_hemispheres_a_report_names_drop_negated_mentions(report, named):
+    assert named_hemispheres(report) == named
 
 
 @pytest.mark.parametrize("report", HEALTHY_TEMPLATES)

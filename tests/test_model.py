@@ -10,7 +10,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from brain3d.models.backbones import load_language_model, load_vision_model
 from brain3d.models.compressor import GridPool, PerceiverResampler, SeqPool, grid_positions
 from brain3d.models.encoder import InflatedPatchEmbed, PositionalEmbedding3D, VolumeEncoder, token_grid
-from brain3d.models.model import Brain3D, Decoding, ModelConfig, VisualTokenizer
+from brain3d.models.model import CANDIDATES_PER_CALL, Brain3D, Decoding, ModelConfig, VisualTokenizer
 from brain3d.models.projector import Projector
 
 
@@ -638,40 +638,51 @@ def test_a_model_directory_refuses_files_that_changed_since_it_was_written(
 def test_findings_consistent_decoding_keeps_what_agrees_and_resamples_the_rest(brain3d, monkeypatch):
     """`generate.select: findings`: a report that agrees with the findings head is the plain decoder's; one that
     disagrees is sampled again (at the candidate temperature, at most `candidates` times) until one agrees, else
-    the one that agrees best (presence before side) is kept; `plain` never resamples."""
+    the one that agrees best (presence, then side, then the hemispheres named) is kept; a bilateral finding
+    agrees only with a report that names both hemispheres; candidates come CANDIDATES_PER_CALL per row and call;
+    `plain` never resamples."""
     import dataclasses
 
     from brain3d.models.findings_head import FindingsHead
 
     left, right, both = (f"A lesion in the {s} frontal lobe." for s in ("left", "right", "bilateral"))
+    named = "A lesion in the left frontal lobe and a lesion in the right parietal lobe."
     normal = "No lesion. Normal study."
     rounds = {  # what the sampler writes for each row, call after call (the first call: the plain decoder)
         0: [left],  # agrees with the head at once
-        1: [normal, right, both],  # agrees at the second further sample
+        1: [normal, both, named],  # bilateral, then both hemispheres named: agrees at the second further sample
         2: [normal, left, left, left],  # a lesion, never the wanted side: the first with the lesion is kept
         3: [left, left, left, left],  # the head says no lesion; nothing agrees: the plain report stays
+        4: [normal, right, both, both],  # the side but never the hemispheres: the first bilateral one is kept
     }
     calls: list[tuple[list[int], float]] = []
+    drawn = dict.fromkeys(rounds, 0)
 
-    def sample(self, z, decoding, seed):
+    def sample(self, z, decoding, seed):  # each row's next text, in the order its copies come
         rows = [int(v) for v in z[:, 0, 0]]
         calls.append((rows, decoding.temperature))
-        return [rounds[r][min(sum(r in c for c, _ in calls) - 1, len(rounds[r]) - 1)] for r in rows]
+        texts = [rounds[r][min(drawn[r] + rows[:j].count(r), len(rounds[r]) - 1)] for j, r in enumerate(rows)]
+        for r in rows:
+            drawn[r] += 1
+        return texts
 
     monkeypatch.setattr(Brain3D, "_sample", sample)
     head = FindingsHead(32, 16)
-    wanted = ["left", "bilateral", "right", "none"]
+    wanted = ["left", "bilateral", "right", "none", "bilateral"]
     monkeypatch.setattr(FindingsHead, "decide", lambda self, z: [wanted[int(v)] for v in z[:, 0, 0]])
     brain3d.findings = head
-    z = torch.zeros(4, 32, 16)
-    z[:, 0, 0] = torch.arange(4)
-    findings = decoding(temperature=0.1, top_p=0.9, max_new_tokens=8, select="findings", candidates=3)
-    assert brain3d.generate(z, findings) == [left, both, left, left]
-    assert calls[0] == ([0, 1, 2, 3], 0.1) and all(t == 1.0 for _, t in calls[1:])
-    assert calls[1][0] == [1, 2, 3] and calls[2][0] == [1, 2, 3] and calls[3][0] == [2, 3] and len(calls) == 4
+    z = torch.zeros(5, 32, 16)
+    z[:, 0, 0] = torch.arange(5)
+    findings = decoding(temperature=0.1, top_p=0.9, max_new_tokens=8, select="findings", candidates=5)
+    assert CANDIDATES_PER_CALL == 4
+    assert brain3d.generate(z, findings) == [left, named, left, left, both]
+    assert calls[0] == ([0, 1, 2, 3, 4], 0.1) and all(t == 1.0 for _, t in calls[1:])
+    # 4 candidates of each row that disagrees in one call, then the fifth of those that still disagree
+    assert calls[1][0] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 and calls[2][0] == [2, 3, 4] and len(calls) == 3
 
     calls.clear()
-    assert brain3d.generate(z, dataclasses.replace(findings, select="plain")) == [left, normal, normal, left]
+    drawn.update(dict.fromkeys(rounds, 0))
+    assert brain3d.generate(z, dataclasses.replace(findings, select="plain")) == [left, normal, normal, left, normal]
     assert len(calls) == 1
     brain3d.findings = None
     with pytest.raises(ValueError, match="findings head"):

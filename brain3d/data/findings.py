@@ -162,6 +162,16 @@ def asserted_side(text: str) -> str:
     return sides.pop() if sides else "undefined"
 
 
+#: The hemispheres a report must name for each side the findings head can decide.
+HEMISPHERES = {"left": {"left"}, "right": {"right"}, "bilateral": {"left", "right"}}
+
+
+def named_hemispheres(text: str) -> set[str]:
+    """The hemispheres (left, right) a report names outside negation: "bilateral" alone names neither, as
+    laterality F1 reads a report's side words against a reference that names the sides of each part."""
+    return {w for clause in _clauses(text) for w in _asserted_words(clause)} & {"left", "right"}
+
+
 def findings_targets(text: str) -> Findings:
     """The findings a report asserts, as targets: presence = any pathology keyword asserted; side = the
     asserted side when present ("undefined", i.e. masked, when present without a side), "none" when absent."""
