@@ -650,7 +650,7 @@ def test_findings_consistent_decoding_keeps_what_agrees_and_resamples_the_rest(b
     normal = "No lesion. Normal study."
     rounds = {  # what the sampler writes for each row, call after call (the first call: the plain decoder)
         0: [left],  # agrees with the head at once
-        1: [normal, both, named],  # bilateral, then both hemispheres named: agrees at the second further sample
+        1: [normal, both, named],  # bilateral, then both hemispheres named: the second further sample agrees
         2: [normal, left, left, left],  # a lesion, never the wanted side: the first with the lesion is kept
         3: [left, left, left, left],  # the head says no lesion; nothing agrees: the plain report stays
         4: [normal, right, both, both],  # the side but never the hemispheres: the first bilateral one is kept
@@ -678,11 +678,13 @@ def test_findings_consistent_decoding_keeps_what_agrees_and_resamples_the_rest(b
     assert brain3d.generate(z, findings) == [left, named, left, left, both]
     assert calls[0] == ([0, 1, 2, 3, 4], 0.1) and all(t == 1.0 for _, t in calls[1:])
     # 4 candidates of each row that disagrees in one call, then the fifth of those that still disagree
-    assert calls[1][0] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 and calls[2][0] == [2, 3, 4] and len(calls) == 3
+    assert calls[1][0] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    assert calls[2][0] == [2, 3, 4] and len(calls) == 3
 
     calls.clear()
     drawn.update(dict.fromkeys(rounds, 0))
-    assert brain3d.generate(z, dataclasses.replace(findings, select="plain")) == [left, normal, normal, left, normal]
+    plain = dataclasses.replace(findings, select="plain")
+    assert brain3d.generate(z, plain) == [left, normal, normal, left, normal]
     assert len(calls) == 1
     brain3d.findings = None
     with pytest.raises(ValueError, match="findings head"):
