@@ -53,7 +53,7 @@ def main() -> None:
     runtime.setup(args.threads)
     runtime.seed_everything(args.seed)
     from brain3d.data.phantom import generate_cohort
-    from brain3d.data.preprocess import preprocess_cohort
+    from brain3d.data.preprocess import preprocess_cohort, preprocess_settings
 
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         root = Path(tmp)
@@ -96,14 +96,10 @@ def main() -> None:
                 root,
                 root / f"out-{run}",
                 shape=tuple(args.shape),
-                skull_strip="registration",
-                fov_mm=pre["fov_mm"],
                 workers=workers,
                 on_error="fail",
-                min_similarity=pre["min_brain_similarity"],
-                sequence=pre["sequence"],
-                max_voxels=pre["max_voxels"],
                 progress=False,
+                **{**preprocess_settings(pre), "skull_strip": "registration"},
             )
             wall = time.perf_counter() - t0
             assert len(ok) == n, qc

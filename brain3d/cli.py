@@ -379,6 +379,7 @@ def load_params(args: argparse.Namespace) -> dict:
 def plan(args: argparse.Namespace, cfg: dict) -> Plan:
     """The call's settings from its options, params and model card; Refused (one line) if unusable."""
     from brain3d import runtime
+    from brain3d.data.preprocess import preprocess_settings
 
     device = runtime.device() if args.device == "auto" else args.device
     if device.startswith("cuda"):
@@ -392,14 +393,11 @@ def plan(args: argparse.Namespace, cfg: dict) -> Plan:
         decoding, lime = settings(cfg, args, card)
         info["decoder"] = decoding.select
         p = cfg["preprocess"]
-        kwargs = dict(
-            skull_stripped=args.skull_stripped,
-            skull_strip=args.skull_strip or p["skull_strip"],
-            fov_mm=p["fov_mm"],
-            min_similarity=p["min_brain_similarity"],
-            sequence="any" if args.allow_any_sequence else p["sequence"],
-            max_voxels=p["max_voxels"],
-        )
+        kwargs = {**preprocess_settings(p), "skull_stripped": args.skull_stripped}
+        if args.skull_strip:
+            kwargs["skull_strip"] = args.skull_strip
+        if args.allow_any_sequence:
+            kwargs["sequence"] = "any"
         seed = cfg["generate"]["seed"] if args.seed is None else args.seed
     except (ValueError, KeyError, TypeError) as exc:  # a params file without a section the command reads
         missing = "missing key " if isinstance(exc, KeyError) else ""

@@ -49,7 +49,7 @@ class Cohort:
 def build_cohort(cohort: Cohort, cfg: dict, workers: int) -> tuple[pd.DataFrame, Path]:
     """The cohort generated and preprocessed once: (manifest of the subjects preprocessing kept, volumes dir)."""
     from brain3d.data.phantom import generate_cohort
-    from brain3d.data.preprocess import preprocess_cohort
+    from brain3d.data.preprocess import preprocess_cohort, preprocess_settings
 
     d, p = cfg["download"], cfg["preprocess"]
     if cohort.seed == d["seed"]:
@@ -77,13 +77,9 @@ def build_cohort(cohort: Cohort, cfg: dict, workers: int) -> tuple[pd.DataFrame,
                 work,
                 work / "preprocessed",
                 shape=tuple(p["shape"]),
-                skull_strip=p["skull_strip"],
-                fov_mm=p["fov_mm"],
                 workers=workers,
                 on_error="skip",
-                min_similarity=p["min_brain_similarity"],
-                sequence=p["sequence"],
-                max_voxels=p["max_voxels"],
+                **preprocess_settings(p),
             )
             kept = ok.merge(qc[["subject", "lesion_ml"]], on="subject").sort_values("subject")
             fileio.write_text(done, kept.to_csv(index=False))

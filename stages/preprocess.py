@@ -6,7 +6,7 @@ from pathlib import Path
 
 from brain3d import entrypoint
 from brain3d.data import manifest
-from brain3d.data.preprocess import preprocess_cohort
+from brain3d.data.preprocess import preprocess_cohort, preprocess_settings
 from brain3d.data.qc import montage
 
 OUT = Path("data/preprocessed")
@@ -21,13 +21,9 @@ def main() -> None:
             Path.cwd(),
             OUT,
             shape=tuple(p["shape"]),
-            skull_strip=p["skull_strip"],
-            fov_mm=p["fov_mm"],
             workers=p["workers"],
             on_error=p["on_error"],
-            min_similarity=p["min_brain_similarity"],
-            sequence=p["sequence"],
-            max_voxels=p["max_voxels"],
+            **preprocess_settings(p),
         )
         montage(OUT, ok, OUT / "qc.png")
         n_bad = int((qc["status"] != "ok").sum())

@@ -195,6 +195,19 @@ class Preprocessed:
     qc: dict
 
 
+def preprocess_settings(p: dict) -> dict:
+    """The keywords of `preprocess_subject` / `preprocess_cohort` that the `preprocess` params section sets, read
+    in one place (`min_similarity` is `min_brain_similarity`); the shape, workers and error policy stay the
+    caller's, which may also override one of these (the CLI's --skull-strip)."""
+    return {
+        "skull_strip": p["skull_strip"],
+        "fov_mm": p["fov_mm"],
+        "min_similarity": p["min_brain_similarity"],
+        "sequence": p["sequence"],
+        "max_voxels": p["max_voxels"],
+    }
+
+
 def preprocess_subject(  # noqa: C901 (one linear pipeline of checks)
     subject: str,
     volume_path: str | Path,
