@@ -1,12 +1,15 @@
 """Held-out phantom cohorts: trained models judged on subjects that no split, seed or choice has seen.
 
-Two cohorts come from the project's own generator and preprocessing (the `download` and `preprocess` params)
-with their own generator seeds: a validation cohort to choose designs on, and a test cohort that reports only
-what validation chose. Each model (phase 2B of one training seed: the workspace's, or a DVC experiment's)
+Three cohorts come from the project's own generator and preprocessing (the `download` and `preprocess` params)
+with their own generator seeds: a validation cohort to choose designs on, a test cohort that reports only
+what validation chose, and an anatomy cohort whose every subject has a brain of its own (the MNI maps
+stretched, warped and with larger ventricles: `phantom.anatomy.reshaped_head`) where every other phantom
+shares the MNI brain: a model that holds only on that one shape fails there. Each model (phase 2B of one training seed: the workspace's, or a DVC experiment's)
 writes one report per subject with each decoder (`plain`, the paper's, and `findings`, findings-consistent
 decoding); a report's findings are read as the metrics read them. Writes reports/heldout.{json,md}:
 
     python -m brain3d.heldout [--experiments seed-1 seed-2] [--validation 2026:400] [--test 2027:600]
+                              [--anatomy 2028:300]
 
 The cohorts are cached under the brain3d cache (`heldout/<key>`), keyed on their seeds and sizes, the params
 that make them and the code of brain3d/data; an interrupted run resumes the cohort where it stopped.
@@ -36,18 +39,20 @@ SENSITIVITY_SLACK = 0.01
 
 @dataclass(frozen=True)
 class Cohort:
-    name: str  # validation | test
+    name: str  # validation | test | anatomy
     seed: int
     n_subjects: int
+    reshaped: bool = False  # every subject its own anatomy (the anatomy cohort)
 
     @classmethod
     def parse(cls, name: str, text: str) -> Cohort:
         seed, _, n = text.partition(":")
-        return cls(name, int(seed), int(n))
+        return cls(name, int(seed), int(n), reshaped=name == "anatomy")
 
 
 def build_cohort(cohort: Cohort, cfg: dict, workers: int) -> tuple[pd.DataFrame, Path]:
-    """The cohort generated and preprocessed once: (manifest of the subjects preprocessing kept, volumes dir)."""
+    """The cohort generated and preprocessed once: (manifest of the subjects preprocessing kept, with the
+    measured lesion volume `lesion_ml` and `ring`: a lesion with a necrotic core; volumes dir)."""
     from brain3d.data.phantom import generate_cohort
     from brain3d.data.preprocess import preprocess_cohort, preprocess_settings
 
@@ -58,7 +63,9 @@ def build_cohort(cohort: Cohort, cfg: dict, workers: int) -> tuple[pd.DataFrame,
         )
     data_code = cache.content_fingerprint([Path(__file__).parent / "data"], Path(__file__).parents[1])
     work = (
-        cache.base_dir() / "heldout" / fileio.fingerprint([cohort.seed, cohort.n_subjects, d, p, data_code])
+        cache.base_dir()
+        / "heldout"
+        / fileio.fingerprint([cohort.seed, cohort.n_subjects, cohort.reshaped, d, p, data_code])
     )
     done = work / "kept.csv"
     with cache.building(work):
@@ -71,6 +78,7 @@ def build_cohort(cohort: Cohort, cfg: dict, workers: int) -> tuple[pd.DataFrame,
                 laterality_mix=d["laterality_mix"],
                 workers=workers,
                 root=work,
+                reshaped=cohort.reshaped,
             )
             qc, ok = preprocess_cohort(
                 raw,
@@ -82,14 +90,25 @@ def build_cohort(cohort: Cohort, cfg: dict, workers: int) -> tuple[pd.DataFrame,
                 **preprocess_settings(p),
             )
             kept = ok.merge(qc[["subject", "lesion_ml"]], on="subject").sort_values("subject")
+            kept["ring"] = [
+                any(
+                    les["kind"] == "ring"
+                    for les in fileio.read_json(work / "raw" / s / "truth.json").get("lesions", [])
+                )
+                for s in kept["subject"]
+            ]
             fileio.write_text(done, kept.to_csv(index=False))
             cache.seal(done)
     return pd.read_csv(done), work / "preprocessed" / "volumes"
 
 
+SMALL_ML = 15.0  # a "small" lesion: under 15 ml as preprocessing measures it
+
+
 def score(df: pd.DataFrame, reports: list[str], wanted: list[str]) -> dict:
     """The issue's figures for one model, decoder and cohort: tumour sensitivity (the report asserts a lesion),
-    the findings head's own, healthy specificity, Lat F1 over all subjects and over the bilateral ones."""
+    the findings head's own, healthy specificity, Lat F1 over all subjects and over the bilateral ones, and
+    sensitivity on small lesions (< SMALL_ML) and on necrotic rings when `df` has `lesion_ml` / `ring`."""
     from brain3d.metrics.clinical import asserts_pathology, clinical_f1
 
     lat = np.asarray(clinical_f1(reports, list(df["report"]))["lat_f1"])
@@ -97,6 +116,8 @@ def score(df: pd.DataFrame, reports: list[str], wanted: list[str]) -> dict:
     tumour = (df["cohort"] == "tumour").to_numpy()
     bilateral = (df["laterality"] == "bilateral").to_numpy()
     head = np.array([w != "none" for w in wanted])
+    small = tumour & (df["lesion_ml"].to_numpy() < SMALL_ML) if "lesion_ml" in df else np.zeros_like(tumour)
+    ring = tumour & df["ring"].to_numpy(bool) if "ring" in df else np.zeros_like(tumour)
     return {
         "sensitivity": float(asserts[tumour].mean()),
         "head_sensitivity": float(head[tumour].mean()),
@@ -107,6 +128,10 @@ def score(df: pd.DataFrame, reports: list[str], wanted: list[str]) -> dict:
         "n_tumour": int(tumour.sum()),
         "n_healthy": int((~tumour).sum()),
         "n_bilateral": int(bilateral.sum()),
+        "small_sensitivity": float(asserts[small].mean()) if small.any() else float("nan"),
+        "ring_sensitivity": float(asserts[ring].mean()) if ring.any() else float("nan"),
+        "n_small": int(small.sum()),
+        "n_ring": int(ring.sum()),
     }
 
 
@@ -171,7 +196,15 @@ def experiment_models(names: list[str], repo: Path, work: Path) -> dict[str, tup
 def markdown(doc: dict) -> str:
     """reports/heldout.md: per seed, the chosen decoder's test figures beside the paper's decoder's, the bars
     they must clear, and the validation cohort the choice was made on."""
-    cols = ["sensitivity", "head_sensitivity", "specificity", "lat_f1", "bilateral_lat_f1"]
+    cols = [
+        "sensitivity",
+        "head_sensitivity",
+        "specificity",
+        "lat_f1",
+        "bilateral_lat_f1",
+        "small_sensitivity",
+        "ring_sensitivity",
+    ]
     head = [
         "seed",
         "decoder",
@@ -180,19 +213,25 @@ def markdown(doc: dict) -> str:
         "healthy spec.",
         "Lat F1",
         "bilateral Lat F1",
+        f"sens. < {SMALL_ML:g} ml",
+        "ring sens.",
         "s / report",
     ]
     parts = [
         "# Held-out phantom cohorts\n",
-        "Phase 2B of each training seed on two cohorts that no split or choice has seen (their own generator "
-        "seeds). Validation chose the decoder; test reports it. `plain` is the paper's decoder, `findings` the "
+        "Phase 2B of each training seed on cohorts that no split or choice has seen (their own generator "
+        "seeds). Validation chose the decoder; test reports it; `anatomy` asks whether it holds on brains "
+        "whose shape no phantom of training had (each subject the MNI brain stretched, warped and with "
+        "larger ventricles). `plain` is the paper's decoder, `findings` the "
         f"findings-consistent decoding (default: `{doc['default_decoder']}`). Regenerate with "
         "`python -m brain3d.heldout`.\n",
     ]
     for name, c in doc["cohorts"].items():
         parts.append(
             f"\n## {name}: generator seed {c['seed']}, {c['n_scored']} of {c['n_subjects']} subjects kept by "
-            f"preprocessing ({c['n_tumour']} tumours of which {c['n_bilateral']} bilateral, {c['n_healthy']} healthy)\n"
+            f"preprocessing ({c['n_tumour']} tumours of which {c['n_bilateral']} bilateral, "
+            f"{c.get('n_small', 0)} under {SMALL_ML:g} ml, {c.get('n_ring', 0)} necrotic rings; "
+            f"{c['n_healthy']} healthy){' with its own anatomy each' if c.get('reshaped') else ''}\n"
         )
         rows = []
         for seed, by_cohort in doc["runs"].items():
@@ -202,7 +241,11 @@ def markdown(doc: dict) -> str:
                 rows.append(
                     [seed, decoder]
                     + [
-                        f"{r[m]:.3f}".replace("0.", ".", 1) + ("" if bars.get(m, True) else " ✗")
+                        (
+                            "—"
+                            if r.get(m) is None or r[m] != r[m]  # absent, or NaN: no such subject
+                            else f"{r[m]:.3f}".replace("0.", ".", 1) + ("" if bars.get(m, True) else " ✗")
+                        )
                         for m in cols
                     ]
                     + [f"{r['seconds_per_report']:.3f}"]
@@ -218,7 +261,11 @@ def markdown(doc: dict) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Build the cohorts, score every seed's phase 2B with both decoders, write the json and the markdown."""
     cfg = config.load(args.params)
-    cohorts_spec = [Cohort.parse("validation", args.validation), Cohort.parse("test", args.test)]
+    cohorts_spec = [
+        Cohort.parse("validation", args.validation),
+        Cohort.parse("test", args.test),
+        Cohort.parse("anatomy", args.anatomy),
+    ]
     cohorts_spec = [c for c in cohorts_spec if c.name in args.cohorts]
     cohorts = {c.name: build_cohort(c, cfg, args.workers) for c in cohorts_spec}
     models = {} if args.no_workspace else {str(cfg["phase1"]["seed"]): args.repo / "models" / "phase2b"}
@@ -249,9 +296,10 @@ def run(args: argparse.Namespace) -> dict:
                 "seed": c.seed,
                 "n_subjects": c.n_subjects,
                 "n_scored": len(cohorts[c.name][0]),
+                "reshaped": c.reshaped,
                 **{
                     k: next(iter(runs.values()))[c.name][default][k]
-                    for k in ("n_tumour", "n_healthy", "n_bilateral")
+                    for k in ("n_tumour", "n_healthy", "n_bilateral", "n_small", "n_ring")
                 },
             }
             for c in cohorts_spec
@@ -272,7 +320,9 @@ def main() -> None:
     )
     ap.add_argument("--validation", default="2026:400", help="SEED:N of the validation cohort")
     ap.add_argument("--test", default="2027:600", help="SEED:N of the test cohort")
-    ap.add_argument("--cohorts", nargs="+", default=["validation", "test"], choices=["validation", "test"])
+    ap.add_argument("--anatomy", default="2028:300", help="SEED:N of the reshaped-anatomy cohort")
+    names = ["validation", "test", "anatomy"]
+    ap.add_argument("--cohorts", nargs="+", default=names, choices=names)
     ap.add_argument("--no-workspace", action="store_true", help="score the experiments only, not models/")
     ap.add_argument("--repo", type=Path, default=Path.cwd())
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))

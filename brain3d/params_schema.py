@@ -343,6 +343,7 @@ SCHEMA: dict = {
         "laterality_flip": Bool(),
         "findings_weight": Float(ge=0),
         "side_balance": Bool(),
+        "corpus_findings": Bool(),
         "side_refit_epochs": Int(ge=0),
         "side_refit_lr": Float(gt=0),
     },

@@ -2,6 +2,8 @@
 with `phase1.findings_weight` > 0 findings grounding (its head is saved as findings.safetensors); with
 `phase1.side_refit_epochs` > 0 the head's side read-out is then refit on the frozen tokens of the train split
 and the corpus (data/corpus: the demo's extra phantoms, sides from their ground truth; empty on the paper).
+With `phase1.corpus_findings` the corpus subjects also join phase 1's training as report-less rows: the
+findings head's presence and side losses reach the encoder through them.
 
 Also saves the seeded, RMS-calibrated projector that phase 2A starts from: with it, `models/phase1` is the
 paper's "Phase 1 only" system (trained encoder, untrained projector).
@@ -31,9 +33,12 @@ def main() -> None:
         visual, lm = load_backbones(bb, model_cfg)
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
         train, val = (SplitSubjects.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
+        corpus, corpus_volumes, _ = manifest.read_corpus(paths.CORPUS)
+        corpus_sides = [side_index(lat) for lat in corpus["laterality"]]
         key = phases.run_key(
             {"model": cfg["model"], "phase1": p, "shape": cfg["preprocess"]["shape"]},
-            [paths.BACKBONES, paths.SPLITS, paths.MANIFEST],
+            [paths.BACKBONES, paths.SPLITS, paths.MANIFEST]
+            + ([paths.CORPUS / manifest.CORPUS_MANIFEST] if p["corpus_findings"] else []),
         )
         model, result = phases.train_phase1(
             visual,
@@ -45,21 +50,19 @@ def main() -> None:
             laterality_flip=p["laterality_flip"],
             findings_weight=p["findings_weight"],
             side_balance=p["side_balance"],
+            corpus=(corpus_volumes, corpus_sides) if p["corpus_findings"] else None,
             state_dir=cache_dir("phase1", key),
             tracker=tracker,
         )
         if not is_main_process():
             return
-        if (
-            p["side_refit_epochs"] and model.findings is not None
-        ):  # the head's side read-out, on more subjects
-            corpus, corpus_volumes, _ = manifest.read_corpus(paths.CORPUS)
+        if p["side_refit_epochs"] and model.findings is not None:  # the head's side read-out, more subjects
             sides = phases.findings_tensors(train.reports)["side"].tolist()
             refit = phases.refit_side(
                 model.findings,
                 visual,
                 [train.volume(i) for i in range(len(train))] + corpus_volumes,
-                sides + [side_index(lat) for lat in corpus["laterality"]],
+                sides + corpus_sides,
                 epochs=p["side_refit_epochs"],
                 lr=p["side_refit_lr"],
                 seed=p["seed"],

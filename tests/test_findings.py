@@ -194,6 +194,55 @@ def test_weight_zero_is_the_papers_infonce_and_the_parts_add_up():
     assert all(float(parts[f"findings_{k}"]) > 0 for k in ("side", "presence", "anatomy", "pathology"))
 
 
+def test_corpus_rows_teach_presence_and_side_and_leave_infonce_anatomy_pathology_alone():
+    torch.manual_seed(0)
+    reports = [REPORTS["left"], REPORTS["right"], REPORTS[None]]
+    volumes = np.random.default_rng(0).random((4, 8, 8, 8), dtype=np.float32)
+    corpus = phases._CorpusFindings(list(volumes[3:]), [BILATERAL], width=12, flip=True)
+    seen = set()
+    for _ in range(20):
+        volume, text, target = corpus[0]
+        flipped = not torch.equal(volume[0], torch.from_numpy(volumes[3]))
+        assert flipped <= torch.equal(volume[0], mirror(torch.from_numpy(volumes[3])))
+        assert (
+            int(target["side"]) == BILATERAL
+            and float(target["presence"]) == 1
+            and float(target["paired"]) == 0
+        )
+        assert not text.any()
+        seen.add(flipped)
+    assert seen == {True, False}
+    left = phases._CorpusFindings([volumes[0]], [LEFT], width=12, flip=False)[0][2]
+    assert (
+        int(left["side"]) == LEFT
+        and float(phases._CorpusFindings([volumes[0]], [NONE], 12, False)[0][2]["presence"]) == 0
+    )
+
+    model = phases.ContrastiveModel(_Tokens(), 12, findings=True)
+    text = torch.randn(3, 12)
+    paired = phases.findings_tensors(reports) | {"paired": torch.ones(3)}
+    row = phases._collate_phase1(
+        [
+            (torch.from_numpy(v)[None], text[i], {k: t[i] for k, t in paired.items()})
+            for i, v in enumerate(volumes[:3])
+        ]
+    )
+    mixed = phases._collate_phase1(
+        [*[(row[0][i], row[1][i], {k: t[i] for k, t in row[2].items()}) for i in range(3)], corpus[0]]
+    )
+    loss = phases.phase1_loss(InfoNCE(TEMPERATURE), 1.0)
+    _, alone = loss(model, row)
+    _, both = loss(model, mixed)
+    for k in (
+        "infonce",
+        "findings_anatomy",
+        "findings_pathology",
+    ):  # the corpus row has no report to read them from
+        assert float(both[k]) == pytest.approx(float(alone[k]), rel=1e-5)
+    for k in ("findings_side", "findings_presence"):  # it does carry its presence and side
+        assert float(both[k]) != pytest.approx(float(alone[k]), rel=1e-5)
+
+
 def test_side_head_beats_chance_on_held_out_volumes(tmp_path, tiny_siglip_dir, tiny_gemma3_dir):
     from brain3d.models.backbones import load_language_model, load_vision_model
     from brain3d.models.model import VisualTokenizer

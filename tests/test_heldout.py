@@ -35,6 +35,16 @@ def test_score_reads_what_each_report_asserts():
     assert (s["n_tumour"], s["n_healthy"], s["n_bilateral"]) == (3, 2, 1)
 
 
+def test_small_lesions_and_necrotic_rings_have_their_own_sensitivity():
+    reports = [RIGHT, NORMAL, BOTH, LEFT, NORMAL]  # b (small, a ring) is missed
+    cohort = COHORT.assign(lesion_ml=[40.0, 9.0, 12.0, 0.0, 0.0], ring=[True, True, False, False, False])
+    s = heldout.score(cohort, reports, ["left"] * 5)
+    assert s["small_sensitivity"] == 0.5 and s["ring_sensitivity"] == 0.5  # healthy subjects count in neither
+    assert (s["n_small"], s["n_ring"]) == (2, 2)
+    s = heldout.score(COHORT, reports, ["left"] * 5)  # no such columns: no figure, not a zero
+    assert s["n_small"] == 0 and s["small_sensitivity"] != s["small_sensitivity"]
+
+
 def test_the_bars_judge_sensitivity_against_the_head():
     row = {"sensitivity": 0.94, "head_sensitivity": 0.95, "specificity": 0.95, "lat_f1": 0.9}
     assert all(heldout.meets({**row, "bilateral_lat_f1": 0.85}).values())
@@ -44,7 +54,7 @@ def test_the_bars_judge_sensitivity_against_the_head():
 
 def test_markdown_marks_what_misses_its_bar_on_the_test_cohort_only():
     good = {"sensitivity": 0.96, "head_sensitivity": 0.96, "specificity": 0.97, "lat_f1": 0.93}
-    figures = {"bilateral_lat_f1": 0.80, "seconds_per_report": 0.2, **good}
+    figures = {"bilateral_lat_f1": 0.80, "seconds_per_report": 0.2, "small_sensitivity": float("nan"), **good}
     runs = {"42": {c: {d: figures for d in heldout.DECODERS} for c in ("validation", "test")}}
     cohorts = {
         c: {"seed": s, "n_subjects": 10, "n_scored": 9, "n_tumour": 7, "n_healthy": 2, "n_bilateral": 1}
@@ -55,6 +65,7 @@ def test_markdown_marks_what_misses_its_bar_on_the_test_cohort_only():
     assert "✗" not in validation.split("## validation")[1]
     assert test.count(".800 ✗") == 2 and ".930 ✗" not in test  # bilateral, under .85, for both decoders
     assert "generator seed 2027, 9 of 10 subjects" in md
+    assert "| — |" in test  # no small lesion in the cohort: a dash, not a number
 
 
 def test_a_cohort_may_not_repeat_the_training_cohort():

@@ -161,6 +161,33 @@ def test_left_lesion_is_on_the_subject_left_in_any_storage_orientation(orientati
     assert (head_r[:, 0] > 0).all()
 
 
+# ------------------------------------------------------------------------------------------ reshaped anatomy
+
+
+def test_a_reshaped_subject_has_its_own_brain_with_its_sides_kept(tmp_path):
+    from brain3d.data.phantom.anatomy import _head, reshaped_head
+
+    mni_head, own = _head(), reshaped_head(2028, 3)
+    assert own.shape == mni_head.shape
+    changed = float((own.brain != mni_head.brain).mean()) / float(mni_head.brain.mean())
+    assert changed > 0.05, f"only {changed:.3f} of the brain moved: not another anatomy"
+    x = own.x[:, None, None]
+    assert (own.hemi == 1).any() and (own.hemi == 2).any()
+    left, right = np.broadcast_to(x, own.shape)[own.hemi == 1], np.broadcast_to(x, own.shape)[own.hemi == 2]
+    assert (left < 0).mean() > 0.99 and (right > 0).mean() > 0.99  # the midline stays the midline
+    assert reshaped_head(2028, 3) is own and reshaped_head(2028, 4).brain.sum() != own.brain.sum()
+
+    spec = SubjectSpec("own-1", 3, 2028, "tumour", "bilateral", reshaped=True)
+    truth = simulate_subject(spec, tmp_path)  # raises if the report's side disagreed with the truth's
+    assert truth["spec"]["reshaped"] and {les["hemisphere"] for les in truth["lesions"]} <= {
+        "left",
+        "right",
+        "midline",
+    }
+    plain = simulate_subject(SubjectSpec("mni-1", 3, 2028, "tumour", "bilateral"), tmp_path)
+    assert truth["files"][FILES[0]] != plain["files"][FILES[0]]
+
+
 # ----------------------------------------------------------------------------------------- skull and scalp
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from brain3d import fileio, runtime
 from brain3d.data.findings import ANATOMY, PATHOLOGY, SIDES, UNDEFINED_SIDE, findings_targets, mirror_side
@@ -69,19 +70,28 @@ def findings_loss(
 ) -> dict[str, torch.Tensor]:
     """Per-term findings losses: CE over side (undefined side masked out; 0 when a batch has none; each class
     weighted by `side_weight` when given, a weighted mean), BCE over presence, anatomy and pathology (means over
-    the batch)."""
+    the batch; anatomy and pathology over the rows whose `targets["paired"]` is 1 when that key is given: the
+    corpus rows of phase 1 have no report to read them from)."""
     side_ok = targets["side"] != UNDEFINED_SIDE
     if side_weight is None:
         side_weight = torch.ones(logits["side"].shape[1], device=logits["side"].device)
     side = F.cross_entropy(
         logits["side"], targets["side"], weight=side_weight, ignore_index=UNDEFINED_SIDE, reduction="sum"
     )
+    reported = targets.get("paired", torch.ones_like(targets["presence"])).bool()  # rows with a report
     return {
         "side": side / side_weight[targets["side"][side_ok]].sum().clamp(min=1e-8),
         "presence": F.binary_cross_entropy_with_logits(logits["presence"][:, 0], targets["presence"]),
-        "anatomy": F.binary_cross_entropy_with_logits(logits["anatomy"], targets["anatomy"]),
-        "pathology": F.binary_cross_entropy_with_logits(logits["pathology"], targets["pathology"]),
+        "anatomy": _masked_bce(logits["anatomy"], targets["anatomy"], reported),
+        "pathology": _masked_bce(logits["pathology"], targets["pathology"], reported),
     }
+
+
+def _masked_bce(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """BCE over the rows selected by `rows` (0 when none is)."""
+    if not rows.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[rows], targets[rows])
 
 
 @torch.no_grad()
@@ -131,10 +141,35 @@ class _Phase1Data(Dataset):
             volume, text = mirror(volume), self.flip_text[i]
         if self.findings is None:
             return volume[None], text
-        targets = {k: v[i] for k, v in self.findings.items()}
+        targets = {k: v[i] for k, v in self.findings.items()} | {"paired": torch.tensor(1.0)}
         if flipped:
             targets["side"] = torch.tensor(mirror_side(int(targets["side"])))
         return volume[None], text, targets
+
+
+class _CorpusFindings(Dataset):
+    """Phase 1's report-less rows: corpus volumes with presence and side from their ground truth (`sides`:
+    indices into SIDES), a zero text embedding and `paired` 0, so that InfoNCE, anatomy and pathology leave
+    them out. Mirrored (p = 0.5, with the side swapped) when `flip` is set, as the paired rows are."""
+
+    def __init__(self, volumes: list, sides: list[int], width: int, flip: bool):
+        self.volumes, self.sides, self.flip = volumes, sides, flip
+        self.text = torch.zeros(width)
+        self.blank = {
+            "anatomy": torch.zeros(len(ANATOMY)),
+            "pathology": torch.zeros(len(PATHOLOGY)),
+            "paired": torch.tensor(0.0),
+        }
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int):
+        volume, side = torch.from_numpy(np.asarray(self.volumes[i], dtype=np.float32)), self.sides[i]
+        if self.flip and bool(torch.rand(()) < 0.5):
+            volume, side = mirror(volume), mirror_side(side)
+        presence = torch.tensor(float(side != SIDES.index("none")))
+        return volume[None], self.text, {"presence": presence, "side": torch.tensor(side), **self.blank}
 
 
 def _collate_phase1(items):
@@ -166,7 +201,11 @@ def phase1_loss(infonce: InfoNCE, findings_weight: float, side_weight: torch.Ten
             return infonce(m(volume)[0], text)
         volume, text, targets = batch
         image, logits = m(volume)
-        contrastive = infonce(image, text)
+        paired = targets.get("paired", torch.ones(len(text))).bool()  # corpus rows have no report to contrast
+        if paired.all():
+            contrastive = infonce(image, text)
+        else:
+            contrastive = infonce(image[paired], text[paired]) if paired.sum() > 1 else image.sum() * 0.0
         terms = findings_loss(logits, targets, side_weight)
         total = contrastive + findings_weight * sum(terms.values())
         parts = {"infonce": contrastive.detach(), **{f"findings_{k}": v.detach() for k, v in terms.items()}}
@@ -186,12 +225,14 @@ def train_phase1(
     laterality_flip: bool,
     findings_weight: float,
     side_balance: bool = False,
+    corpus: tuple[list, list[int]] | None = None,
     state_dir: Path,
     tracker=None,
 ) -> tuple[ContrastiveModel, FitResult]:
     """Contrastive (and, with findings_weight > 0, findings-grounded) training of the visual tokenizer; the LM
     stays frozen (its text embeddings are cached). `side_balance` weighs the findings head's side classes by
-    their inverse train frequency (bilateral reports are rare)."""
+    their inverse train frequency (bilateral reports are rare). `corpus` (volumes, side indices) adds report-less
+    rows to the training set that teach the findings head presence and side only (`_CorpusFindings`)."""
     if cfg.batch_size < 2:
         raise ValueError("phase1.batch_size must be >= 2: InfoNCE over one sample is identically zero")
     if findings_weight < 0:
@@ -210,6 +251,13 @@ def train_phase1(
         balanced_side_weights(data["train"].findings["side"]) if side_balance and findings_weight else None
     )
     loss_fn = phase1_loss(InfoNCE(temperature), findings_weight, side_weight)
+    if corpus is not None and corpus[0]:
+        if findings_weight == 0:
+            raise ValueError(
+                "phase1.corpus_findings needs phase1.findings_weight > 0: its rows carry findings only"
+            )
+        extra = _CorpusFindings(*corpus, width=data["train"].text.shape[1], flip=laterality_flip)
+        data["train"] = ConcatDataset([data["train"], extra])
 
     params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     result = fit(

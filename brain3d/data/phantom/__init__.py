@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from brain3d.data.atlas import FLAIR_CONTRAST, flair_like
 from brain3d.data.manifest import COLUMNS
-from brain3d.data.phantom.anatomy import _bias_field, _Head, _head, _skull_and_scalp
+from brain3d.data.phantom.anatomy import _bias_field, _Head, _head, _skull_and_scalp, reshaped_head
 from brain3d.data.phantom.lesions import (
     LABELS,
     _grow_lesion,
@@ -79,17 +79,19 @@ def generate_cohort(
     workers: int,
     root: Path | None = None,
     progress: bool = True,
+    reshaped: bool = False,
 ) -> pd.DataFrame:
     """Write the phantom cohort under `out_dir/<subject>/` and return its manifest rows (COLUMNS).
 
     Subjects run in parallel (`workers` processes); one whose files match its truth.json is reused, so an
-    interrupted run resumes. Paths are relative to `root` when given (and under it).
+    interrupted run resumes. Paths are relative to `root` when given (and under it). With `reshaped` every
+    subject has its own anatomy (`anatomy.reshaped_head`), not the MNI brain.
     """
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    specs = plan_cohort(n_subjects, seed, healthy_fraction, laterality_mix)
+    specs = plan_cohort(n_subjects, seed, healthy_fraction, laterality_mix, reshaped)
     jobs = Parallel(n_jobs=workers, return_as="generator")(
         delayed(simulate_subject)(s, out_dir) for s in specs
     )
@@ -133,7 +135,7 @@ def simulate_subject(spec: SubjectSpec, out_dir: Path) -> dict:
         return existing
 
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.index]))
-    head = _head()
+    head = _subject_head(spec)
     pose, pose_info = _random_pose(rng)
     image, labels, maps, lesions, boxes, shift = _lesioned_brain(spec, head, rng)
     image = _skull_and_scalp(image, head, rng)
@@ -190,6 +192,10 @@ def simulate_subject(spec: SubjectSpec, out_dir: Path) -> dict:
     return truth
 
 
+def _subject_head(spec: SubjectSpec) -> _Head:
+    return reshaped_head(spec.seed, spec.index) if spec.reshaped else _head()
+
+
 def _lesioned_brain(
     spec: SubjectSpec, head: _Head, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[_Lesion], list[tuple[slice, ...]], float]:
@@ -224,7 +230,7 @@ def simulate_brain(spec: SubjectSpec) -> tuple[np.ndarray, np.ndarray, np.ndarra
     template brain mask travels through the known pose instead).
     """
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.index]))
-    head = _head()
+    head = _subject_head(spec)
     pose, _ = _random_pose(rng)
     image, labels, _, _, boxes, _ = _lesioned_brain(spec, head, rng)
     image *= _bias_field(head, rng)

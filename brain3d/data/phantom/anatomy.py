@@ -1,20 +1,24 @@
 """The head anatomy every subject shares: the MNI 2 mm atlas extended by a neck, with the distance maps that
 skull, scalp and lesions are drawn from (`_Head`, built once per process by `_head`), the CSF rim, skull and
-scalp shells, the smooth bias field, and `_rotation`, the rotation helper of the head frame."""
+scalp shells, the smooth bias field, and `_rotation`, the rotation helper of the head frame.
+
+`reshaped_head` is an anatomy the cohort never has: the MNI maps stretched, warped and given larger
+ventricles, for checks that a model has not learnt the one brain shape every phantom shares."""
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from brain3d.data.atlas import mni
+from brain3d.data.atlas import MNIAtlas, mni
 
 _HEAD_CENTRE = np.array([0.0, -18.0, 8.0])  # MNI mm, the pivot of the random head pose
 _NECK_VOXELS = 12  # grid rows added below the MNI grid: the cord and the shells around it continue down
+_RESHAPE_STREAM = 7  # keeps a reshaped anatomy's random numbers apart from the subject's own (seed, index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,7 +55,53 @@ class _Head:
 @functools.cache
 def _head() -> _Head:
     """The MNI 2 mm anatomy with a neck below it and the distance maps, built once per process."""
+    return _assemble(mni(2))
+
+
+@functools.lru_cache(maxsize=2)
+def reshaped_head(seed: int, index: int) -> _Head:
+    """Subject `index`'s own anatomy in a cohort of generator seed `seed`: the MNI maps scaled by 0.88-1.12
+    per axis about the head centre, displaced by a smooth random field (4-8 mm at most; its left-right part
+    fades to 0 at the midline, so the hemispheres keep their sides) and with lateral ventricles grown by
+    0-2 voxels into CSF."""
     atlas = mni(2)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, _RESHAPE_STREAM]))
+    x, y, z = np.meshgrid(*atlas.world_axes(), indexing="ij")
+    scale = rng.uniform(0.88, 1.12, 3)
+    centre = np.array([0.0, _HEAD_CENTRE[1], _HEAD_CENTRE[2]])  # on the midline
+    field = np.stack([ndi.gaussian_filter(rng.standard_normal(atlas.shape), 6.0) for _ in range(3)])
+    field *= rng.uniform(4.0, 8.0) / np.abs(field).max()
+    field[0] *= np.tanh(np.abs(x) / 10.0)
+    source = [(c - c0) / k + c0 + d for c, c0, k, d in zip((x, y, z), centre, scale, field)]
+    index_grid = [(c - atlas.affine[i, 3]) / atlas.affine[i, i] for i, c in enumerate(source)]
+
+    def warp(volume: np.ndarray, order: int) -> np.ndarray:
+        out = ndi.map_coordinates(volume.astype(np.float32), index_grid, order=order, mode="constant")
+        return out.astype(volume.dtype) if order == 0 else out.astype(np.float32)
+
+    brain = warp(atlas.brain.view(np.uint8), 0).astype(bool)
+    gm, wm, csf = (warp(m, 1) * brain for m in (atlas.gm, atlas.wm, atlas.csf))
+    ventricles = warp(atlas.ventricles.view(np.uint8), 0).astype(bool)
+    grow = int(rng.integers(0, 3))
+    if grow:
+        ventricles = ndi.binary_dilation(ventricles, iterations=grow) & brain
+        gm[ventricles], wm[ventricles], csf[ventricles] = 0.0, 0.0, 1.0
+    return _assemble(
+        replace(
+            atlas,
+            brain=brain,
+            gm=gm,
+            wm=wm,
+            csf=csf,
+            lobe=warp(atlas.lobe, 0),
+            hemi=warp(atlas.hemi, 0),
+            ventricles=ventricles,
+        )
+    )
+
+
+def _assemble(atlas: MNIAtlas) -> _Head:
+    """`_Head` of an atlas's anatomy: a neck below it and the distance maps."""
     pad = ((0, 0), (0, 0), (_NECK_VOXELS, 0))
     affine = atlas.affine.copy()
     affine[2, 3] -= _NECK_VOXELS * affine[2, 2]

@@ -21,6 +21,9 @@ class SubjectSpec:
     cohort: str  # "tumour" or "healthy"
     side: str  # left / right / bilateral / undefined, or "none" for healthy
     orientation: str | None = None  # force one of ORIENTATIONS (tests); None draws one
+    reshaped: bool = (
+        False  # its own anatomy (anatomy.reshaped_head) instead of the MNI brain every phantom shares
+    )
 
 
 def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
@@ -41,9 +44,11 @@ def plan_cohort(
     seed: int,
     healthy_fraction: float,
     laterality_mix: dict[str, float],
+    reshaped: bool = False,
 ) -> list[SubjectSpec]:
     """The subjects of a cohort: exact healthy/laterality counts, in a seeded shuffled order (the values come
-    from params.yaml `download`: n_subjects, seed, healthy_fraction, laterality_mix {side: weight})."""
+    from params.yaml `download`: n_subjects, seed, healthy_fraction, laterality_mix {side: weight}); with
+    `reshaped` each subject has its own anatomy."""
     mix = dict(laterality_mix)
     unknown = set(mix) - set(SIDES)
     if unknown:
@@ -56,7 +61,12 @@ def plan_cohort(
     order = np.random.default_rng(seed).permutation(len(kinds))
     return [
         SubjectSpec(
-            f"phantom-{i + 1:04d}", i + 1, seed, "healthy" if kinds[k] == "none" else "tumour", kinds[k]
+            f"phantom-{i + 1:04d}",
+            i + 1,
+            seed,
+            "healthy" if kinds[k] == "none" else "tumour",
+            kinds[k],
+            reshaped=reshaped,
         )
         for i, k in enumerate(order)
     ]
