@@ -22,18 +22,22 @@ import pandas as pd
 from brain3d import config, fileio
 from brain3d.metrics.formatting import LABELS, cell, markdown_table
 
-ABLATED = (
-    "phase2b.lora_rank",
-    "model.compressor",
-    "model.inflation",
-    "phase1.findings_weight",
-    "phase1.laterality_flip",
-    "phase2a.laterality_flip",
-    "phase2b.laterality_flip",
-    "corpus.n_subjects",
-    "generate.select",
-    "phase1.seed",
-)
+HEADERS = {  # the ablated params: their column headers
+    "phase2b.lora_rank": "LoRA r",
+    "model.compressor": "compressor",
+    "model.inflation": "inflation",
+    "phase1.findings_weight": "findings 1",
+    "phase1.laterality_flip": "flip 1",
+    "phase2a.laterality_flip": "flip 2A",
+    "phase2b.laterality_flip": "flip 2B",
+    "corpus.n_subjects": "corpus",
+    "phase1.corpus_findings": "corpus rows 1",
+    "phase1.side_refit_epochs": "side refit",
+    "generate.select": "decoder",
+    "generate.candidates": "k",
+    "phase1.seed": "seed",
+}
+ABLATED = tuple(HEADERS)
 METRICS = (
     "bleu1",
     "bleu4",
@@ -60,18 +64,6 @@ SEED_METRICS = (
     "tumour_sensitivity",
 )
 PARAMS_FILE = "params.yaml"
-HEADERS = {
-    "phase2b.lora_rank": "LoRA r",
-    "model.compressor": "compressor",
-    "model.inflation": "inflation",
-    "phase1.findings_weight": "findings 1",
-    "phase1.laterality_flip": "flip 1",
-    "phase2a.laterality_flip": "flip 2A",
-    "phase2b.laterality_flip": "flip 2B",
-    "corpus.n_subjects": "corpus",
-    "generate.select": "decoder",
-    "phase1.seed": "seed",
-}
 
 
 def _revisions(doc: list[dict]) -> Iterator[tuple[dict, str, str, str, bool]]:
