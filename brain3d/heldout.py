@@ -3,10 +3,11 @@
 Three cohorts come from the project's own generator and preprocessing (the `download` and `preprocess` params)
 with their own generator seeds: a validation cohort to choose designs on, a test cohort that reports only
 what validation chose, and an anatomy cohort whose every subject has a brain of its own (the MNI maps
-stretched, warped and with larger ventricles: `phantom.anatomy.reshaped_head`) where every other phantom
-shares the MNI brain: a model that holds only on that one shape fails there. Each model (phase 2B of one training seed: the workspace's, or a DVC experiment's)
-writes one report per subject with each decoder (`plain`, the paper's, and `findings`, findings-consistent
-decoding); a report's findings are read as the metrics read them. Writes reports/heldout.{json,md}:
+stretched, warped and with larger ventricles: `phantom.anatomy.reshaped_head`), where every other phantom
+shares the MNI brain: a model that holds only on that one shape fails there. Each model (phase 2B of one
+training seed: the workspace's, or a DVC experiment's) writes one report per subject with each decoder
+(`plain`, the paper's, and `findings`, findings-consistent decoding); a report's findings are read as the
+metrics read them. Writes reports/heldout.{json,md}:
 
     python -m brain3d.heldout [--experiments seed-1 seed-2] [--validation 2026:400] [--test 2027:600]
                               [--anatomy 2028:300]
