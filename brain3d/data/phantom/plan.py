@@ -21,9 +21,8 @@ class SubjectSpec:
     cohort: str  # "tumour" or "healthy"
     side: str  # left / right / bilateral / undefined, or "none" for healthy
     orientation: str | None = None  # force one of ORIENTATIONS (tests); None draws one
-    reshaped: bool = (
-        False  # its own anatomy (anatomy.reshaped_head) instead of the MNI brain every phantom shares
-    )
+    # its own anatomy (anatomy.reshaped_head) instead of the MNI brain every other phantom shares
+    reshaped: bool = False
 
 
 def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
