@@ -204,19 +204,13 @@ def test_corpus_rows_teach_presence_and_side_and_leave_infonce_anatomy_pathology
         volume, text, target = corpus[0]
         flipped = not torch.equal(volume[0], torch.from_numpy(volumes[3]))
         assert flipped <= torch.equal(volume[0], mirror(torch.from_numpy(volumes[3])))
-        assert (
-            int(target["side"]) == BILATERAL
-            and float(target["presence"]) == 1
-            and float(target["paired"]) == 0
-        )
+        assert int(target["side"]) == BILATERAL and float(target["presence"]) == 1
+        assert float(target["paired"]) == 0
         assert not text.any()
         seen.add(flipped)
     assert seen == {True, False}
-    left = phases._CorpusFindings([volumes[0]], [LEFT], width=12, flip=False)[0][2]
-    assert (
-        int(left["side"]) == LEFT
-        and float(phases._CorpusFindings([volumes[0]], [NONE], 12, False)[0][2]["presence"]) == 0
-    )
+    assert int(phases._CorpusFindings([volumes[0]], [LEFT], 12, flip=False)[0][2]["side"]) == LEFT
+    assert float(phases._CorpusFindings([volumes[0]], [NONE], 12, flip=False)[0][2]["presence"]) == 0
 
     model = phases.ContrastiveModel(_Tokens(), 12, findings=True)
     text = torch.randn(3, 12)
@@ -233,13 +227,10 @@ def test_corpus_rows_teach_presence_and_side_and_leave_infonce_anatomy_pathology
     loss = phases.phase1_loss(InfoNCE(TEMPERATURE), 1.0)
     _, alone = loss(model, row)
     _, both = loss(model, mixed)
-    for k in (
-        "infonce",
-        "findings_anatomy",
-        "findings_pathology",
-    ):  # the corpus row has no report to read them from
+    # the corpus row has no report for InfoNCE, anatomy or pathology to read; it carries presence and side
+    for k in ("infonce", "findings_anatomy", "findings_pathology"):
         assert float(both[k]) == pytest.approx(float(alone[k]), rel=1e-5)
-    for k in ("findings_side", "findings_presence"):  # it does carry its presence and side
+    for k in ("findings_side", "findings_presence"):
         assert float(both[k]) != pytest.approx(float(alone[k]), rel=1e-5)
 
 

@@ -179,11 +179,8 @@ def test_a_reshaped_subject_has_its_own_brain_with_its_sides_kept(tmp_path):
 
     spec = SubjectSpec("own-1", 3, 2028, "tumour", "bilateral", reshaped=True)
     truth = simulate_subject(spec, tmp_path)  # raises if the report's side disagreed with the truth's
-    assert truth["spec"]["reshaped"] and {les["hemisphere"] for les in truth["lesions"]} <= {
-        "left",
-        "right",
-        "midline",
-    }
+    assert truth["spec"]["reshaped"]
+    assert {les["hemisphere"] for les in truth["lesions"]} <= {"left", "right", "midline"}
     plain = simulate_subject(SubjectSpec("mni-1", 3, 2028, "tumour", "bilateral"), tmp_path)
     assert truth["files"][FILES[0]] != plain["files"][FILES[0]]
 
