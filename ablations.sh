@@ -11,7 +11,8 @@
 #                        with the commit itself (seed 42) they make reports/seeds.{md,csv}
 #   findings-off         the paper's phase 1 (InfoNCE only; its flip off, as side cannot follow the text there)
 #   inflation-sum/-center (the default is mean), seq-pool, perceiver (the model card's compressor), no-corpus
-#   (stand-in SigLIP without its corpus), then flip-off (2A/2B) and lora-r4
+#   (stand-in SigLIP without its corpus), then flip-off (2A/2B) and lora-r4, then issue 31's levers:
+#   corpus-findings-off (no corpus rows in phase 1), side-refit-off and candidates-8 (findings decoding's k)
 # Each experiment runs in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in this
 # repository's mlflow.db, tagged with the experiment's name. Experiments that already exist (by name) are not
 # queued again, so the script can be re-run after an interruption. JOBS (default 1) experiments run at once;
@@ -47,6 +48,9 @@ if [ "${1:-}" != "--table" ]; then
   queue no-corpus profiles.demo.corpus.n_subjects=0
   queue flip-off phase2a.laterality_flip=false phase2b.laterality_flip=false
   queue lora-r4 phase2b.lora_rank=4
+  queue corpus-findings-off phase1.corpus_findings=false
+  queue side-refit-off phase1.side_refit_epochs=0
+  queue candidates-8 generate.candidates=8
   dvc queue start -j "${JOBS:-1}"  # returns at once; the workers run in the background
   # (the status is captured before grep: `grep -q` exiting early would fail the pipe under pipefail)
   while status=$(dvc queue status) && grep -Eq '(Queued|Running)[[:space:]]*$' <<<"$status"; do
