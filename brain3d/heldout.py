@@ -197,27 +197,16 @@ def experiment_models(names: list[str], repo: Path, work: Path) -> dict[str, tup
 def markdown(doc: dict) -> str:
     """reports/heldout.md: per seed, the chosen decoder's test figures beside the paper's decoder's, the bars
     they must clear, and the validation cohort the choice was made on."""
-    cols = [
-        "sensitivity",
-        "head_sensitivity",
-        "specificity",
-        "lat_f1",
-        "bilateral_lat_f1",
-        "small_sensitivity",
-        "ring_sensitivity",
-    ]
-    head = [
-        "seed",
-        "decoder",
-        "tumour sens.",
-        "head sens.",
-        "healthy spec.",
-        "Lat F1",
-        "bilateral Lat F1",
-        f"sens. < {SMALL_ML:g} ml",
-        "ring sens.",
-        "s / report",
-    ]
+    columns = {  # figure: its column header
+        "sensitivity": "tumour sens.",
+        "head_sensitivity": "head sens.",
+        "specificity": "healthy spec.",
+        "lat_f1": "Lat F1",
+        "bilateral_lat_f1": "bilateral Lat F1",
+        "small_sensitivity": f"sens. < {SMALL_ML:g} ml",
+        "ring_sensitivity": "ring sens.",
+    }
+    head = ["seed", "decoder", *columns.values(), "s / report"]
     parts = [
         "# Held-out phantom cohorts\n",
         "Phase 2B of each training seed on cohorts that no split or choice has seen (their own generator "
@@ -247,7 +236,7 @@ def markdown(doc: dict) -> str:
                             if r.get(m) is None or r[m] != r[m]  # absent, or NaN: no such subject
                             else f"{r[m]:.3f}".replace("0.", ".", 1) + ("" if bars.get(m, True) else " ✗")
                         )
-                        for m in cols
+                        for m in columns
                     ]
                     + [f"{r['seconds_per_report']:.3f}"]
                 )
