@@ -12,7 +12,8 @@
 #   findings-off         the paper's phase 1 (InfoNCE only; its flip off, as side cannot follow the text there)
 #   inflation-sum/-center (the default is mean), seq-pool, perceiver (the model card's compressor), no-corpus
 #   (stand-in SigLIP without its corpus), then flip-off (2A/2B) and lora-r4, then issue 31's levers:
-#   corpus-findings-off (no corpus rows in phase 1), side-refit-off and candidates-8 (findings decoding's k)
+#   corpus-findings-off (no corpus rows in phase 1), side-refit-off, candidates-8 (findings decoding's k),
+#   phase1-epochs-20, cell-weight (per-token lesion targets) and bilateral-weight-3 (phase 1's draws)
 # Each experiment runs in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in this
 # repository's mlflow.db, tagged with the experiment's name. Experiments that already exist (by name) are not
 # queued again, so the script can be re-run after an interruption. JOBS (default 1) experiments run at once;
@@ -51,6 +52,9 @@ if [ "${1:-}" != "--table" ]; then
   queue corpus-findings-off phase1.corpus_findings=false
   queue side-refit-off phase1.side_refit_epochs=0
   queue candidates-8 generate.candidates=8
+  queue phase1-epochs-20 profiles.demo.phase1.epochs=20
+  queue cell-weight phase1.cell_weight=0.3
+  queue bilateral-weight-3 phase1.bilateral_weight=3
   dvc queue start -j "${JOBS:-1}"  # returns at once; the workers run in the background
   # (the status is captured before grep: `grep -q` exiting early would fail the pipe under pipefail)
   while status=$(dvc queue status) && grep -Eq '(Queued|Running)[[:space:]]*$' <<<"$status"; do

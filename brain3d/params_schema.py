@@ -344,6 +344,8 @@ SCHEMA: dict = {
         "findings_weight": Float(ge=0),
         "side_balance": Bool(),
         "corpus_findings": Bool(),
+        "bilateral_weight": Float(gt=0),
+        "cell_weight": Float(ge=0),
         "side_refit_epochs": Int(ge=0),
         "side_refit_lr": Float(gt=0),
     },

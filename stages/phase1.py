@@ -33,7 +33,7 @@ def main() -> None:
         visual, lm = load_backbones(bb, model_cfg)
         splits, df = pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST)
         train, val = (SplitSubjects.load(splits, df, s, paths.VOLUMES) for s in ("train", "val"))
-        corpus, corpus_volumes, _ = manifest.read_corpus(paths.CORPUS)
+        corpus, corpus_volumes, corpus_segs = manifest.read_corpus(paths.CORPUS)
         corpus_sides = [side_index(lat) for lat in corpus["laterality"]]
         key = phases.run_key(
             {"model": cfg["model"], "phase1": p, "shape": cfg["preprocess"]["shape"]},
@@ -51,6 +51,9 @@ def main() -> None:
             findings_weight=p["findings_weight"],
             side_balance=p["side_balance"],
             corpus=(corpus_volumes, corpus_sides) if p["corpus_findings"] else None,
+            corpus_segs=corpus_segs,
+            cell_weight=p["cell_weight"],
+            bilateral_weight=p["bilateral_weight"],
             state_dir=cache_dir("phase1", key),
             tracker=tracker,
         )

@@ -111,6 +111,7 @@ def _blob_volume(side: str | None, rng: np.random.Generator, shape=(8, 32, 32)) 
 REPORTS = {
     "left": "A lesion with edema is seen in the left frontal lobe.",
     "right": "A lesion with edema is seen in the right frontal lobe.",
+    "bilateral": "Lesions with edema are seen in both frontal lobes, left and right.",
     None: HEALTHY_TEMPLATES[0],
 }
 
@@ -334,3 +335,113 @@ def test_the_side_refit_learns_sides_from_mirrors_and_moves_only_the_side_rows(t
     assert torch.equal(after["linear.weight"][keep], before["linear.weight"][keep])
     assert torch.equal(after["linear.bias"][keep], before["linear.bias"][keep])
     assert torch.equal(after["norm.weight"], before["norm.weight"])
+
+
+def test_cell_fractions_are_the_lesion_share_of_each_token_region_as_the_encoder_sees_it(tiny_siglip_dir):
+    from brain3d.models.backbones import load_vision_model
+    from brain3d.models.model import VisualTokenizer
+
+    cfg = model_config(volume_shape=(8, 32, 32), n_tokens=8, grid=(2, 2, 2), prompt="")
+    visual = VisualTokenizer(load_vision_model(tiny_siglip_dir), cfg)
+    mask = torch.zeros(1, 8, 32, 32)
+    mask[0, :, :16, :16] = 1  # every slice, the first half of H and of W: one quarter of the volume
+    cells = visual.cell_fractions(mask).reshape(2, 2, 2)  # (z, y, x) token grid
+    # the paper variant feeds radiological slices (H and W flipped): the lesion lands in the last row and column
+    assert torch.allclose(cells[:, 1, 1], torch.ones(2)) and float(cells.sum()) == pytest.approx(2.0)
+    mirrored = visual.cell_fractions(mirror(mask)).reshape(2, 2, 2)
+    assert torch.equal(mirrored, cells.flip(-1))  # a mirrored volume moves its lesion to the other column
+    assert not visual.cell_fractions(torch.zeros(1, 8, 32, 32)).any()
+    perceiver = VisualTokenizer(
+        load_vision_model(tiny_siglip_dir),
+        model_config(compressor="perceiver", **{"volume_shape": (8, 32, 32), "n_tokens": 8, "prompt": ""}),
+    )
+    with pytest.raises(ValueError, match="perceiver"):
+        perceiver.cell_fractions(mask)
+
+
+def test_cell_targets_come_with_corpus_rows_only_and_flip_with_the_volume(tmp_path):
+    torch.manual_seed(0)
+    paired = _cohort(tmp_path, "paired", ["left", "right", None], seed=0)
+    volume = paired.volume(0)
+    as_is, mirrored = torch.tensor([[0.0, 0.02, 0.0, 0.005]]), torch.tensor([[0.02, 0.0, 0.005, 0.0]])
+    corpus = phases._CorpusFindings([volume], [LEFT], 12, flip=True, cells=(as_is, mirrored))
+    for _ in range(20):
+        got, _, target = corpus[0]
+        flipped = not torch.equal(got[0], torch.from_numpy(volume))
+        assert (
+            torch.equal(target["cells"], (mirrored if flipped else as_is)[0]) and float(target["celled"]) == 1
+        )
+        assert int(target["side"]) == (mirror_side(LEFT) if flipped else LEFT)
+
+    findings = phases.findings_tensors(paired.reports)
+    paired_set = phases._Phase1Data(paired, torch.randn(3, 12), None, findings, n_cells=4)
+    assert float(paired_set[0][2]["celled"]) == 0 and not paired_set[0][2]["cells"].any()
+    model = phases.ContrastiveModel(_Tokens(), 12, findings=True, cells=True)
+    loss = phases.phase1_loss(InfoNCE(TEMPERATURE), 1.0, cell_weight=2.0)
+    batch = phases._collate_phase1([paired_set[i] for i in range(3)] + [corpus[0]])
+    _, parts = loss(model, batch)
+    _, logits = model(batch[0])
+    want = 2.0 * F.binary_cross_entropy_with_logits(
+        logits["cells"][3:], (batch[2]["cells"][3:] / 0.01).clamp(max=1)
+    )
+    assert (
+        float(parts["findings_cells"]) == pytest.approx(float(want.detach()), rel=1e-5)
+        and float(want.detach()) > 0
+    )
+    _, without = phases.phase1_loss(InfoNCE(TEMPERATURE), 1.0, cell_weight=2.0)(
+        model, phases._collate_phase1([paired_set[i] for i in range(3)] + [paired_set[0]])
+    )
+    assert float(without["findings_cells"]) == 0  # paired rows carry no cell targets
+
+
+def test_phase1_draws_bilateral_rows_more_often_and_refuses_bad_weights(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_fit(model, params, loss_fn, train_set, val_set, collate, cfg, **kw):
+        seen.update(kw, train=train_set)
+        return None
+
+    monkeypatch.setattr(phases, "fit", fake_fit)
+    monkeypatch.setattr(phases, "text_embeddings", lambda lm, reports: torch.zeros(len(reports), 12))
+    lm = type("LM", (), {"full": torch.nn.Linear(1, 1), "hidden_size": 12})()
+    train = _cohort(tmp_path, "train", ["left", "bilateral", None], seed=1)
+    val = _cohort(tmp_path, "val", ["left", None], seed=2)
+    cfg = type("Cfg", (), {"batch_size": 2, "lr": 1e-3})()
+    corpus = ([np.zeros((8, 8, 8), np.float32)] * 2, [BILATERAL, NONE])
+    segs = [np.zeros((8, 8, 8), np.uint8), np.ones((8, 8, 8), np.uint8)]
+    kw = dict(temperature=TEMPERATURE, laterality_flip=False, findings_weight=1.0, state_dir=tmp_path)
+    monkeypatch.setattr(
+        _Tokens,
+        "cell_fractions",
+        lambda self, m: m.float().mean((1, 2, 3))[:, None].repeat(1, 4),
+        raising=False,
+    )
+    phases.train_phase1(
+        _Tokens(),
+        lm,
+        train,
+        val,
+        cfg,
+        corpus=corpus,
+        corpus_segs=segs,
+        bilateral_weight=3.0,
+        cell_weight=1.0,
+        **kw,
+    )
+    assert seen["sample_weights"] == [
+        1.0,
+        3.0,
+        1.0,
+        3.0,
+        1.0,
+    ]  # train left, bilateral, none; corpus bil, none
+    assert [float(seen["train"][i][2]["celled"]) for i in range(5)] == [0, 0, 0, 1, 1]
+    phases.train_phase1(_Tokens(), lm, train, val, cfg, corpus=corpus, **kw)
+    assert seen["sample_weights"] is None and "celled" not in seen["train"][0][2]
+    for bad in ({"bilateral_weight": 0.0}, {"cell_weight": -1.0}):
+        with pytest.raises(ValueError, match="bilateral_weight"):
+            phases.train_phase1(_Tokens(), lm, train, val, cfg, **kw, **bad)
+    with pytest.raises(ValueError, match="findings_weight"):
+        phases.train_phase1(
+            _Tokens(), lm, train, val, cfg, **{**kw, "findings_weight": 0.0}, bilateral_weight=2.0
+        )

@@ -18,10 +18,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from brain3d import config, fileio
 from brain3d.cache import cache_dir
-from brain3d.data.views import mirror
+from brain3d.data.views import mirror, radiological
 from brain3d.models import checkpoint, release
 from brain3d.models.backbones import LanguageModel, load_vision_model, record_language_model, torch_dtype
-from brain3d.models.compressor import build_compressor
+from brain3d.models.compressor import PerceiverResampler, build_compressor
 from brain3d.models.encoder import VolumeEncoder, check_variant
 from brain3d.models.findings_head import FindingsHead
 from brain3d.models.projector import Projector
@@ -163,6 +163,21 @@ class VisualTokenizer(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         return self.compressor(self.encoder(volume), self.encoder.grid)
+
+    @torch.no_grad()
+    def cell_fractions(self, masks: torch.Tensor) -> torch.Tensor:
+        """(B, K) share of each visual token's region that `masks` (B, D, H, W; 1 = lesion) covers: the masks
+        seen as the encoder sees the volume, averaged over each patch of the token grid, then pooled as the
+        compressor pools the tokens. Defined for the pooling compressors only: a perceiver's token is no region."""
+        if isinstance(self.compressor, PerceiverResampler):
+            raise ValueError(
+                "per-token lesion targets need model.compressor grid_pool or seq_pool, not perceiver"
+            )
+        x = masks.float()[:, None]
+        if self.encoder.variant == "paper":
+            x = radiological(x)
+        patches = F.adaptive_avg_pool3d(x, self.encoder.grid)  # (B, 1, D', h, w)
+        return self.compressor(patches.flatten(2).transpose(1, 2), self.encoder.grid)[..., 0]
 
     @torch.no_grad()
     def encode(self, volumes: list[np.ndarray], batch_size: int = 4, flip: bool = False) -> torch.Tensor:

@@ -35,19 +35,26 @@ from brain3d.training.losses import InfoNCE
 # ----------------------------------------------------------------------------- phase 1
 class ContrastiveModel(nn.Module):
     """Visual tokenizer + projection head: volume -> image embedding in the LM's hidden space, and with
-    `findings` a findings head over the same tokens."""
+    `findings` a findings head over the same tokens; with `cells` also a per-token lesion probe (one logit per
+    token: is there lesion in its region), a phase-1 training aid that is not saved."""
 
-    def __init__(self, visual: VisualTokenizer, text_dim: int, findings: bool = False):
+    def __init__(self, visual: VisualTokenizer, text_dim: int, findings: bool = False, cells: bool = False):
         super().__init__()
         self.visual = visual
         self.head = nn.Linear(visual.width, text_dim)
         self.findings = FindingsHead(visual.compressor.n_tokens, visual.width) if findings else None
+        self.cells = nn.Sequential(nn.LayerNorm(visual.width), nn.Linear(visual.width, 1)) if cells else None
 
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """(B, E) image embedding, and the findings logits (None without a findings head)."""
+        """(B, E) image embedding, and the findings logits (None without a findings head; "cells": (B, K))."""
         tokens = self.visual(volume)  # (B, K, Cv)
         embedding = self.head(tokens.mean(dim=1))  # (B, E)
-        return embedding, (self.findings(tokens) if self.findings is not None else None)
+        if self.findings is None:
+            return embedding, None
+        logits = self.findings(tokens)
+        if self.cells is not None:
+            logits["cells"] = self.cells(tokens)[..., 0]
+        return embedding, logits
 
 
 def findings_tensors(reports: list[str]) -> dict[str, torch.Tensor]:
@@ -127,8 +134,10 @@ class _Phase1Data(Dataset):
         text: torch.Tensor,
         flip_text: torch.Tensor | None,
         findings: dict[str, torch.Tensor] | None = None,
+        n_cells: int = 0,
     ):
         self.text, self.flip_text, self.findings = text, flip_text, findings
+        self.blank = {"cells": torch.zeros(n_cells), "celled": torch.tensor(0.0)} if n_cells else {}
         self.volumes = [torch.from_numpy(v) for v in split.volumes()]
 
     def __len__(self) -> int:
@@ -141,7 +150,7 @@ class _Phase1Data(Dataset):
             volume, text = mirror(volume), self.flip_text[i]
         if self.findings is None:
             return volume[None], text
-        targets = {k: v[i] for k, v in self.findings.items()} | {"paired": torch.tensor(1.0)}
+        targets = {k: v[i] for k, v in self.findings.items()} | {"paired": torch.tensor(1.0), **self.blank}
         if flipped:
             targets["side"] = torch.tensor(mirror_side(int(targets["side"])))
         return volume[None], text, targets
@@ -150,10 +159,18 @@ class _Phase1Data(Dataset):
 class _CorpusFindings(Dataset):
     """Phase 1's report-less rows: corpus volumes with presence and side from their ground truth (`sides`:
     indices into SIDES), a zero text embedding and `paired` 0, so that InfoNCE, anatomy and pathology leave
-    them out. Mirrored (p = 0.5, with the side swapped) when `flip` is set, as the paired rows are."""
+    them out. Mirrored (p = 0.5, with the side swapped) when `flip` is set, as the paired rows are. `cells`
+    (as is, mirrored: (N, K) each) adds each token's lesion share (VisualTokenizer.cell_fractions) as targets."""
 
-    def __init__(self, volumes: list, sides: list[int], width: int, flip: bool):
-        self.volumes, self.sides, self.flip = volumes, sides, flip
+    def __init__(
+        self,
+        volumes: list,
+        sides: list[int],
+        width: int,
+        flip: bool,
+        cells: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        self.volumes, self.sides, self.flip, self.cells = volumes, sides, flip, cells
         self.text = torch.zeros(width)
         self.blank = {
             "anatomy": torch.zeros(len(ANATOMY)),
@@ -165,11 +182,16 @@ class _CorpusFindings(Dataset):
         return len(self.volumes)
 
     def __getitem__(self, i: int):
-        volume, side = torch.from_numpy(np.asarray(self.volumes[i], dtype=np.float32)), self.sides[i]
-        if self.flip and bool(torch.rand(()) < 0.5):
+        # a copy: the corpus volumes are read-only memory maps
+        volume, side = torch.from_numpy(np.array(self.volumes[i], dtype=np.float32)), self.sides[i]
+        flipped = self.flip and bool(torch.rand(()) < 0.5)
+        if flipped:
             volume, side = mirror(volume), mirror_side(side)
         presence = torch.tensor(float(side != SIDES.index("none")))
-        return volume[None], self.text, {"presence": presence, "side": torch.tensor(side), **self.blank}
+        targets = {"presence": presence, "side": torch.tensor(side), **self.blank}
+        if self.cells is not None:
+            targets |= {"cells": self.cells[int(flipped)][i], "celled": torch.tensor(1.0)}
+        return volume[None], self.text, targets
 
 
 def _collate_phase1(items):
@@ -190,10 +212,24 @@ def balanced_side_weights(side: torch.Tensor) -> torch.Tensor:
     return weights
 
 
-def phase1_loss(infonce: InfoNCE, findings_weight: float, side_weight: torch.Tensor | None = None):
-    """The phase-1 loss_fn: InfoNCE, plus findings_weight x (side CE + presence, anatomy, pathology BCE) with
-    each term returned as a named part (logged per epoch, train_/val_<term>). The total is what early stopping
-    reads on the validation split. With weight 0 it is plain InfoNCE (a single tensor, as the paper's)."""
+CELL_FULL = 0.01  # a token whose region is at least 1% lesion has target 1; below, its share / CELL_FULL
+
+
+def cells_loss(logits: torch.Tensor, share: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """BCE of the per-token lesion logits (B, K) against min(1, lesion share / CELL_FULL), over `rows`."""
+    return _masked_bce(logits, (share / CELL_FULL).clamp(max=1.0), rows)
+
+
+def phase1_loss(
+    infonce: InfoNCE,
+    findings_weight: float,
+    side_weight: torch.Tensor | None = None,
+    cell_weight: float = 0.0,
+):
+    """The phase-1 loss_fn: InfoNCE, plus findings_weight x (side CE + presence, anatomy, pathology BCE
+    + cell_weight x the per-token lesion BCE on the rows that have those targets) with each term returned as a
+    named part (logged per epoch, train_/val_<term>). The total is what early stopping reads on the validation
+    split. With weight 0 it is plain InfoNCE (a single tensor, as the paper's)."""
 
     def loss_fn(m, batch):
         if findings_weight == 0:
@@ -207,6 +243,10 @@ def phase1_loss(infonce: InfoNCE, findings_weight: float, side_weight: torch.Ten
         else:
             contrastive = infonce(image[paired], text[paired]) if paired.sum() > 1 else image.sum() * 0.0
         terms = findings_loss(logits, targets, side_weight)
+        if "celled" in targets:
+            terms["cells"] = cell_weight * cells_loss(
+                logits["cells"], targets["cells"], targets["celled"].bool()
+            )
         total = contrastive + findings_weight * sum(terms.values())
         parts = {"infonce": contrastive.detach(), **{f"findings_{k}": v.detach() for k, v in terms.items()}}
         return total, parts
@@ -226,13 +266,26 @@ def train_phase1(
     findings_weight: float,
     side_balance: bool = False,
     corpus: tuple[list, list[int]] | None = None,
+    corpus_segs: list | None = None,
+    cell_weight: float = 0.0,
+    bilateral_weight: float = 1.0,
     state_dir: Path,
     tracker=None,
 ) -> tuple[ContrastiveModel, FitResult]:
     """Contrastive (and, with findings_weight > 0, findings-grounded) training of the visual tokenizer; the LM
     stays frozen (its text embeddings are cached). `side_balance` weighs the findings head's side classes by
     their inverse train frequency (bilateral reports are rare). `corpus` (volumes, side indices) adds report-less
-    rows to the training set that teach the findings head presence and side only (`_CorpusFindings`)."""
+    rows to the training set that teach the findings head presence and side only (`_CorpusFindings`); with
+    `cell_weight` > 0 their segmentations (`corpus_segs`) also teach each token whether its region holds lesion
+    (`cells_loss`). `bilateral_weight` > 1 draws a row whose side is bilateral (report or corpus truth) that
+    much more often."""
+    if bilateral_weight <= 0 or cell_weight < 0:
+        raise ValueError(
+            f"phase1: bilateral_weight must be > 0 and cell_weight >= 0 ({bilateral_weight}, {cell_weight})"
+        )
+    if (bilateral_weight != 1 or cell_weight) and not findings_weight:
+        raise ValueError("phase1.bilateral_weight and cell_weight need phase1.findings_weight > 0")
+    with_cells = bool(cell_weight) and corpus is not None and bool(corpus[0])
     if cfg.batch_size < 2:
         raise ValueError("phase1.batch_size must be >= 2: InfoNCE over one sample is identically zero")
     if findings_weight < 0:
@@ -245,19 +298,30 @@ def train_phase1(
             text_embeddings(lm, [swap_laterality(r) for r in split.reports]) if laterality_flip else None
         )
         targets = findings_tensors(split.reports) if findings_weight > 0 else None
-        data[name] = _Phase1Data(split, text, flipped if name == "train" else None, targets)
-    model = ContrastiveModel(visual, lm.hidden_size, findings=findings_weight > 0)
+        n_cells = visual.compressor.n_tokens if with_cells and name == "train" else 0
+        data[name] = _Phase1Data(split, text, flipped if name == "train" else None, targets, n_cells)
+    model = ContrastiveModel(visual, lm.hidden_size, findings=findings_weight > 0, cells=with_cells)
     side_weight = (
         balanced_side_weights(data["train"].findings["side"]) if side_balance and findings_weight else None
     )
-    loss_fn = phase1_loss(InfoNCE(temperature), findings_weight, side_weight)
+    loss_fn = phase1_loss(InfoNCE(temperature), findings_weight, side_weight, cell_weight)
+    sides = data["train"].findings["side"].tolist() if findings_weight > 0 else []
     if corpus is not None and corpus[0]:
         if findings_weight == 0:
             raise ValueError(
                 "phase1.corpus_findings needs phase1.findings_weight > 0: its rows carry findings only"
             )
-        extra = _CorpusFindings(*corpus, width=data["train"].text.shape[1], flip=laterality_flip)
+        cells = None
+        if with_cells:
+            masks = torch.from_numpy(np.stack([np.asarray(s) > 0 for s in corpus_segs]))
+            cells = (visual.cell_fractions(masks), visual.cell_fractions(mirror(masks)))
+        extra = _CorpusFindings(*corpus, width=data["train"].text.shape[1], flip=laterality_flip, cells=cells)
         data["train"] = ConcatDataset([data["train"], extra])
+        sides += list(corpus[1])
+    bilateral = SIDES.index("bilateral")
+    sample_weights = (
+        [bilateral_weight if s == bilateral else 1.0 for s in sides] if bilateral_weight != 1 else None
+    )
 
     params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     result = fit(
@@ -271,6 +335,7 @@ def train_phase1(
         state_dir=state_dir,
         tracker=tracker,
         desc="phase1",
+        sample_weights=sample_weights,
     )
     return model, result
 
