@@ -1,7 +1,7 @@
 """Ablation and seed tables from DVC experiments (not a DVC stage: it reads the experiments that
 ./ablations.sh ran): reports/ablations.{md,csv} and reports/seeds.{md,csv}.
 
-    python -m stages.ablations [--system phase2b] [--rev COMMIT | --all-commits] [--from-json exp_show.json]
+    python -m stages.ablations [--system phase2b] [--rev COMMIT [--rev COMMIT ...] | --all-commits] [--from-json F]
 
 Reads `dvc exp show --json` (run here through subprocess, or a saved document with --from-json) and writes the
 tables of brain3d.metrics.experiments. ./ablations.sh queues the grid, runs it and then calls this module. The
@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--system", default="phase2b", help="system whose metrics fill the table (default: phase2b)"
     )
-    parser.add_argument("--rev", help="experiments queued on this baseline commit (default: HEAD)")
+    parser.add_argument(
+        "--rev",
+        action="append",
+        help="experiments queued on this baseline commit (default: HEAD); repeat it to list several commits' "
+        "experiments in one table (the seeds table takes the first commit's)",
+    )
     parser.add_argument(
         "--all-commits", action="store_true", help="experiments of every commit, not only HEAD"
     )
@@ -54,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=OUT, help="output stem (default: reports/ablations)")
     args = parser.parse_args(argv)
-    doc = json.loads(args.from_json.read_text()) if args.from_json else exp_show(args.all_commits, args.rev)
+    if args.from_json:
+        doc = json.loads(args.from_json.read_text())
+    else:
+        doc = [c for rev in args.rev or [None] for c in exp_show(args.all_commits, rev)]
     for text in write_tables(doc, args.out, args.system):
         print(text)
 

@@ -173,6 +173,21 @@ def test_seed_table_is_mean_and_sd_over_the_commit_and_its_seed_experiments(doc)
     )  # one check row per seed
 
 
+def test_two_baseline_commits_one_table_and_the_first_ones_seeds(doc):
+    """`--rev A --rev B`: every experiment of both commits in the ablation table; the seeds of A only."""
+    import copy
+
+    first = _with_seeds(doc, {1: 0.5, 2: 0.7})
+    second = copy.deepcopy([c for c in _with_seeds(doc, {1: 0.1}) if c.get("experiments")])
+    second[0]["rev"] = "f" * 40
+    table = experiments.build_table(first + second)
+    assert len(table) == len(experiments.build_table(first)) + 1 + len(second[0]["experiments"])
+    assert "fffffff" in set(table["rev"])  # the second commit's own row
+    runs = experiments.seed_runs(first + second)
+    assert [(name, seed) for name, seed, *_ in runs] == [("main", 42), ("seed-1", 1), ("seed-2", 2)]
+    assert [m["phase2b"]["lat_f1"] for _, seed, m, _ in runs if seed == 1] == [0.5]
+
+
 def test_main_writes_the_seed_tables_beside_the_ablation_table(doc, tmp_path, capsys):
     saved = tmp_path / "exp_show.json"
     saved.write_text(json.dumps(_with_seeds(doc, {1: 0.5, 2: 0.7})))

@@ -188,10 +188,12 @@ def _fraction(x: float) -> str:
 
 def seed_runs(doc: list[dict]) -> list[tuple[str, int, dict, dict]]:
     """(experiment, seed, metrics.json, token_probe.json) of the baseline commit and its `seed-<n>` experiments
-    that succeeded; the seed is phase1.seed (the seed experiments set phases 1, 2A and 2B alike)."""
-    runs = []
-    for rev, name, _baseline, state, experiment in _revisions(doc):
-        if state != "success" or (experiment and not name.startswith("seed-")):
+    that succeeded; the seed is phase1.seed (the seed experiments set phases 1, 2A and 2B alike). Of a document
+    with several baseline commits, the first one's."""
+    runs, first = [], None
+    for rev, name, baseline, state, experiment in _revisions(doc):
+        first = first or baseline
+        if baseline != first or state != "success" or (experiment and not name.startswith("seed-")):
             continue
         params = _effective(_file_data(rev, "params", PARAMS_FILE))
         runs.append(
