@@ -246,9 +246,9 @@ def _quiet_libraries() -> None:
 def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
     """(Decoding, LimeSettings): params.yaml's `generate` and `lime` sections with the command's overrides; a
     model card's own `decoding` (a release's generate_report defaults) replaces the `generate` keys it sets. A
-    model without phase 1's findings head (the card names none) decodes plainly, as the paper does, whatever
-    `generate.select` says: findings-consistent decoding needs the head (the result's `model.decoder` says
-    which decoder wrote the report)."""
+    model without the guide that `generate.guide` names (phase 1's findings head or side detector: the card
+    names none) decodes plainly, as the paper does, whatever `generate.select` says (the result's
+    `model.decoder` says which decoder wrote the report)."""
     from brain3d.generation import decoding_from_params
     from brain3d.interpretability.cases import LimeSettings
 
@@ -257,7 +257,7 @@ def settings(cfg: dict, args: argparse.Namespace, card: dict | None = None):
         **((card or {}).get("decoding") or {}),
         **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
     }
-    if card is not None and not card.get("findings"):
+    if card is not None and not card.get("findings" if g["guide"] == "head" else "detector"):
         g["select"] = "plain"
     lime = {**cfg["lime"], **({"n_samples": args.lime_samples} if args.lime_samples is not None else {})}
     return decoding_from_params(g), LimeSettings.from_params(lime)
@@ -392,6 +392,8 @@ def plan(args: argparse.Namespace, cfg: dict) -> Plan:
     try:
         decoding, lime = settings(cfg, args, card)
         info["decoder"] = decoding.select
+        if decoding.select == "findings":
+            info["guide"] = decoding.guide
         p = cfg["preprocess"]
         kwargs = {**preprocess_settings(p), "skull_stripped": args.skull_stripped}
         if args.skull_strip:
@@ -477,7 +479,7 @@ def scan_row(plan: Plan, model: LazyModel, scan: Path, pre, prep_s: float, figur
     try:
         with torch.no_grad():
             z = m.visual(torch.from_numpy(pre.volume)[None, None].to(plan.device))
-        text = m.generate(z, plan.decoding, seed=plan.seed)[0]
+        text = m.generate(z, plan.decoding, seed=plan.seed, volumes=[pre.volume])[0]
         row = {
             "scan": printable(str(scan)),
             "status": "ok",

@@ -33,12 +33,19 @@ def generate_reports(
     seed: int,
     progress: bool = True,
     desc: str = "generate",
+    volumes: list[np.ndarray] | None = None,
 ) -> list[str]:
-    """One report per row of `tokens` (N, K, Cv)."""
+    """One report per row of `tokens` (N, K, Cv); `volumes`, the N volumes they were encoded from, for a
+    decoder guided by the side detector (`generate.guide: detector`)."""
     out: list[str] = []
     starts = range(0, len(tokens), batch_size)
     for b, start in enumerate(tqdm(starts, desc=desc, disable=not progress, unit="batch")):
-        out.extend(model.generate(tokens[start : start + batch_size], decoding, seed=seed + b))
+        rows = slice(start, start + batch_size)
+        out.extend(
+            model.generate(
+                tokens[rows], decoding, seed=seed + b, volumes=None if volumes is None else volumes[rows]
+            )
+        )
     return out
 
 

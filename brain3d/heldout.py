@@ -6,8 +6,9 @@ what validation chose, and an anatomy cohort whose every subject has a brain of 
 stretched, warped and with larger ventricles: `phantom.anatomy.reshaped_head`), where every other phantom
 shares the MNI brain: a model that holds only on that one shape fails there. Each model (phase 2B of one
 training seed: the workspace's, or a DVC experiment's) writes one report per subject with each decoder
-(`plain`, the paper's, and `findings`, findings-consistent decoding); a report's findings are read as the
-metrics read them. Writes reports/heldout.{json,md}:
+(`plain`, the paper's; `findings`, findings-consistent decoding held to the findings head; `detector`, the same
+held to phase 1's side detector, when the model has one); a report's findings are read as the metrics read
+them. Writes reports/heldout.{json,md}:
 
     python -m brain3d.heldout [--experiments seed-1 seed-2] [--validation 2026:400] [--test 2027:600]
                               [--anatomy 2028:300]
@@ -31,9 +32,13 @@ import pandas as pd
 from brain3d import cache, config, fileio
 from brain3d.metrics.formatting import markdown_table
 
-DECODERS = ("plain", "findings")
+DECODERS = {  # name: what it changes in the `generate` params
+    "plain": {"select": "plain"},
+    "findings": {"select": "findings", "guide": "head"},
+    "detector": {"select": "findings", "guide": "detector"},
+}
 MODEL_PARTS = ("models/foundation", "models/phase1", "models/phase2b")  # what phase 2B's card refers to
-# issue 31's bars, per seed, on the test cohort (sensitivity is judged against the findings head's own)
+# issue 31's bars, per seed, on the test cohort (sensitivity is judged against the guide's own)
 TARGETS = {"lat_f1": 0.90, "bilateral_lat_f1": 0.85, "specificity": 0.95}
 SENSITIVITY_SLACK = 0.01
 
@@ -145,8 +150,6 @@ def meets(row: dict) -> dict[str, bool]:
 
 def evaluate_model(model_dir: Path, cohorts: dict, cfg: dict, batch_size: int) -> dict:
     """{cohort: {decoder: figures + seconds per report}} for one phase-2B model directory."""
-    import torch
-
     from brain3d.generation import decoding_from_params, generate_reports
     from brain3d.models.model import Brain3D
 
@@ -156,13 +159,16 @@ def evaluate_model(model_dir: Path, cohorts: dict, cfg: dict, batch_size: int) -
             f"{model_dir}: no findings head (phase1.findings_weight 0); findings decoding needs one"
         )
     out: dict = {}
-    for name, (df, volumes) in cohorts.items():
-        tokens = model.visual.encode([np.load(volumes / f"{s}.npy") for s in df["subject"]])
-        with torch.no_grad():
-            wanted = model.findings.decide(tokens)
+    for name, (df, folder) in cohorts.items():
+        volumes = [np.load(folder / f"{s}.npy") for s in df["subject"]]
+        tokens = model.visual.encode(volumes)
         out[name] = {}
-        for decoder in DECODERS:
-            dec = decoding_from_params({**cfg["generate"], "select": decoder})
+        for decoder, override in DECODERS.items():
+            dec = decoding_from_params({**cfg["generate"], **override})
+            if dec.select == "findings" and dec.guide == "detector" and model.detector is None:
+                continue
+            # the plain decoder is judged against the findings head
+            wanted = model.wanted(tokens, dec.guide if dec.select == "findings" else "head", volumes)
             t0 = time.perf_counter()
             reports = generate_reports(
                 model,
@@ -171,6 +177,7 @@ def evaluate_model(model_dir: Path, cohorts: dict, cfg: dict, batch_size: int) -
                 batch_size=batch_size,
                 seed=cfg["generate"]["seed"],
                 desc=f"{name} {decoder}",
+                volumes=volumes,
             )
             seconds = (time.perf_counter() - t0) / len(df)
             out[name][decoder] = {**score(df, reports, wanted), "seconds_per_report": seconds}
@@ -212,8 +219,10 @@ def markdown(doc: dict) -> str:
         "Phase 2B of each training seed on cohorts that no split or choice has seen (their own generator "
         "seeds). Validation chose the decoder; test reports it; `anatomy` asks whether it holds on brains "
         "whose shape no phantom of training had (each subject the MNI brain stretched, warped and with "
-        "larger ventricles). `plain` is the paper's decoder, `findings` the "
-        f"findings-consistent decoding (default: `{doc['default_decoder']}`). Regenerate with "
+        "larger ventricles). `plain` is the paper's decoder, `findings` the findings-consistent decoding "
+        "held to the findings head (a read-out of the visual tokens), `detector` the same held to phase 1's "
+        "side detector (a 3D CNN on the volume; its 'head sens.' is the detector's) "
+        f"(default: `{doc['default_decoder']}`). Regenerate with "
         "`python -m brain3d.heldout`.\n",
     ]
     for name, c in doc["cohorts"].items():
@@ -225,8 +234,7 @@ def markdown(doc: dict) -> str:
         )
         rows = []
         for seed, by_cohort in doc["runs"].items():
-            for decoder in DECODERS:
-                r = by_cohort[name][decoder]
+            for decoder, r in by_cohort[name].items():
                 bars = meets(r) if name == "test" else {}
                 rows.append(
                     [seed, decoder]
@@ -268,7 +276,8 @@ def run(args: argparse.Namespace) -> dict:
             models[seed] = model_dir
         for seed, model_dir in models.items():
             runs[seed] = evaluate_model(model_dir, cohorts, cfg, args.batch_size)
-    default = cfg["generate"]["select"]
+    g = cfg["generate"]
+    default = next(name for name, o in DECODERS.items() if all(g[k] == v for k, v in o.items()))
     keys = (
         "sensitivity",
         "head_sensitivity",

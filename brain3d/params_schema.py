@@ -250,6 +250,14 @@ TRAIN = {  # TrainConfig
     "warmup_frac": Float(ge=0, lt=1),
     "seed": SEED,
 }
+CNN = {  # CnnSettings (brain3d/models/side_cnn.py)
+    "epochs": POSITIVE,
+    "batch_size": POSITIVE,
+    "lr": Float(gt=0),
+    "weight_decay": Float(ge=0),
+    "channels": List(POSITIVE),
+    "downsample": POSITIVE,
+}
 PHASE2 = {  # phase 2A and 2B: brain3d/training/phases.py
     "laterality_flip": Bool(),
     "normal_weight": Float(gt=0),
@@ -337,6 +345,7 @@ SCHEMA: dict = {
         "vision_revision": Str(optional=True, null=True),
         "lm_revision": Str(optional=True, null=True),
     },
+    "detector": {**CNN, "epochs": Int(ge=0)},  # phase 1's side detector; epochs 0: none
     "phase1": {
         **TRAIN,
         "temperature": Float(gt=0),
@@ -366,6 +375,7 @@ SCHEMA: dict = {
         "no_repeat_ngram_size": Int(ge=0),
         "min_new_tokens": Int(ge=0),
         "select": Choice("plain findings"),
+        "guide": Choice("head detector"),
         "candidates": Int(ge=0),
         "candidate_temperature": Float(gt=0),
         "max_new_tokens": POSITIVE,
@@ -404,14 +414,7 @@ SCHEMA: dict = {
         "batch_size": POSITIVE,
         "deletion_steps": POSITIVE,
         "seed": SEED,
-        "cnn": {  # CnnSettings
-            "epochs": POSITIVE,
-            "batch_size": POSITIVE,
-            "lr": Float(gt=0),
-            "weight_decay": Float(ge=0),
-            "channels": List(POSITIVE),
-            "downsample": POSITIVE,
-        },
+        "cnn": CNN,
     },
 }
 

@@ -11,6 +11,7 @@ from brain3d import entrypoint, paths
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
 from brain3d.data.split import SplitSubjects
+from brain3d.models import checkpoint
 from brain3d.models.backbones import read_backbones
 from brain3d.models.model import Brain3D, ModelConfig, load_backbones
 from brain3d.runtime import is_main_process, seed_everything
@@ -60,6 +61,7 @@ def run(name: str, init: str, *, lora: bool) -> None:
         if not is_main_process():
             return
         findings = paths.model_dir("phase1") / "findings.safetensors"  # phase 1's head, when it trained one
+        phase1 = checkpoint.read_card(paths.model_dir("phase1"))  # and its side detector, when it trained one
         model.save_pretrained(
             out,
             phase=name,
@@ -68,6 +70,7 @@ def run(name: str, init: str, *, lora: bool) -> None:
             visual=visual_weights,
             adapter=adapter,
             findings=findings if findings.exists() else None,
+            detector=(phase1["detector"], phase1["detector_arch"]) if phase1.get("detector") else None,
         )
         phases.write_training_record(name, result, paths.CURVES, paths.TRAINING, tracker)
         tracker.log_metrics({"vis_scale": model.projector.vis_scale.item()})

@@ -38,11 +38,19 @@ def main() -> None:
         test = SplitSubjects.load(
             pd.read_csv(paths.SPLITS), manifest.read(paths.MANIFEST), "test", paths.VOLUMES
         )
-        tokens = model.visual.encode(test.volumes())
-        if shuffled:
-            tokens = tokens[torch.from_numpy(derangement(len(test), g["seed"]))]
+        volumes = test.volumes()
+        tokens = model.visual.encode(volumes)
+        if shuffled:  # the tokens and, for the detector guide, the volumes of another subject
+            perm = derangement(len(test), g["seed"])
+            tokens, volumes = tokens[torch.from_numpy(perm)], [volumes[i] for i in perm]
         preds = generate_reports(
-            model, tokens, decoding_from_params(g), batch_size=g["batch_size"], seed=g["seed"], desc=system
+            model,
+            tokens,
+            decoding_from_params(g),
+            batch_size=g["batch_size"],
+            seed=g["seed"],
+            desc=system,
+            volumes=volumes,
         )
         description = DESCRIPTIONS.get(system, f"{model_name}{' (shuffled control)' if shuffled else ''}")
         write_predictions(

@@ -12,11 +12,11 @@ from tqdm.auto import tqdm
 from brain3d import entrypoint, fileio, paths, runtime
 from brain3d.data import manifest
 from brain3d.interpretability.cases import LimeSettings, explain_case, pick_cases
-from brain3d.interpretability.cnn_probe import CnnSettings
 from brain3d.interpretability.figures import save_case_figure, save_contact_sheet
 from brain3d.interpretability.probe import laterality_probes
 from brain3d.interpretability.targets import randomised_copy
 from brain3d.models.model import Brain3D
+from brain3d.models.side_cnn import CnnSettings
 
 OUT = Path("reports/lime")
 

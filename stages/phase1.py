@@ -5,6 +5,10 @@ and the corpus (data/corpus: the demo's extra phantoms, sides from their ground 
 With `phase1.corpus_findings` the corpus subjects also join phase 1's training as report-less rows: the
 findings head's presence and side losses reach the encoder through them.
 
+With `detector.epochs` > 0 it also trains the side detector, a 3D CNN on the volumes of the train split and the
+corpus with their known sides (brain3d/models/side_cnn.py), saved as detector.safetensors: findings-consistent
+decoding with `generate.guide: detector` holds the reports to it.
+
 Also saves the seeded, RMS-calibrated projector that phase 2A starts from: with it, `models/phase1` is the
 paper's "Phase 1 only" system (trained encoder, untrained projector).
 """
@@ -15,11 +19,12 @@ import torch
 from brain3d import entrypoint, fileio, paths
 from brain3d.cache import cache_dir
 from brain3d.data import manifest
-from brain3d.data.findings import side_index
+from brain3d.data.findings import SIDES, UNDEFINED_SIDE, side_index
 from brain3d.data.split import SplitSubjects
 from brain3d.models.backbones import read_backbones
 from brain3d.models.model import Brain3D, ModelConfig, load_backbones
-from brain3d.runtime import is_main_process, seed_everything
+from brain3d.models.side_cnn import CnnSettings, train_cnn
+from brain3d.runtime import device, is_main_process, seed_everything
 from brain3d.training import phases
 from brain3d.training.loop import TrainConfig
 
@@ -27,7 +32,7 @@ OUT = paths.model_dir("phase1")
 
 
 def main() -> None:
-    with entrypoint.run("phase1", ("model", "phase1")) as (cfg, tracker):
+    with entrypoint.run("phase1", ("model", "phase1", "detector")) as (cfg, tracker):
         p, model_cfg, bb = cfg["phase1"], ModelConfig.from_params(cfg), read_backbones(paths.BACKBONES)
         seed_everything(p["seed"])
         visual, lm = load_backbones(bb, model_cfg)
@@ -59,13 +64,14 @@ def main() -> None:
         )
         if not is_main_process():
             return
+        volumes = [train.volume(i) for i in range(len(train))] + corpus_volumes
+        sides = phases.findings_tensors(train.reports)["side"].tolist() + corpus_sides
         if p["side_refit_epochs"] and model.findings is not None:  # the head's side read-out, more subjects
-            sides = phases.findings_tensors(train.reports)["side"].tolist()
             refit = phases.refit_side(
                 model.findings,
                 visual,
-                [train.volume(i) for i in range(len(train))] + corpus_volumes,
-                sides + corpus_sides,
+                volumes,
+                sides,
                 epochs=p["side_refit_epochs"],
                 lr=p["side_refit_lr"],
                 seed=p["seed"],
@@ -81,7 +87,32 @@ def main() -> None:
         if model.findings is not None:  # (B, K, Cv) tokens -> presence, side, anatomy, pathology logits
             findings = OUT / "findings.safetensors"
             fileio.save_safetensors(findings, model.findings.state_dict())
-        brain3d.save_pretrained(OUT, phase="phase1", model_cfg=model_cfg, backbones=bb, findings=findings)
+        detector = None
+        if cfg["detector"][
+            "epochs"
+        ]:  # the side detector: the volumes with a known side (not a midline lesion)
+            settings = CnnSettings.from_params(cfg["detector"])
+            known = [i for i, s in enumerate(sides) if s != UNDEFINED_SIDE]
+            net = train_cnn(
+                [volumes[i] for i in known],
+                [SIDES[sides[i]] for i in known],
+                settings,
+                seed=p["seed"],
+                device=device(),
+                log=None
+                if tracker is None
+                else lambda m, epoch: tracker.log_metrics(
+                    {f"detector_{k}": v for k, v in m.items()}, step=epoch
+                ),
+            )
+            detector = (
+                OUT / "detector.safetensors",
+                {"channels": settings.channels, "downsample": settings.downsample},
+            )
+            fileio.save_safetensors(detector[0], net.state_dict())
+        brain3d.save_pretrained(
+            OUT, phase="phase1", model_cfg=model_cfg, backbones=bb, findings=findings, detector=detector
+        )
         phases.write_training_record("phase1", result, paths.CURVES, paths.TRAINING, tracker)
 
 

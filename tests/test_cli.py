@@ -430,8 +430,9 @@ def test_side_probability_is_the_models_and_follows_the_side(tiny_model_dir):
 
 
 def test_a_model_without_a_findings_head_decodes_plainly():
-    """generate.select findings needs phase 1's findings head: a card without one (phase1.findings_weight 0, a
-    release) gets the paper's plain decoder rather than an error on every scan."""
+    """generate.select findings needs the guide that generate.guide names (phase 1's findings head or side
+    detector): a card without it (phase1.findings_weight 0, detector.epochs 0, a release) gets the paper's plain
+    decoder rather than an error on every scan."""
     import argparse
 
     from brain3d import config
@@ -440,5 +441,13 @@ def test_a_model_without_a_findings_head_decodes_plainly():
     cfg = config.load(ROOT / "params.yaml")
     assert cfg["generate"]["select"] == "findings"
     args = argparse.Namespace(max_new_tokens=None, lime_samples=None)
-    assert settings(cfg, args, {"findings": "findings.safetensors"})[0].select == "findings"
+    assert cfg["generate"]["guide"] == "detector"
+    assert settings(cfg, args, {"detector": "detector.safetensors"})[0].select == "findings"
+    assert (
+        settings(cfg, args, {"findings": "findings.safetensors"})[0].select == "plain"
+    )  # not the guide named
+    assert (
+        settings({**cfg, "generate": {**cfg["generate"], "guide": "head"}}, args, {"findings": "f"})[0].select
+        == "findings"
+    )
     assert settings(cfg, args, {"phase": "phase2b"})[0].select == "plain"

@@ -21,6 +21,7 @@ def decoding(**settings) -> Decoding:
     base |= dict(
         min_new_tokens=1, repetition_exempt=(), select="plain", candidates=0, candidate_temperature=1.0
     )
+    base |= dict(guide="head")
     return Decoding(**{**base, **settings})
 
 
@@ -552,7 +553,21 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
         "dtype": "float32",
         "load_in_4bit": False,
     }
-    model.save_pretrained(tmp_path / "m", phase="phase2b", model_cfg=cfg, backbones=backbones, adapter=lora)
+    from brain3d.fileio import IntegrityError, save_safetensors
+    from brain3d.models.side_cnn import LateralityCNN
+
+    detector = LateralityCNN([2, 3], 2)
+    with torch.no_grad():
+        detector.trunk[1].weight.normal_()  # not the default initialisation
+    save_safetensors(tmp_path / "detector.safetensors", detector.state_dict())
+    model.save_pretrained(
+        tmp_path / "m",
+        phase="phase2b",
+        model_cfg=cfg,
+        backbones=backbones,
+        adapter=lora,
+        detector=(tmp_path / "detector.safetensors", {"channels": [2, 3], "downsample": 2}),
+    )
 
     loaded = Brain3D.from_pretrained(tmp_path / "m")
     assert not loaded.training and loaded.visual is not None
@@ -567,6 +582,9 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
     assert torch.allclose(expected, got, atol=1e-5)
     card = json.loads((tmp_path / "m" / "brain3d.json").read_text())
     assert card["visual"] == "visual.safetensors" and card["adapter"] == "adapter"
+    a, b = detector.state_dict(), loaded.detector.state_dict()  # the side detector, with its BatchNorm stats
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert card["detector"] == "../detector.safetensors" and "../detector.safetensors" in card["sha256"]
     readme = (tmp_path / "m" / "README.md").read_text()  # the human-readable model card
     assert (
         readme.startswith("# Brain3D, phase2b")
@@ -582,6 +600,9 @@ def test_save_pretrained_round_trips_a_brain3d_with_its_lora_through_one_directo
         Brain3D(model.language_model, model.visual.width, cfg.prompt).save_pretrained(
             tmp_path / "n", phase="phase2a", model_cfg=cfg, backbones=backbones
         )
+    save_safetensors(tmp_path / "detector.safetensors", LateralityCNN([2, 3], 2).state_dict())
+    with pytest.raises(IntegrityError, match="detector.safetensors"):  # pinned like every file it loads
+        Brain3D.from_pretrained(tmp_path / "m")
 
 
 def test_a_model_directory_refuses_files_that_changed_since_it_was_written(
@@ -689,3 +710,42 @@ def test_findings_consistent_decoding_keeps_what_agrees_and_resamples_the_rest(b
     brain3d.findings = None
     with pytest.raises(ValueError, match="findings head"):
         brain3d.generate(z, findings)
+
+
+def test_the_detector_guide_holds_reports_to_the_side_cnn_on_the_volumes(brain3d, monkeypatch):
+    """`generate.guide: detector`: the reports are held to what phase 1's side detector reads from the volumes
+    (not to the findings head); it needs the detector and the volume of every row, and names what is missing."""
+    import dataclasses
+
+    import numpy as np
+
+    from brain3d.models.side_cnn import LateralityCNN
+
+    left, right = (f"A lesion in the {s} frontal lobe." for s in ("left", "right"))
+    monkeypatch.setattr(
+        Brain3D,
+        "_sample",
+        lambda self, z, decoding, seed: [left] * len(z) if z.shape[0] == 2 else [right] * len(z),
+    )
+    brain3d.findings = None  # the head is not read
+    brain3d.detector = LateralityCNN([2], 1)
+    calls = []
+
+    def forward(self, x):  # "right" for every volume
+        calls.append(tuple(x.shape))
+        return torch.tensor([[0.0, 5.0, 0.0, 0.0]]).expand(len(x), -1)
+
+    monkeypatch.setattr(LateralityCNN, "forward", forward)
+    guided = dataclasses.replace(decoding(select="findings", candidates=4), guide="detector")
+    volumes = [np.zeros((4, 6, 8), np.float32)] * 2
+    z = torch.zeros(2, 32, 16)
+    assert brain3d.wanted(z, "detector", volumes) == ["right", "right"]
+    assert brain3d.generate(z, guided, volumes=volumes) == [right, right]  # resampled until it agrees
+    assert calls and calls[0][0] == 2 and calls[0][2:] == (4, 6, 8)
+    with pytest.raises(ValueError, match="volume of every row"):
+        brain3d.generate(z, guided)
+    with pytest.raises(ValueError, match="'head' or 'detector'"):
+        brain3d.wanted(z, "oracle", volumes)
+    brain3d.detector = None
+    with pytest.raises(ValueError, match="side detector"):
+        brain3d.generate(z, guided, volumes=volumes)

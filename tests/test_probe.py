@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from brain3d.interpretability.cnn_probe import CnnSettings, LateralityCNN, predict, train_cnn
 from brain3d.interpretability.probe import cnn_probe, hemisphere_features, laterality_probes, linear_probe
 from brain3d.models.model import VisualTokenizer
+from brain3d.models.side_cnn import CnnSettings, LateralityCNN, predict, train_cnn
 
 # small enough for a few seconds on one thread (the real values live in params.yaml: lime.cnn)
 CNN = CnnSettings(epochs=12, batch_size=8, lr=0.01, weight_decay=0.01, channels=[4, 8, 8], downsample=1)

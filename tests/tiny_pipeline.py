@@ -105,6 +105,7 @@ def tiny_params(params: dict) -> dict:
     p["lime"].update(per_class=1, batch_size=8, deletion_steps=3)
     demo["lime"].update(n_segments=6, n_samples=8)
     p["lime"]["cnn"].update(epochs=1)
+    p["detector"].update(epochs=1)
     return p
 
 
@@ -140,6 +141,7 @@ def paper_params(params: dict, world: dict[str, Path]) -> dict:
     p["lime"].update(per_class=1, batch_size=8, deletion_steps=3)
     paper["lime"].update(n_segments=6, n_samples=8)
     p["lime"]["cnn"].update(epochs=1)
+    p["detector"].update(epochs=1)
     return p
 
 

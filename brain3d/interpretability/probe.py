@@ -4,7 +4,7 @@ A linear probe (standardised features, multinomial logistic regression, its stre
 5-fold cross-validation on the training split only) predicts the laterality class (left / right / bilateral
 / none) of each test subject from its K visual tokens. The same probe on two intensity-asymmetry features
 per hemisphere is the reference for what the images show without any learning, and a small supervised 3D
-CNN trained on the same training subjects (cnn_probe.py) is the ceiling: what the data allow.
+CNN trained on the same training subjects (brain3d/models/side_cnn.py) is the ceiling: what the data allow.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from brain3d.data.findings import SIDES
-from brain3d.interpretability.cnn_probe import CnnSettings, predict, train_cnn
+from brain3d.models.side_cnn import CnnSettings, predict, train_cnn
 
 #: Laterality classes the probe predicts: those a report states, and healthy ("none"); "undefined" is left out.
 CLASSES = SIDES
@@ -75,7 +75,7 @@ def cnn_probe(
     device: str = "cpu",
     log: Callable[[dict, int], None] | None = None,
 ) -> dict:
-    """Test accuracy of the supervised 3D CNN (cnn_probe.py) trained on the training subjects; same keys as
+    """Test accuracy of the supervised 3D CNN (brain3d/models/side_cnn.py) trained on the training subjects; same keys as
     `linear_probe`."""
     model = train_cnn(train_volumes, train_y, settings, seed, device, log)
     return probe_result(predict(model, test_volumes, settings.batch_size), train_y, test_y)

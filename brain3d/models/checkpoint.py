@@ -38,6 +38,7 @@ def write_card(
     projector: str | Path | None,
     adapter: str | Path | None = None,
     findings: str | Path | None = None,
+    detector: tuple[str | Path, dict] | None = None,
     extra: dict | None = None,
 ) -> None:
     """Record what `Brain3D.from_pretrained` needs (`model_cfg`: the ModelConfig) and the sha256 of every file
@@ -49,6 +50,7 @@ def write_card(
         visual,
         *([projector] if projector else []),
         *([findings] if findings else []),
+        *([detector[0]] if detector else []),
         *(sorted(p for p in Path(adapter).rglob("*") if p.is_file()) if adapter else []),
     ]
     card = {
@@ -63,6 +65,8 @@ def write_card(
         "projector": _rel(projector, out_dir) if projector else None,
         "adapter": _rel(adapter, out_dir) if adapter else None,
         "findings": _rel(findings, out_dir) if findings else None,
+        "detector": _rel(detector[0], out_dir) if detector else None,
+        "detector_arch": detector[1] if detector else None,  # LateralityCNN's arguments
         "sha256": {_rel(f, out_dir): fileio.sha256_file(f) for f in loaded},
         **(extra or {}),
     }
@@ -89,7 +93,9 @@ def model_card(card: dict) -> str:
         f"- volume shape (D, H, W): {tuple(m['volume_shape'])}; prompt: {m['prompt'].strip()!r}",
         "- weights: "
         + ", ".join(
-            f"{k} `{card[k]}`" for k in ("visual", "projector", "adapter", "findings") if card.get(k)
+            f"{k} `{card[k]}`"
+            for k in ("visual", "projector", "adapter", "findings", "detector")
+            if card.get(k)
         ),
         "",
         "Load with `Brain3D.from_pretrained(<this directory>)`, or `brain3d report --model <this directory> SCAN`.",
@@ -127,7 +133,7 @@ def verify(model_dir: str | Path, card: dict) -> None:
     )
     unpinned = [
         card[k]
-        for k in ("visual", "projector", "findings")
+        for k in ("visual", "projector", "findings", "detector")
         if card.get(k) and _rel(card[k], model_dir) not in pins
     ]
     if unpinned:
@@ -152,7 +158,7 @@ def read_card(model_dir: str | Path) -> dict:
             f"({', '.join(release.LAYOUT)})"
         )
     card = {**fileio.read_json(card_path), "dir": str(model_dir.resolve())}
-    for key in ("visual", "projector", "adapter", "findings"):
+    for key in ("visual", "projector", "adapter", "findings", "detector"):
         if card.get(key):
             card[key] = str((model_dir / card[key]).resolve())
     for key in ("vision", "lm"):

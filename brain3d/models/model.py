@@ -25,6 +25,7 @@ from brain3d.models.compressor import PerceiverResampler, build_compressor
 from brain3d.models.encoder import VolumeEncoder, check_variant
 from brain3d.models.findings_head import FindingsHead
 from brain3d.models.projector import Projector
+from brain3d.models.side_cnn import LateralityCNN, predict
 
 if TYPE_CHECKING:
     from brain3d.data.split import SplitSubjects
@@ -78,6 +79,7 @@ class Decoding:
     min_new_tokens: int
     repetition_exempt: tuple[str, ...]
     select: str  # plain (the paper's) | findings: findings-consistent decoding (Brain3D.generate)
+    guide: str  # findings: what a report must agree with: head (the token read-out) | detector (the side CNN)
     candidates: int  # findings: at most this many further samples of a report that disagrees with the head
     candidate_temperature: float  # findings: the sampling temperature of those candidates
     do_sample: bool = True
@@ -241,6 +243,7 @@ class Brain3D(nn.Module):
         self.lm = lm.causal
         self.visual = visual
         self.findings: FindingsHead | None = None
+        self.detector: LateralityCNN | None = None  # phase 1's side CNN on the volume, when it trained one
         self.variant = check_variant(variant)
         self.projector = Projector(
             vision_width, lm.hidden_size, lm.embed_scale if variant == "paper" else 1.0
@@ -271,11 +274,13 @@ class Brain3D(nn.Module):
         visual: str | Path | None = None,
         adapter=None,
         findings: str | Path | None = None,
+        detector: tuple[str | Path, dict] | None = None,
     ) -> None:
         """Write the model to `out_dir` as one directory: projector.safetensors, the visual tokenizer's weights
         (visual.safetensors, unless `visual` names weights saved before, e.g. phase 1's for phases 2A/2B), the
         LoRA adapter (`adapter`: the PeftModel of phase 2B) in adapter/, and the card (checkpoint.py), which also
-        names the findings head's weights (`findings`: phase 1's findings.safetensors) when there is one."""
+        names the findings head's weights (`findings`: phase 1's findings.safetensors) and the side detector's
+        (`detector`: phase 1's detector.safetensors and its LateralityCNN arguments) when there are."""
         out_dir = Path(out_dir)
         if visual is None:
             if self.visual is None:
@@ -296,6 +301,7 @@ class Brain3D(nn.Module):
             projector=out_dir / "projector.safetensors",
             adapter=out_dir / "adapter" if adapter is not None else None,
             findings=findings,
+            detector=detector,
         )
 
     @classmethod
@@ -326,6 +332,9 @@ class Brain3D(nn.Module):
         if card.get("findings"):
             model.findings = FindingsHead(model_cfg.n_tokens, visual.width)
             model.findings.load_state_dict(load_file(card["findings"]))
+        if card.get("detector"):
+            model.detector = LateralityCNN(**card["detector_arch"])
+            model.detector.load_state_dict(load_file(card["detector"]))
         model.projector.load_state_dict(
             release.read_projector(card["projector"], visual.width, lm.hidden_size)
             if is_release
@@ -395,25 +404,24 @@ class Brain3D(nn.Module):
         return total if reduction == "sum" else total / valid.sum(1).clamp(min=1)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, decoding: Decoding, seed: int = 0) -> list[str]:
+    def generate(
+        self, z: torch.Tensor, decoding: Decoding, seed: int = 0, volumes: list[np.ndarray] | None = None
+    ) -> list[str]:
         """Reports for a batch of visual tokens; sampling is seeded, KV cache on.
 
         With `decoding.select` "findings" (findings-consistent decoding, a departure from the paper), a report
-        whose asserted finding (a lesion or none, its side, the hemispheres it names) disagrees with the findings
-        head is sampled again, up to `decoding.candidates` times at `decoding.candidate_temperature` (drawn
+        whose asserted finding (a lesion or none, its side, the hemispheres it names) disagrees with the guide
+        (`wanted`) is sampled again, up to `decoding.candidates` times at `decoding.candidate_temperature` (drawn
         CANDIDATES_PER_CALL at a time in one batched call); the first candidate that agrees is kept, else the one
         that agrees best (presence, then side, then hemispheres), else the first report. A report that agrees
-        with the head is the plain decoder's, unchanged."""
+        with the guide is the plain decoder's, unchanged. The detector guide reads `volumes`, the preprocessed
+        volumes the tokens were encoded from."""
         reports = self._sample(z, decoding, seed)
         if decoding.select == "plain":
             return reports
         if decoding.select != "findings":
             raise ValueError(f"generate.select must be 'plain' or 'findings', got {decoding.select!r}")
-        if self.findings is None:
-            raise ValueError(
-                "generate.select findings needs a model with a findings head (phase1.findings_weight > 0)"
-            )
-        wanted = self.findings.to(self.device).decide(z.to(self.device))
+        wanted = self.wanted(z, decoding.guide, volumes)
         misfit = [_misfit(r, w) for r, w in zip(reports, wanted)]
         drawn, call = 0, 0
         while (todo := [i for i, m in enumerate(misfit) if any(m)]) and drawn < decoding.candidates:
@@ -426,6 +434,27 @@ class Brain3D(nn.Module):
                     reports[i], misfit[i] = text, m
             drawn += n
         return reports
+
+    @torch.no_grad()
+    def wanted(self, z: torch.Tensor, guide: str, volumes: list[np.ndarray] | None = None) -> list[str]:
+        """What findings-consistent decoding holds each report to ("none", left, right, bilateral): the findings
+        head's decision on the visual tokens `z` (`guide` "head"), or the side detector's on `volumes`
+        ("detector")."""
+        if guide == "head":
+            if self.findings is None:
+                raise ValueError(
+                    "generate.guide head needs a model with a findings head (phase1.findings_weight > 0)"
+                )
+            return self.findings.to(self.device).decide(z.to(self.device))
+        if guide != "detector":
+            raise ValueError(f"generate.guide must be 'head' or 'detector', got {guide!r}")
+        if self.detector is None:
+            raise ValueError(
+                "generate.guide detector needs a model with a side detector (detector.epochs > 0)"
+            )
+        if volumes is None or len(volumes) != len(z):
+            raise ValueError("generate.guide detector needs the volume of every row of visual tokens")
+        return predict(self.detector.to(self.device), volumes, batch_size=len(volumes))
 
     def _sample(self, z: torch.Tensor, decoding: Decoding, seed: int) -> list[str]:
         """One sampled (or greedy) report per row of visual tokens: the plain decoder."""

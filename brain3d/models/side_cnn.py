@@ -1,10 +1,15 @@
-"""The ceiling for the laterality probes: a small supervised 3D CNN trained on the train split only.
+"""A small supervised 3D CNN that reads a lesion's presence and side (left, right, bilateral, none) from the volume.
 
-The linear probes (probe.py) say how much side information the frozen visual tokens carry; this network
-says how much the volumes themselves allow when a model is trained for exactly that question. Each half of
-the volume (W is the subject's left -> right axis) goes through the same input max-pooling and three conv
-blocks, the right half mirrored so that both are read as "one hemisphere", and the opposite half, mirrored
-onto it, as a second channel (a lesion stands out against the same place of the other hemisphere). The
+Two uses. Trained on the train split only, it is the ceiling for the laterality probes
+(interpretability/probe.py): the linear probes say how much side information the frozen visual tokens carry,
+this network how much the volumes allow when a model is trained for exactly that question. Trained in phase 1
+on the train split and the corpus (their ground-truth sides), it is the model's side detector
+(`detector` params; `Brain3D.detector`): findings-consistent decoding with `generate.guide: detector` keeps
+the sampled report that agrees with it instead of with the token read-out (issue 31, a departure from the paper).
+
+Each half of the volume (W is the subject's left -> right axis) goes through the same input max-pooling and
+three conv blocks, the right half mirrored so that both are read as "one hemisphere", and the opposite half,
+mirrored onto it, as a second channel (a lesion stands out against the same place of the other hemisphere). The
 pooled features of the two halves meet in a head that is mirror-consistent by construction: mirroring the
 volume swaps the "left" and "right" logits and leaves "bilateral" and "none" unchanged. Training mirrors
 each volume with p = 0.5 and swaps its left/right label; seeds fix the weights, the data order and the flips.
@@ -29,7 +34,7 @@ _SWAP = torch.tensor([CLASSES.index(c) for c in ("right", "left", "bilateral", "
 
 @dataclass
 class CnnSettings:
-    """The `lime.cnn` params section; no defaults: params.yaml holds the values."""
+    """The `lime.cnn` and `detector` params sections; no defaults: params.yaml holds the values."""
 
     epochs: int
     batch_size: int
