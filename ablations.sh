@@ -13,7 +13,9 @@
 #   inflation-sum/-center (the default is mean), seq-pool, perceiver (the model card's compressor), no-corpus
 #   (stand-in SigLIP without its corpus), then flip-off (2A/2B) and lora-r4, then issue 31's levers:
 #   corpus-findings-off (no corpus rows in phase 1), side-refit-off, candidates-8 (findings decoding's k),
-#   phase1-epochs-20, cell-weight (per-token lesion targets) and bilateral-weight-3 (phase 1's draws)
+#   phase1-epochs-12 (the default before the side detector), cell-weight (per-token lesion targets),
+#   bilateral-weight-3 (phase 1's draws) and guide-head (findings decoding held to the token head, not the
+#   side detector)
 # Each experiment runs in a temporary copy of the repository (.dvc/tmp/exps); MLflow runs still land in this
 # repository's mlflow.db, tagged with the experiment's name. Experiments that already exist (by name) are not
 # queued again, so the script can be re-run after an interruption. JOBS (default 1) experiments run at once;
@@ -52,9 +54,10 @@ if [ "${1:-}" != "--table" ]; then
   queue corpus-findings-off phase1.corpus_findings=false
   queue side-refit-off phase1.side_refit_epochs=0
   queue candidates-8 generate.candidates=8
-  queue phase1-epochs-20 profiles.demo.phase1.epochs=20
+  queue phase1-epochs-12 profiles.demo.phase1.epochs=12
   queue cell-weight phase1.cell_weight=0.3
   queue bilateral-weight-3 phase1.bilateral_weight=3
+  queue guide-head generate.guide=head
   dvc queue start -j "${JOBS:-1}"  # returns at once; the workers run in the background
   # (the status is captured before grep: `grep -q` exiting early would fail the pipe under pipefail)
   while status=$(dvc queue status) && grep -Eq '(Queued|Running)[[:space:]]*$' <<<"$status"; do

@@ -159,12 +159,13 @@ DEMO_SHAPE = (32, 64, 64)  # profiles.demo.preprocess.shape: brain_similarity is
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     """A trained-model directory laid out as the phase2b stage writes it (visual + projector weights, LoRA
-    adapter, phase 1's findings head, brain3d.json) over the tiny SigLIP / Gemma 3 checkpoints, at the demo
-    volume shape."""
+    adapter, phase 1's findings head and side detector, brain3d.json) over the tiny SigLIP / Gemma 3
+    checkpoints, at the demo volume shape."""
     import torch
 
     from brain3d.fileio import save_safetensors
     from brain3d.models.findings_head import FindingsHead
+    from brain3d.models.side_cnn import LateralityCNN
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("phase2b")
@@ -172,6 +173,8 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
     model, lora = lora_brain3d(tiny_siglip_dir, tiny_gemma3_dir, cfg, b_std=0.02)
     findings = out / "findings.safetensors"
     save_safetensors(findings, FindingsHead(32, model.visual.width).state_dict())
+    detector = out / "detector.safetensors"
+    save_safetensors(detector, LateralityCNN([4, 8], 2).state_dict())
     model.save_pretrained(
         out,
         phase="phase2b",
@@ -185,6 +188,7 @@ def tiny_model_dir(tmp_path_factory, tiny_siglip_dir, tiny_gemma3_dir):
         },
         adapter=lora,
         findings=findings,
+        detector=(detector, {"channels": [4, 8], "downsample": 2}),
     )
     return out
 

@@ -89,8 +89,8 @@ def test_markdown_cells_and_notes(doc):
     assert cell(m["lat_f1"], m["lat_f1_low"], m["lat_f1_high"]) in rows["tiny-r4"]
     # rank, compressor, inflation, findings 1 (blank: the canned run predates both), flip 1, 2A, 2B, corpus
     # and corpus rows (blank: predate them), phase-1 epochs (its profile's), cell targets, bilateral draws,
-    # refit, decoder, k (blank), seed
-    assert "| 4 | grid_pool |  |  | false | true | true |  |  | 1 |  |  |  |  |  | 42 |" in rows["tiny-r4"]
+    # refit, decoder, guide, k (blank), seed
+    assert "| 4 | grid_pool |  |  | false | true | true |  |  | 1 |  |  |  |  |  |  | 42 |" in rows["tiny-r4"]
     assert "failed: no metrics" in rows["bad-comp"]
     assert "queued: no metrics" in rows["r32-queued"]
     assert all(row.count("|") == header.count("|") for row in rows.values())

@@ -189,9 +189,8 @@ def test_json_output_and_explanation_figure(json_run, text_run):
     assert result["sequence"] == "FLAIR" and result["status"] == "ok"
     assert result["model"]["profile"] == "demo" and "phantom" in result["model"]["trained_on"]
     assert result["model"]["use"].startswith("research use only")
-    assert (
-        result["model"]["decoder"] == "findings"
-    )  # params' generate.select, the model having a findings head
+    # params' generate.select and guide, the model having a side detector
+    assert result["model"]["decoder"] == "findings" and result["model"]["guide"] == "detector"
     assert result["explanation"] == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     import matplotlib.image as mpimg

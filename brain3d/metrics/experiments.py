@@ -37,6 +37,7 @@ HEADERS = {  # the ablated params: their column headers
     "phase1.bilateral_weight": "bilateral draws 1",
     "phase1.side_refit_epochs": "side refit",
     "generate.select": "decoder",
+    "generate.guide": "guide",
     "generate.candidates": "k",
     "phase1.seed": "seed",
 }

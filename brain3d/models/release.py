@@ -59,7 +59,8 @@ DECODING = dict(
     no_repeat_ngram_size=3,
     min_new_tokens=10,
     max_new_tokens=128,
-    select="plain",  # its own decoder: the release has no findings head
+    select="plain",  # its own decoder: the release has no findings head nor side detector
+    guide="head",  # (read by findings decoding only)
     candidates=0,
     candidate_temperature=1.0,
 )
